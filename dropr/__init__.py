@@ -1,0 +1,39 @@
+"""dropr: a store-and-forward message queue. The filesystem is the database.
+
+Producers use :class:`Client`; consumers use :class:`Store`.
+"""
+
+from dropr.client import Client
+from dropr.errors import (
+    ConfigError,
+    DroprError,
+    PeerError,
+    QueueFull,
+    Rejected,
+    SpoolFull,
+    StoreFull,
+    TooLarge,
+    TransientError,
+    UnknownPeer,
+    ValidationError,
+)
+from dropr.store import Message, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "ConfigError",
+    "DroprError",
+    "Message",
+    "PeerError",
+    "QueueFull",
+    "Rejected",
+    "SpoolFull",
+    "Store",
+    "StoreFull",
+    "TooLarge",
+    "TransientError",
+    "UnknownPeer",
+    "ValidationError",
+]

@@ -1,0 +1,170 @@
+"""``dropr``: the command line for producers, operators and foreground roles.
+
+    dropr put --peer NAME [--channel C] [--priority P] [FILE|-]
+    dropr send [--once]
+    dropr receiver
+    dropr spool ls [STATE] | count | dead | requeue ID|--all
+    dropr store channels | ls CHANNEL | count CHANNEL | cat CHANNEL ID | ack CHANNEL ID
+
+Exit codes: 0 ok, 1 operational error, 2 usage error (bad arguments or names).
+"""
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+
+from dropr import config as config_mod
+from dropr.errors import DroprError, NotFound, ValidationError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="dropr", description="dropr store-and-forward queue")
+    p.add_argument("--config", help="config file (default: $DROPR_CONFIG, then conf/dropr.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    put = sub.add_parser("put", help="spool one message; prints its id")
+    put.add_argument("--peer", required=True)
+    put.add_argument("--channel", default="common")
+    put.add_argument("--priority", type=int, default=5)
+    put.add_argument("--ttl", type=float, help="expire after this many seconds")
+    put.add_argument("file", nargs="?", default="-", help="file to send, or - for stdin")
+
+    send = sub.add_parser("send", help="run one sender in the foreground")
+    send.add_argument("--once", action="store_true", help="deliver what is deliverable, then exit")
+
+    sub.add_parser("receiver", help="serve the receiver with gunicorn in the foreground")
+
+    spool = sub.add_parser("spool", help="look at the client spool")
+    ssub = spool.add_subparsers(dest="action", required=True)
+    ls = ssub.add_parser("ls", help="list messages (all states, or one)")
+    ls.add_argument("state", nargs="?")
+    ssub.add_parser("count", help="messages per state directory")
+    ssub.add_parser("dead", help="list dead messages with their reasons")
+    rq = ssub.add_parser("requeue", help="send dead messages again")
+    rq.add_argument("id", nargs="?")
+    rq.add_argument("--all", action="store_true")
+
+    store = sub.add_parser("store", help="look at the server store")
+    tsub = store.add_subparsers(dest="action", required=True)
+    tsub.add_parser("channels")
+    for action in ("ls", "count"):
+        tsub.add_parser(action).add_argument("channel")
+    for action in ("cat", "ack"):
+        a = tsub.add_parser(action)
+        a.add_argument("channel")
+        a.add_argument("id")
+    return p
+
+
+def main(argv=None):
+    """Entry point of the ``dropr`` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    try:
+        config = config_mod.load(args.config)
+        return _COMMANDS[args.command](args, config) or EXIT_OK
+    except ValidationError as e:
+        print(f"dropr: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DroprError, OSError) as e:
+        print(f"dropr: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_put(args, config):
+    from dropr.client import Client
+
+    data = sys.stdin.buffer if args.file == "-" else args.file
+    print(Client(config).put(data, args.peer, args.channel, args.priority, ttl=args.ttl))
+
+
+def cmd_send(args, config):
+    from dropr.sender import main as send_main
+
+    return send_main(config, once=args.once)
+
+
+def cmd_receiver(args, config):
+    from dropr.receiver.serve import main as serve_main
+
+    return serve_main(config)
+
+
+def _spool(config):
+    from dropr.spool import Spool
+
+    return Spool(config.client.spool, fsync=config.client.fsync).create()
+
+
+def cmd_spool(args, config):
+    spool = _spool(config)
+    if args.action == "count":
+        for state, n in spool.counts().items():
+            print(f"{state:<9} {n}")
+    elif args.action == "ls":
+        _spool_ls(spool, args.state)
+    elif args.action == "dead":
+        for name in spool.names("dead"):
+            print(f"{name.id}\t{name.peer}\t{name.channel}\t{spool.reason(name).strip()}")
+    elif args.action == "requeue":
+        return _spool_requeue(spool, args)
+
+
+def _spool_ls(spool, state):
+    from dropr.spool import STATES
+
+    if state is not None and state not in STATES:
+        raise ValidationError(f"unknown state {state!r}: expected one of {', '.join(STATES)}")
+    for st in [state] if state else [s for s in STATES if s != "tmp"]:
+        dirs = spool.active_dirs() if st == "active" else [None]
+        for d in dirs:
+            for name in spool.names(st, directory=d):
+                print(f"{st}\t{name.priority}\t{name.id}\t{name.peer}\t{name.channel}\t{name.attempts}")
+
+
+def _spool_requeue(spool, args):
+    if bool(args.id) == bool(args.all):
+        raise ValidationError("give one message ID or --all")
+    dead = [n for n in spool.names("dead") if args.all or n.id == args.id]
+    if not dead:
+        raise NotFound(f"no dead message {args.id}")
+    for name in dead:
+        spool.requeue("dead", name, attempts=0, due_ms=0)
+        print(name.id)
+
+
+def cmd_store(args, config):
+    from dropr.store import Store
+
+    store = Store(config.receiver.store, fsync=config.receiver.fsync)
+    if args.action == "channels":
+        for channel in store.channels():
+            print(channel)
+    elif args.action == "count":
+        print(store.count(args.channel))
+    elif args.action == "ls":
+        for m in store.messages(args.channel):
+            print(f"{m.priority}\t{m.id}\t{m.size}\t{m.client}\t{m.received_at:.3f}")
+    elif args.action == "cat":
+        with store.get(args.channel, args.id).open() as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    elif args.action == "ack":
+        message = store.get(args.channel, args.id)
+        store.ack(message)
+        print(json.dumps({"id": message.id, "status": "done"}))
+
+
+_COMMANDS = {
+    "put": cmd_put,
+    "send": cmd_send,
+    "receiver": cmd_receiver,
+    "spool": cmd_spool,
+    "store": cmd_store,
+}

@@ -1,0 +1,64 @@
+"""The one exception hierarchy of dropr.
+
+Every error that dropr raises on purpose is a :class:`DroprError`. Callers that
+can carry on after a passing fault (a peer that is down, a full disk that may
+drain) catch :class:`TransientError`; anything else ends the operation.
+The receiver maps these classes to HTTP status codes in one place
+(``dropr.receiver.errors``).
+"""
+
+
+class DroprError(Exception):
+    """Base of every error dropr raises on purpose."""
+
+
+class ConfigError(DroprError):
+    """The configuration file is missing, malformed, or has a bad key or value."""
+
+
+class ValidationError(DroprError, ValueError):
+    """A name, id, priority or other input does not follow dropr's grammar."""
+
+
+class UnknownPeer(ValidationError):
+    """A message was addressed to a peer that the config does not name."""
+
+
+class TooLarge(ValidationError):
+    """A message or batch is over a configured size limit."""
+
+
+class TransientError(DroprError):
+    """A fault that may pass: retry later."""
+
+
+class SpoolFull(TransientError):
+    """The disk under the client spool is full, or the spool is over its limit."""
+
+
+class QueueFull(SpoolFull):
+    """The spool holds as many messages or bytes as its configured limit allows."""
+
+
+class StoreFull(TransientError):
+    """The disk under the server store is (nearly) full."""
+
+
+class PeerError(TransientError):
+    """A peer could not be reached or answered with a transient failure."""
+
+
+class Rejected(DroprError):
+    """The receiver refused a message for good; it will never be accepted."""
+
+
+class NotFound(DroprError):
+    """No message, channel or process of that name."""
+
+
+class AlreadyRunning(DroprError):
+    """A daemon is already running with the same pidfile."""
+
+
+class NotRunning(DroprError):
+    """No daemon is running for this config."""

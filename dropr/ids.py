@@ -1,0 +1,57 @@
+"""Message ids: unique across hosts and processes, sortable by time, short,
+and safe in URLs and file names.
+
+An id is a ULID: 48 bits of milliseconds since the epoch and 80 random bits,
+written as 26 characters of Crockford's base32. Within one generator the ids
+strictly increase, so the messages of one producer sort in the order they
+were put even within a millisecond.
+"""
+
+import os
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+_RANDOM_BITS = 80
+_RANDOM_MAX = (1 << _RANDOM_BITS) - 1
+
+
+def encode(value, length):
+    """Write ``value`` as ``length`` base32 characters, most significant first."""
+    chars = []
+    for _ in range(length):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def timestamp_ms(message_id):
+    """The creation time (ms since the epoch) of an id made here, else None."""
+    if len(message_id) != 26:
+        return None
+    try:
+        value = 0
+        for c in message_id[:10]:
+            value = value * 32 + _DECODE[c]
+    except KeyError:
+        return None
+    return value
+
+
+class IdGenerator:
+    """Makes ULIDs; one per producer object (it holds the last id it made)."""
+
+    def __init__(self, *, clock=time.time, urandom=os.urandom):
+        self._clock = clock
+        self._urandom = urandom
+        self._last_ms = -1
+        self._last_random = 0
+
+    def __call__(self):
+        ms = int(self._clock() * 1000)
+        if ms <= self._last_ms and self._last_random < _RANDOM_MAX:
+            ms, rnd = self._last_ms, self._last_random + 1
+        else:
+            rnd = int.from_bytes(self._urandom(10), "big")
+        self._last_ms, self._last_random = ms, rnd
+        return encode(ms, 10) + encode(rnd, 16)

@@ -1,0 +1,335 @@
+"""The client spool: one directory tree per host, one directory per state.
+
+    tmp/               being written by a producer (O_EXCL create)
+    queue/             ready to send, sorted by name = send order
+    active/<worker>/   claimed by one sender; ``.lock`` is flock-ed while it lives
+    deferred/          waiting for its next attempt (due time in the name)
+    sent/              acknowledged by the receiver, kept for the retention time
+    dead/              given up; ``<name>.reason`` beside each says why
+    peers/             one small JSON file per peer that is marked down
+
+This module alone knows the layout. Every state change of a message is one
+``rename()`` inside one filesystem, so at every instant each message is in
+exactly one directory. A sender holds an exclusive ``flock`` on the ``.lock``
+file of its active directory for its whole life; the lock dies with the
+process, which is how the reaper and other senders tell an orphaned directory
+from a live one, without trusting pids.
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from dropr.errors import SpoolFull, ValidationError
+from dropr.spool.naming import SpoolName, parse
+
+STATES = ("tmp", "queue", "active", "deferred", "sent", "dead")
+LOCK = ".lock"
+REASON_SUFFIX = ".reason"
+_NEW_PREFIX = ".new-"
+_CHUNK = 1 << 20
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def fsync_dir(path):
+    """Make the entries of directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy_into(fd, data):
+    """Write ``data`` (bytes, a path, or a binary file object) to ``fd``, streaming."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        _write_all(fd, data)
+    elif isinstance(data, (str, os.PathLike)):
+        with open(data, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(fd, src.fileno(), offset, size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+    elif hasattr(data, "read"):
+        while chunk := data.read(_CHUNK):
+            _write_all(fd, chunk)
+    else:
+        raise ValidationError(f"data must be bytes, a path or a binary file, not {type(data).__name__}")
+
+
+class ActiveDir:
+    """A sender's claim directory, locked for as long as the sender lives."""
+
+    def __init__(self, path, fd):
+        self.path = path
+        self._fd = fd
+
+    def close(self):
+        """Release the lock (the directory stays; the reaper removes it when empty)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Spool:
+    """The client spool at ``root``; used by producers, senders, the retry scanner,
+    the reaper and the admin commands, each in its own process."""
+
+    def __init__(self, root, *, fsync=True, clock=time.time):
+        self.root = Path(root)
+        self.fsync = fsync
+        self._clock = clock
+        self.dirs = {state: self.root / state for state in STATES}
+        self.peers_dir = self.root / "peers"
+
+    def create(self):
+        """Make the directory tree (idempotent); returns self."""
+        for path in (*self.dirs.values(), self.peers_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # -- producer ---------------------------------------------------------
+
+    def put(self, data, name):
+        """Write ``data`` under ``name`` into ``tmp/``, then rename it into ``queue/``.
+
+        Raises ``SpoolFull`` on a full disk, after removing the partial file."""
+        filename = str(name)
+        tmp = self.dirs["tmp"] / filename
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            try:
+                _copy_into(fd, data)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.dirs["queue"] / filename)
+        except BaseException as e:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            if isinstance(e, OSError) and e.errno in _FULL:
+                raise SpoolFull(f"spool {self.root} is full: {e.strerror}") from None
+            raise
+        if self.fsync:
+            fsync_dir(self.dirs["queue"])
+        return self.dirs["queue"] / filename
+
+    # -- listing ----------------------------------------------------------
+
+    def names(self, state, *, directory=None):
+        """The parsed names in ``state`` (or in ``directory``), in send order.
+        Files whose names dropr does not make are skipped."""
+        path = directory or self.dirs[state]
+        found = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(path) as it:
+            for entry in it:
+                with contextlib.suppress(ValidationError):
+                    found.append(parse(entry.name))
+        found.sort()
+        return found
+
+    def count(self, state):
+        """How many messages are in ``state`` (in all of ``active/`` for that state)."""
+        if state == "active":
+            return sum(len(self.names(None, directory=d)) for d in self.active_dirs())
+        return len(self.names(state))
+
+    def counts(self):
+        """A dict state -> count, for status displays."""
+        return {state: self.count(state) for state in STATES if state != "tmp"}
+
+    def active_dirs(self):
+        """The claim directories under ``active/`` (not those being made)."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs["active"]) as it:
+            return [Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")]
+        return []
+
+    def reason(self, name):
+        """Why the message ``name`` in ``dead/`` was given up, or ''."""
+        try:
+            return (self.dirs["dead"] / (str(name) + REASON_SUFFIX)).read_text()
+        except FileNotFoundError:
+            return ""
+
+    def locate(self, message_id):
+        """(state, path) of the message with ``message_id``; None if absent."""
+        for state in ("queue", "deferred", "dead", "sent"):
+            for name in self.names(state):
+                if name.id == message_id:
+                    return state, self.dirs[state] / str(name)
+        for d in self.active_dirs():
+            for name in self.names(None, directory=d):
+                if name.id == message_id:
+                    return "active", d / str(name)
+        return None
+
+    # -- sender -----------------------------------------------------------
+
+    def open_active(self, label):
+        """Make and lock a fresh claim directory ``active/<label>.<pid>``."""
+        final = self.dirs["active"] / f"{label}.{os.getpid()}"
+        fresh = self.dirs["active"] / f"{_NEW_PREFIX}{label}.{os.getpid()}.{time.monotonic_ns()}"
+        fresh.mkdir()
+        fd = os.open(fresh / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if final.exists():
+            self._release_dir(final)
+        os.rename(fresh, final)
+        return ActiveDir(final, fd)
+
+    def claim(self, active, *, limit, max_bytes, now_ms=None):
+        """Move up to ``limit`` due messages (at most ``max_bytes``, but at least one)
+        from ``queue/`` into ``active``; returns [(name, path, size)] in send order."""
+        now_ms = self._now_ms() if now_ms is None else now_ms
+        claimed, total = [], 0
+        for name in self.names("queue"):
+            if len(claimed) >= limit:
+                break
+            if name.due_ms > now_ms:
+                continue
+            src = self.dirs["queue"] / str(name)
+            dst = active.path / str(name)
+            try:
+                size = src.stat().st_size
+                if claimed and total + size > max_bytes:
+                    break
+                os.rename(src, dst)
+            except FileNotFoundError:
+                continue  # another sender claimed it first
+            claimed.append((name, dst, size))
+            total += size
+        return claimed
+
+    def to_sent(self, path, *, keep):
+        """An acknowledged message: into ``sent/`` if ``keep``, else unlinked."""
+        if keep:
+            os.rename(path, self.dirs["sent"] / path.name)
+        else:
+            path.unlink()
+
+    def to_deferred(self, path, name, *, due_ms, count_attempt=True):
+        """Move a claimed message to ``deferred/``, its next attempt due at ``due_ms``."""
+        attempts = name.attempts + 1 if count_attempt else name.attempts
+        new = name.replace(attempts=attempts, due_ms=due_ms)
+        os.rename(path, self.dirs["deferred"] / str(new))
+        return new
+
+    def to_dead(self, path, name, reason):
+        """Give up on a message: its reason first, then the message, into ``dead/``."""
+        dead = self.dirs["dead"] / str(name)
+        note = self.dirs["tmp"] / (f".reason-{os.getpid()}-" + str(name))
+        note.write_text(reason.rstrip("\n") + "\n")
+        os.rename(note, dead.with_name(dead.name + REASON_SUFFIX))
+        os.rename(path, dead)
+
+    # -- retry scanner ----------------------------------------------------
+
+    def requeue(self, state, name, **changes):
+        """Move ``name`` from ``state`` (deferred or dead) back into ``queue/``."""
+        src = self.dirs[state] / str(name)
+        new = name.replace(**changes) if changes else name
+        os.rename(src, self.dirs["queue"] / str(new))
+        if state == "dead":
+            with contextlib.suppress(FileNotFoundError):
+                (self.dirs["dead"] / (str(name) + REASON_SUFFIX)).unlink()
+        return new
+
+    def expire(self, state, name, reason):
+        """Move ``name`` from ``state`` into ``dead/`` with ``reason``."""
+        self.to_dead(self.dirs[state] / str(name), name, reason)
+
+    # -- reaper -----------------------------------------------------------
+
+    def recover_orphans(self):
+        """Return the files of every claim directory whose owner is gone to ``queue/``;
+        returns how many messages went back."""
+        moved = 0
+        for d in self.active_dirs():
+            moved += self._release_dir(d)
+        return moved
+
+    def _release_dir(self, path):
+        try:
+            fd = os.open(path / LOCK, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return 0  # its sender is alive
+        try:
+            moved = 0
+            for name in self.names(None, directory=path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path / str(name), self.dirs["queue"] / str(name))
+                    moved += 1
+            shutil.rmtree(path, ignore_errors=True)
+            return moved
+        finally:
+            os.close(fd)
+
+    def remove_older(self, state, max_age, *, now=None):
+        """Unlink files in ``state`` whose last change is older than ``max_age`` s."""
+        limit = (self._clock() if now is None else now) - max_age
+        removed = 0
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs[state]) as it:
+            for entry in it:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file() and entry.stat().st_ctime < limit:
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
+
+    def remove_stale_new_dirs(self, max_age):
+        """Remove half-made claim directories of senders that died while making them."""
+        limit = self._clock() - max_age
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs["active"]) as it:
+            for e in it:
+                if e.name.startswith(_NEW_PREFIX) and e.stat().st_mtime < limit:
+                    shutil.rmtree(e.path, ignore_errors=True)
+
+    # -- peers ------------------------------------------------------------
+
+    def peer_state(self, peer):
+        """The down-state of ``peer``: a dict with ``down_until`` (s), ``failures``,
+        ``error``; an empty dict when it is up."""
+        try:
+            return json.loads((self.peers_dir / peer).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def mark_peer_down(self, peer, *, until, failures, error):
+        """Record that ``peer`` failed, so no sender tries it before ``until``."""
+        tmp = self.peers_dir / f".{peer}.{os.getpid()}"
+        tmp.write_text(json.dumps({"down_until": until, "failures": failures, "error": error}))
+        os.rename(tmp, self.peers_dir / peer)
+
+    def mark_peer_up(self, peer):
+        """Forget that ``peer`` was down."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.peers_dir / peer).unlink()
+
+    def down_peers(self):
+        """Names of the peers currently recorded as down."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(p.name for p in self.peers_dir.iterdir() if not p.name.startswith("."))
+        return []
+
+    def _now_ms(self):
+        return int(self._clock() * 1000)
