@@ -168,3 +168,7 @@ _COMMANDS = {
     "spool": cmd_spool,
     "store": cmd_store,
 }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Shared helpers for tests that run real processes: configs in a temporary
+folder, free loopback ports, the receiver under gunicorn, and waiting for a
+condition with a deadline (never sleep-and-hope)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import sysv_ipc
+
+from dropr import config as config_mod
+from dropr.ipc import ROLES, queue_key
+
+DROPR = [sys.executable, "-m", "dropr.cli"]
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(root, *, port=None, sections=None, peers=None):
+    """Write ``root/dropr.toml`` for a spool and a store under ``root``; returns its path.
+
+    ``sections`` overrides keys: ``{"sender": {"wait": 0.1}}``. ``peers``
+    replaces the default single peer ``local`` on ``port``."""
+    root = Path(root)
+    port = port or free_port()
+    data = {
+        "client": {"spool": str(root / "client"), "fsync": False},
+        "sender": {"wait": 0.2, "peer_backoff_base": 0.2, "peer_backoff_cap": 1.0},
+        "retry": {"base": 0.1, "cap": 0.5, "interval": 0.1},
+        "reaper": {"interval": 0.2},
+        "receiver": {"bind": f"127.0.0.1:{port}", "store": str(root / "server"), "fsync": False,
+                     "workers": 2},
+        "supervisor": {"pidfile": str(root / "droprd.pid"),
+                       "status_file": str(root / "droprd.status.json"),
+                       "log_file": str(root / "droprd.log"), "tick": 0.1,
+                       "backoff_base": 0.1, "backoff_cap": 1.0},
+    }
+    for section, values in (sections or {}).items():
+        data.setdefault(section, {}).update(values)
+    peers = peers or {"local": {"url": f"http://127.0.0.1:{port}"}}
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    for name, values in peers.items():
+        lines.append(f"[peers.{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    path = root / "dropr.toml"
+    path.write_text("\n".join(lines) + "\n")
+    config_mod.load(path)  # fail here, not in a child process, if the test wrote a bad config
+    return path
+
+
+def http_get(url, timeout=2.0):
+    """(status, body) of a GET, or (None, None) if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return None, None
+
+
+class Receiver:
+    """``dropr receiver`` (gunicorn) as a real process on loopback."""
+
+    def __init__(self, config_path, log_path=None):
+        self.config_path = Path(config_path)
+        self.config = config_mod.load(config_path)
+        self.url = self.config.peers[next(iter(self.config.peers))].url
+        self.log_path = Path(log_path or self.config_path.with_name("receiver.log"))
+        self.proc = None
+
+    def start(self, timeout=15.0):
+        """Start gunicorn and wait until /v1/health answers 200."""
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*DROPR, "--config", str(self.config_path), "receiver"],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"receiver exited with {self.proc.returncode}: "
+                                     + self.log_path.read_text()[-3000:])
+            return http_get(self.url + "/v1/health")[0] == 200
+        wait_for(healthy, timeout, what="receiver health")
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        """Stop the receiver's process group (master and workers), by pid."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with_group(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout)
+
+    def kill(self):
+        """SIGKILL the whole receiver (master and workers)."""
+        self.stop(signal.SIGKILL)
+
+
+def with_group(pid, sig):
+    """Send ``sig`` to the process group led by ``pid`` (started with a new session)."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def remove_queues(spool_root):
+    """Remove the SysV queues of a spool, if any are left."""
+    for role in ROLES:
+        try:
+            sysv_ipc.MessageQueue(queue_key(spool_root, role)).remove()
+        except sysv_ipc.ExistentialError:
+            pass
+
+
+def run_dropr(config_path, *args, input=None, timeout=60, check=True):
+    """Run the ``dropr`` command; returns the CompletedProcess (bytes output)."""
+    result = subprocess.run([*DROPR, "--config", str(config_path), *args], input=input,
+                            capture_output=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dropr {' '.join(args)} exited {result.returncode}: "
+                             f"{result.stderr.decode(errors='replace')}")
+    return result
