@@ -3,8 +3,11 @@
     tmp/                         bodies being received
     queue/<channel>/P.ID         stored, waiting for a consumer
     work/<consumer>/<channel>/   claimed by a consumer
+    work/<consumer>/.lock        flock-ed by a consumer process while it lives
+    retry/<channel>/P.ID         failures of a message that waits for a new try
     done/<channel>/              acknowledged; expired by the reaper
-    dead/<channel>/              given up by a consumer (``dropr consume``)
+    dead/<channel>/              given up by a consumer (``dropr consume``);
+                                 ``P.ID.reason`` beside it says why
 
 This module alone knows the layout. A stored file is a one-line header
 (``DROPR1 {json}\\n`` with id, channel, priority, client and received_at)
@@ -13,14 +16,15 @@ appear together or not at all. A message is published by ``os.link`` of the
 finished, fsync-ed ``tmp/`` file into ``queue/<channel>/``: the link fails if
 the name exists, so two uploads of the same id cannot both win.
 
-The interface the receiver and consumers use (``put``, ``channels``,
-``count``, ``messages``, ``claim``, ``ack``) is small on purpose, so that a
-store on another engine can stand beside this one.
+The interface the receiver and consumers use (``put``, or ``stage`` then
+``publish``; ``channels``, ``count``, ``messages``, ``claim``, ``ack``) is
+small on purpose, so that a store on another engine can stand beside this one.
 """
 
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -28,8 +32,8 @@ import time
 from pathlib import Path
 
 from dropr import names
-from dropr.errors import NotFound, StoreFull, TooLarge, ValidationError
-from dropr.spool.spool import fsync_dir
+from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
+from dropr.spool.spool import LOCK, REASON_SUFFIX, fsync_dir
 
 MAGIC = b"DROPR1 "
 HEADER_MAX = 4096
@@ -64,6 +68,68 @@ class Message:
         return f
 
 
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """A message body written into ``tmp/`` that no consumer can see yet
+    (from :meth:`Store.stage`); ``size`` is the body's length in bytes."""
+
+    id: str
+    channel: str
+    priority: int
+    size: int
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Failures:
+    """What consumers recorded about a message whose command failed: how many
+    tries failed, the time before which no claim takes it, and the last reason."""
+
+    attempts: int = 0
+    not_before: float = 0.0
+    reason: str = ""
+
+    def encode(self):
+        meta = {"attempts": self.attempts, "not_before": self.not_before}
+        return (json.dumps(meta) + "\n" + self.reason.rstrip("\n") + "\n").encode()
+
+    @classmethod
+    def decode(cls, data):
+        line, _, reason = data.decode(errors="replace").partition("\n")
+        meta = json.loads(line)
+        return cls(meta["attempts"], meta["not_before"], reason.rstrip("\n"))
+
+
+class WorkDir:
+    """A consumer's folder ``work/<consumer>/``, ``flock``-ed for as long as the
+    consumer process lives (see :meth:`Store.open_work`)."""
+
+    def __init__(self, consumer, path, fd):
+        self.consumer = consumer
+        self.path = path
+        self._fd = fd
+
+    def close(self):
+        """Let go of the lock; a later consumer of this name may take over."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _is_message(name):
+    return not name.startswith(".") and not name.endswith(REASON_SUFFIX)
+
+
+@contextlib.contextmanager
+def _full_is_store_full(root):
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _FULL:
+            raise StoreFull(f"store {root} is full: {e.strerror}") from None
+        raise
+
+
 def _header(message_id, channel, priority, client, received_at):
     meta = {"id": message_id, "channel": channel, "priority": priority,
             "client": client, "received_at": received_at}
@@ -88,6 +154,7 @@ class Store:
 
     def __init__(self, root, *, fsync=True, clock=time.time):
         self.root = Path(root)
+        self._root = str(self.root)  # the receiver's hot path joins plain strings, not Paths
         self.fsync = fsync
         self._clock = clock
         for sub in ("tmp", "queue", "work", "done", "dead"):
@@ -101,21 +168,49 @@ class Store:
 
         Raises ``TooLarge`` past ``limit`` bytes and ``StoreFull`` on a full disk;
         either way nothing is left behind. With ``sync_dir=False`` the caller
-        must call :meth:`sync` for the channel before answering."""
+        must call :meth:`sync` for the channel before answering.
+        The same as :meth:`stage` then :meth:`publish`."""
+        staged = self.stage(channel, message_id, body, priority=priority, client=client,
+                            limit=limit)
+        return self.publish(staged, sync_dir=sync_dir)
+
+    def stage(self, channel, message_id, body, *, priority, client, limit=None):
+        """Write ``body`` (bytes or an object with ``read(n)``) into ``tmp/``, fsync-ed
+        when the store syncs, and return it as a :class:`Staged` message that no
+        consumer can see yet. Hand it to :meth:`publish` or :meth:`discard`.
+
+        Raises ``ValidationError`` for a bad name, ``TooLarge`` past ``limit``
+        bytes and ``StoreFull`` on a full disk; then nothing is left behind."""
         names.check_name(channel, "channel")
         names.check_id(message_id)
         priority = names.check_priority(priority)
-        tmp = self.root / "tmp" / f"{message_id}.{secrets.token_hex(6)}"
+        tmp = os.path.join(self._root, "tmp", f"{message_id}.{secrets.token_hex(6)}")
+        header = _header(message_id, channel, priority, client, self._clock())
         try:
-            self._write(tmp, body, _header(message_id, channel, priority, client, self._clock()), limit)
-            return self._publish(tmp, channel, f"{priority}.{message_id}", sync_dir)
-        except OSError as e:
-            if e.errno in _FULL:
-                raise StoreFull(f"store {self.root} is full: {e.strerror}") from None
-            raise
-        finally:
+            with _full_is_store_full(self.root):
+                size = self._write(tmp, body, header, limit)
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(tmp)
+            raise
+        return Staged(message_id, channel, priority, size, Path(tmp))
+
+    def publish(self, staged, *, sync_dir=True):
+        """Make a :class:`Staged` message visible in ``queue/<channel>/`` unless its
+        id is already stored; returns ``"stored"`` or ``"duplicate"``. The staged
+        file is gone afterwards, whatever happens. With ``sync_dir=False`` the
+        caller must call :meth:`sync` for the channel before answering."""
+        try:
+            with _full_is_store_full(self.root):
+                name = f"{staged.priority}.{staged.id}"
+                return self._publish(staged.path, staged.channel, name, sync_dir)
+        finally:
+            self.discard(staged)
+
+    def discard(self, staged):
+        """Drop a :class:`Staged` message that will not be published (idempotent)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged.path)
 
     def _write(self, tmp, body, header, limit):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
@@ -135,17 +230,13 @@ class Store:
                 os.fsync(fd)
         finally:
             os.close(fd)
+        return written
 
     def _publish(self, tmp, channel, name, sync_dir):
-        qdir = self.root / "queue" / channel
-        dest = qdir / name
+        qdir = os.path.join(self._root, "queue", channel)
+        dest = os.path.join(qdir, name)
         try:
-            os.link(tmp, dest)
-        except FileNotFoundError:
-            qdir.mkdir(parents=True, exist_ok=True)
-            if self.fsync:
-                fsync_dir(qdir.parent)
-            return self._publish(tmp, channel, name, sync_dir)
+            self._link(tmp, qdir, dest)
         except FileExistsError:
             return DUPLICATE
         # Checked after linking, in the order a message moves (work, then done),
@@ -160,12 +251,24 @@ class Store:
             fsync_dir(qdir)
         return STORED
 
+    def _link(self, tmp, qdir, dest):
+        try:
+            os.link(tmp, dest)
+        except FileNotFoundError:
+            if os.path.isdir(qdir):
+                raise  # the tmp file itself is gone: nothing to publish
+            os.makedirs(qdir, exist_ok=True)  # the channel's first message
+            if self.fsync:
+                fsync_dir(os.path.dirname(qdir))
+            os.link(tmp, dest)
+
     def _in_work_or_done(self, channel, name):
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.root / "work") as it:
+        work = os.path.join(self._root, "work")
+        with contextlib.suppress(FileNotFoundError), os.scandir(work) as it:
             for consumer in it:
                 if os.path.lexists(os.path.join(consumer.path, channel, name)):
                     return True
-        return os.path.lexists(self.root / "done" / channel / name)
+        return os.path.lexists(os.path.join(self._root, "done", channel, name))
 
     def sync(self, channels):
         """Make the entries published in ``channels`` durable (after ``sync_dir=False``)."""
@@ -185,7 +288,7 @@ class Store:
         """How many messages ``channel`` holds in ``state`` (queue, done or dead)."""
         names.check_name(channel, "channel")
         with contextlib.suppress(FileNotFoundError), os.scandir(self.root / state / channel) as it:
-            return sum(1 for e in it if not e.name.startswith("."))
+            return sum(1 for e in it if _is_message(e.name))
         return 0
 
     def messages(self, channel, limit=None, *, state="queue"):
@@ -194,18 +297,23 @@ class Store:
         return self._sorted(self.root / state / channel, limit)
 
     def _sorted(self, directory, limit):
-        keyed = []
-        with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
-            for e in it:
-                prio, _, mid = e.name.partition(".")
-                with contextlib.suppress(FileNotFoundError):
-                    keyed.append((prio, e.stat().st_mtime_ns, mid, e.path))
-        keyed.sort()
         out = []
-        for *_, path in keyed[:limit]:
+        for path in self._listing(directory)[:limit]:
             with contextlib.suppress(FileNotFoundError):
                 out.append(read_message(path))
         return out
+
+    def _listing(self, directory):
+        """The message paths in ``directory``: by priority, then arrival."""
+        keyed = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
+            for e in it:
+                if _is_message(e.name):
+                    prio, _, mid = e.name.partition(".")
+                    with contextlib.suppress(FileNotFoundError):
+                        keyed.append((prio, e.stat().st_mtime_ns, mid, e.path))
+        keyed.sort()
+        return [Path(path) for *_, path in keyed]
 
     def get(self, channel, message_id):
         """The message ``message_id`` of ``channel``, wherever it is; ``NotFound`` if absent."""
@@ -227,30 +335,131 @@ class Store:
         yield self.root / "dead" / channel
 
     def claim(self, channel, consumer, limit=1):
-        """Move up to ``limit`` messages of ``channel`` into ``consumer``'s work folder."""
+        """Move up to ``limit`` messages of ``channel`` into ``consumer``'s work folder,
+        skipping those whose :class:`Failures` say not yet."""
+        names.check_name(channel, "channel")
         names.check_name(consumer, "consumer")
         work = self.root / "work" / consumer / channel
         work.mkdir(parents=True, exist_ok=True)
+        now, failing = self._clock(), self._names(self.root / "retry" / channel)
         claimed = []
-        for m in self.messages(channel):
+        for path in self._listing(self.root / "queue" / channel):
             if len(claimed) >= limit:
                 break
+            if path.name in failing and self._read_failures(channel, path.name).not_before > now:
+                continue
             with contextlib.suppress(FileNotFoundError):
-                os.rename(m.path, work / m.path.name)
-                claimed.append(dataclasses.replace(m, path=work / m.path.name))
+                os.rename(path, work / path.name)  # another consumer may have won it
+                claimed.append(read_message(work / path.name))
         return claimed
 
     def ack(self, message):
         """Move a message (waiting or claimed) to ``done/<channel>/``."""
         self._move(message, self.root / "done" / message.channel)
+        self._settle(message.channel, message.path.name, dead=False)
 
     def release(self, message):
         """Give a claimed message back to ``queue/<channel>/``."""
         self._move(message, self.root / "queue" / message.channel)
 
-    def bury(self, message):
-        """Move a message to ``dead/<channel>/`` for the operator."""
+    def bury(self, message, failures=None):
+        """Move a message to ``dead/<channel>/`` for the operator, with its last
+        :class:`Failures` beside it as ``P.ID.reason``."""
+        if failures is not None:
+            self._write_failures(message, failures)
         self._move(message, self.root / "dead" / message.channel)
+        self._settle(message.channel, message.path.name, dead=True)
+
+    def retry(self, message, failures):
+        """Record ``failures`` of a claimed message, then give it back to
+        ``queue/<channel>/``; claims skip it until ``failures.not_before``."""
+        self._write_failures(message, failures)
+        self.release(message)
+
+    def failures(self, message):
+        """The :class:`Failures` recorded for ``message`` (waiting, or dead)."""
+        return self._read_failures(message.channel, message.path.name, dead=True)
+
+    def _read_failures(self, channel, name, *, dead=False):
+        paths = [self.root / "retry" / channel / name]
+        if dead:
+            paths.append(self.root / "dead" / channel / (name + REASON_SUFFIX))
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                return Failures.decode(path.read_bytes())
+        return Failures()
+
+    def _names(self, directory):
+        with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
+            return {e.name for e in it}
+        return set()
+
+    def _write_failures(self, message, failures):
+        directory = self.root / "retry" / message.channel
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / "tmp" / f".retry-{secrets.token_hex(6)}"
+        with _full_is_store_full(self.root):
+            with open(tmp, "wb") as f:
+                f.write(failures.encode())
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, directory / message.path.name)
+        if self.fsync:
+            fsync_dir(directory)
+
+    def _settle(self, channel, name, *, dead):
+        """A message reached done/ or dead/: drop its failures, or keep them as its reason."""
+        state = self.root / "retry" / channel / name
+        with contextlib.suppress(FileNotFoundError):
+            if dead:
+                os.rename(state, self.root / "dead" / channel / (name + REASON_SUFFIX))
+            else:
+                os.unlink(state)
+
+    def tidy_failures(self, channel):
+        """Settle failures whose message reached done/ or dead/ while a consumer
+        died between the two renames; returns how many."""
+        settled = 0
+        for name in self._names(self.root / "retry" / channel):
+            for state in ("done", "dead"):
+                if os.path.lexists(self.root / state / channel / name):
+                    self._settle(channel, name, dead=state == "dead")
+                    settled += 1
+        return settled
+
+    def open_work(self, consumer):
+        """Lock ``work/<consumer>/`` for this process and return what an earlier
+        consumer of this name left there (it died) to ``queue/``. Returns a
+        :class:`WorkDir`; ``AlreadyRunning`` if a live process holds it."""
+        names.check_name(consumer, "consumer")
+        path = self.root / "work" / consumer
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"consumer {consumer} is already running "
+                                 f"(another process holds {path / LOCK})") from None
+        work = WorkDir(consumer, path, fd)
+        work.recovered = self.unclaim(work)
+        return work
+
+    def unclaim(self, work):
+        """Give every message in a locked :class:`WorkDir` back to ``queue/``;
+        returns how many."""
+        moved = 0
+        with os.scandir(work.path) as channels:
+            for chan in [c for c in channels if c.is_dir()]:
+                queue = self.root / "queue" / chan.name
+                queue.mkdir(parents=True, exist_ok=True)
+                for path in self._listing(chan.path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(path, queue / path.name)
+                        moved += 1
+                if moved and self.fsync:
+                    fsync_dir(queue)
+        return moved
 
     def _move(self, message, directory):
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,181 @@
+"""POST /v1/batch: the sender's multipart upload, stored in two phases.
+
+The request is a JSON ``meta`` part, then one part per message in meta's
+order (README, "The wire"). A refused request must leave
+the store exactly as it was, so nothing is published before the whole body
+has parsed cleanly:
+
+1. meta is read and checked in full;
+2. each message part streams into the store's ``tmp/`` (written, fsync-ed)
+   while the structure is checked: the i-th part carries the i-th id, every
+   id gets a part, no part is left over;
+3. only then is every staged file published (linked into
+   ``queue/<channel>/``, duplicates detected there), and each channel
+   directory is fsync-ed once before the answer.
+
+Any error on the way unlinks everything staged. A problem of one message
+(over the size limit, body size not the one meta gives, bad channel or
+priority) rejects that message alone; the rest proceed.
+"""
+
+import collections
+import dataclasses
+import json
+
+import falcon
+
+from dropr import names
+from dropr.errors import TooLarge, ValidationError
+
+REJECTED = "rejected"  # "stored" and "duplicate" come from the store
+#: Generous bytes of meta JSON per message (id and channel at most 64 each),
+#: used to bound how much of the meta part is read into memory.
+META_BYTES_PER_MESSAGE = 512
+_ORDER = "the parts must follow meta, one per message, in meta's order"
+
+
+@dataclasses.dataclass(slots=True)
+class Entry:
+    """One message as meta announces it; ``error`` says why it is rejected
+    before its body is read (``None``: it is acceptable so far)."""
+
+    id: str
+    channel: str = None
+    priority: int = None
+    size: int = None
+    error: str = None
+
+
+def read_meta(part, max_messages):
+    """``(client, entries)`` from the meta part; ``ValidationError`` if it is not
+    a valid meta, ``TooLarge`` if it announces more than ``max_messages``."""
+    if part is None or part_name(part) != "meta":
+        raise ValidationError("the first part must be the JSON part named 'meta'")
+    try:
+        meta = json.loads(part.get_data())
+    except (ValueError, RecursionError) as e:
+        raise ValidationError(f"meta is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("messages"), list):
+        raise ValidationError('meta must be an object with "client" and a "messages" list')
+    client = names.check_name(meta.get("client"), "client name")
+    messages = meta["messages"]
+    if len(messages) > max_messages:
+        raise TooLarge(f"batch of {len(messages)} messages is over the limit of {max_messages}")
+    entries = [_entry(i, m) for i, m in enumerate(messages)]
+    if len({e.id for e in entries}) != len(entries):
+        seen = set()
+        dup = next(e.id for e in entries if e.id in seen or seen.add(e.id))
+        raise ValidationError(f"message id {dup!r} appears more than once in meta")
+    return client, entries
+
+
+def part_name(part):
+    """The name a part's Content-Disposition gives it (``None`` if none)."""
+    try:
+        return part.name
+    except UnicodeDecodeError:
+        raise ValidationError("a part's Content-Disposition is not UTF-8") from None
+
+
+def _entry(i, message):
+    if not isinstance(message, dict):
+        raise ValidationError(f"meta messages[{i}] must be an object")
+    entry = Entry(names.check_id(message.get("id"), f"meta messages[{i}] id"))
+    try:
+        entry.channel = names.check_name(message.get("channel"), "channel")
+        entry.priority = names.check_priority(message.get("priority"))
+        entry.size = _check_size(message.get("size"))
+    except ValidationError as e:
+        entry.error = str(e)
+    return entry
+
+
+def _check_size(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"size must be a whole number of bytes, not {value!r}")
+    return value
+
+
+def _rejected(error):
+    return {"status": REJECTED, "error": error}
+
+
+class BatchResource:
+    """Stores the messages of one batch upload and answers a result per id.
+    Runs in receiver worker processes, one request per thread."""
+
+    def __init__(self, store, limits):
+        self.store = store
+        self.limits = limits
+        self.message_limit = limits.max_message_bytes or None  # 0 = no limit
+
+    def on_post(self, req, resp):
+        self._check_request(req)
+        parts = iter(req.get_media())
+        client, entries = read_meta(next(parts, None), self.limits.max_batch_messages)
+        results = dict.fromkeys(e.id for e in entries)  # answers in meta's order
+        staged = collections.deque()
+        try:
+            self._stage_all(parts, client, entries, results, staged)
+            self._publish_all(staged, results)
+        finally:
+            for s in staged:
+                self.store.discard(s)
+        resp.media = {"results": results}
+
+    def _check_request(self, req):
+        """Refuse what can be refused before reading a byte of the body."""
+        if not (req.content_type or "").lower().startswith(falcon.MEDIA_MULTIPART):
+            raise falcon.HTTPUnsupportedMediaType(
+                description="a batch is multipart/form-data: a JSON part 'meta', "
+                            "then one part per message")
+        length = req.content_length
+        if length is None:
+            raise falcon.HTTPLengthRequired(description="a batch needs a Content-Length")
+        if length > self.limits.max_batch_bytes:
+            raise TooLarge(f"batch of {length} bytes is over the limit of "
+                           f"{self.limits.max_batch_bytes}")
+
+    def _stage_all(self, parts, client, entries, results, staged):
+        for entry in entries:
+            part = next(parts, None)
+            if part is None:
+                raise ValidationError(f"no part for message {entry.id!r}: {_ORDER}")
+            name = part_name(part)
+            if name != entry.id:
+                raise ValidationError(
+                    f"part {name!r} where meta expects message {entry.id!r}: {_ORDER}")
+            if entry.error:
+                results[entry.id] = _rejected(entry.error)
+                continue
+            outcome = self._stage(part, client, entry)
+            if isinstance(outcome, str):
+                results[entry.id] = _rejected(outcome)
+            else:
+                staged.append(outcome)
+        if next(parts, None) is not None:
+            raise ValidationError(f"more parts than the {len(entries)} messages in meta")
+
+    def _stage(self, part, client, entry):
+        """The staged message, or why it is rejected. The rest of a refused
+        part is skipped by the form when it moves to the next part."""
+        try:
+            staged = self.store.stage(entry.channel, entry.id, part.stream,
+                                      priority=entry.priority, client=client,
+                                      limit=self.message_limit)
+        except TooLarge as e:
+            return str(e)
+        if staged.size != entry.size:
+            self.store.discard(staged)
+            return f"body has {staged.size} bytes, meta says {entry.size}"
+        return staged
+
+    def _publish_all(self, staged, results):
+        channels = set()
+        while staged:
+            message = staged.popleft()  # publish() removes its tmp file, whatever happens
+            results[message.id] = {"status": self.store.publish(message, sync_dir=False)}
+            # A duplicate may have been linked a moment ago by another request
+            # that has not synced yet; syncing here too keeps "duplicate" durable.
+            channels.add(message.channel)
+        self.store.sync(channels)

@@ -1,0 +1,101 @@
+"""``dropr receiver``: the receiver app under gunicorn, in the foreground.
+
+gunicorn is configured from the dropr config alone: no gunicorn config file,
+no ``GUNICORN_CMD_ARGS``, no control socket (it would be one per user, shared
+by every receiver on the host). Workers are ``gthread`` with a few threads
+each, so the senders' kept-alive connections wait in the worker's poller
+instead of holding a whole process.
+"""
+
+import math
+
+import gunicorn.app.base
+import setproctitle
+
+from dropr.receiver.app import create_app
+
+MASTER_TITLE = "dropr: receiver"
+WORKER_TITLE = "dropr: receiver worker"
+#: Request threads per worker process.
+THREADS = 4
+#: Seconds an idle kept-alive connection stays open (the senders pause about
+#: [sender] wait between batches; one reconnect after a long pause is cheap).
+KEEPALIVE = 30
+
+
+def settings(config):
+    """The gunicorn settings for ``config``, by gunicorn setting name."""
+    rc = config.receiver
+    # On stop, finish requests in flight, but within the time the supervisor
+    # allows before it kills the receiver, with a second to spare.
+    graceful = max(1, math.floor(config.supervisor.stop_timeout) - 1)
+    return {
+        "bind": [rc.bind],
+        "workers": rc.workers,
+        "worker_class": "gthread",
+        "threads": THREADS,
+        "keepalive": KEEPALIVE,
+        "timeout": max(1, math.ceil(rc.timeout)),
+        "graceful_timeout": graceful,
+        "preload_app": False,  # each worker builds its own app (and id generator)
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": config.supervisor.log_level,
+        "proc_name": "dropr-receiver",
+        "control_socket_disable": True,
+        "when_ready": when_ready,
+        "pre_fork": pre_fork,
+        "post_fork": post_fork,
+    }
+
+
+def when_ready(server):
+    """gunicorn hook, in the master once it listens: say where, and on what store."""
+    config = server.app.config
+    server.log.info("dropr receiver listening on %s, store %s (fsync %s)",
+                    config.receiver.bind, config.receiver.store,
+                    "on" if config.receiver.fsync else "off")
+
+
+def pre_fork(server, worker):
+    """gunicorn hook, in the master before each fork. gunicorn titles the master
+    itself after when_ready (and again on reload), always before it forks."""
+    setproctitle.setproctitle(MASTER_TITLE)
+
+
+def post_fork(server, worker):
+    """gunicorn hook, in the new worker right after gunicorn titled it."""
+    setproctitle.setproctitle(WORKER_TITLE)
+
+
+class Application(gunicorn.app.base.BaseApplication):
+    """gunicorn serving the receiver app for one :class:`~dropr.config.Config`.
+
+    Building it has no side effects (no sockets, signals, titles or files), so
+    the supervisor can build it and call :meth:`run` in a forked worker;
+    ``run()`` makes the calling process the gunicorn master
+    ("dropr: receiver"), which forks the workers ("dropr: receiver worker")
+    that each build their own app. ``run()`` ends the process with
+    ``SystemExit`` when gunicorn stops."""
+
+    def __init__(self, config):
+        self.config = config
+        super().__init__(prog="dropr receiver")
+
+    def load_config(self):
+        for name, value in settings(self.config).items():
+            # Settings an older gunicorn lacks (the control socket) are left out.
+            if name in self.cfg.settings:
+                self.cfg.set(name, value)
+
+    def load(self):
+        return create_app(self.config)
+
+
+def main(config):
+    """Run the receiver in the foreground until it is stopped; returns the exit code."""
+    try:
+        Application(config).run()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
