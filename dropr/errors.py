@@ -52,12 +52,32 @@ class Rejected(DroprError):
     """The receiver refused a message for good; it will never be accepted."""
 
 
+class BatchRefused(DroprError):
+    """The receiver refused a whole batch as sent (HTTP 4xx other than 408/429).
+
+    Permanent for that exact batch, not for its messages: the sender splits it
+    and tries the halves, so one bad message cannot sink the rest."""
+
+    def __init__(self, status, code, message):
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+class Unreadable(DroprError):
+    """A spooled message file cannot be read by the sender (gone, or no permission)."""
+
+    def __init__(self, message_id, reason):
+        super().__init__(f"message {message_id}: cannot read its spool file: {reason}")
+        self.message_id = message_id
+
+
 class NotFound(DroprError):
     """No message, channel or process of that name."""
 
 
 class AlreadyRunning(DroprError):
-    """A daemon is already running with the same pidfile."""
+    """A daemon is already running with the same pidfile, or a consumer with the same name."""
 
 
 class NotRunning(DroprError):

@@ -35,6 +35,8 @@ def unquote(text):
     """Reverse :func:`quote`; ``ValidationError`` on anything it never makes."""
     if not _ENCODED.match(text):
         raise ValidationError(f"bad encoded field {text!r}")
+    if "%" not in text:
+        return text  # only safe characters: already canonical (the common case, and hot)
     out, i = bytearray(), 0
     while i < len(text):
         if text[i] == "%":

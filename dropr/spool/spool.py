@@ -194,16 +194,25 @@ class Spool:
 
     def claim(self, active, *, limit, max_bytes, now_ms=None):
         """Move up to ``limit`` due messages (at most ``max_bytes``, but at least one)
-        from ``queue/`` into ``active``; returns [(name, path, size)] in send order."""
+        from ``queue/`` into ``active``; returns [(name, path, size)] in send order.
+
+        Raw file names sort in send order, so only the names taken are parsed;
+        anything that is not a regular file with a name dropr makes is left alone."""
         now_ms = self._now_ms() if now_ms is None else now_ms
+        queue = self.dirs["queue"]
+        with os.scandir(queue) as it:
+            raw = sorted(e.name for e in it if e.is_file(follow_symlinks=False))
         claimed, total = [], 0
-        for name in self.names("queue"):
+        for filename in raw:
             if len(claimed) >= limit:
                 break
+            try:
+                name = parse(filename)
+            except ValidationError:
+                continue
             if name.due_ms > now_ms:
                 continue
-            src = self.dirs["queue"] / str(name)
-            dst = active.path / str(name)
+            src, dst = queue / filename, active.path / filename
             try:
                 size = src.stat().st_size
                 if claimed and total + size > max_bytes:
@@ -214,6 +223,11 @@ class Spool:
             claimed.append((name, dst, size))
             total += size
         return claimed
+
+    def unclaim(self, active):
+        """Return every message still in the claim directory ``active`` to ``queue/``;
+        its owner calls this before it lets go of the lock. Returns how many."""
+        return self._back_to_queue(active.path)
 
     def to_sent(self, path, *, keep):
         """An acknowledged message: into ``sent/`` if ``keep``, else unlinked."""
@@ -274,15 +288,19 @@ class Spool:
             os.close(fd)
             return 0  # its sender is alive
         try:
-            moved = 0
-            for name in self.names(None, directory=path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(path / str(name), self.dirs["queue"] / str(name))
-                    moved += 1
+            moved = self._back_to_queue(path)
             shutil.rmtree(path, ignore_errors=True)
             return moved
         finally:
             os.close(fd)
+
+    def _back_to_queue(self, path):
+        moved = 0
+        for name in self.names(None, directory=path):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path / str(name), self.dirs["queue"] / str(name))
+                moved += 1
+        return moved
 
     def remove_older(self, state, max_age, *, now=None):
         """Unlink files in ``state`` whose last change is older than ``max_age`` s."""
@@ -294,6 +312,25 @@ class Spool:
                     if entry.is_file() and entry.stat().st_ctime < limit:
                         os.unlink(entry.path)
                         removed += 1
+        return removed
+
+    def remove_orphan_reasons(self, max_age, *, now=None):
+        """Unlink ``dead/`` reason files whose message is gone (purged by hand, or
+        the writer died between the two renames of :meth:`to_dead`), once they are
+        older than ``max_age`` s: a younger one may be waiting for its message."""
+        limit = (self._clock() if now is None else now) - max_age
+        removed, entries = 0, []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs["dead"]) as it:
+            entries = list(it)
+        present = {e.name for e in entries}
+        for e in entries:
+            message = e.name.removesuffix(REASON_SUFFIX)
+            if message == e.name or message in present:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if e.stat().st_ctime < limit:
+                    os.unlink(e.path)
+                    removed += 1
         return removed
 
     def remove_stale_new_dirs(self, max_age):

@@ -1,0 +1,234 @@
+"""The sender: claims a batch from the client spool, uploads it to its peers,
+and moves every claimed file by its result.
+
+    stored / duplicate        -> sent/ (or unlinked when sent_retention = 0)
+    rejected                  -> dead/, with the receiver's reason
+    missing from the answer   -> deferred/, one attempt counted
+    peer failed (PeerError)   -> deferred/ with per-message backoff; peer marked down
+    peer marked down          -> deferred/ until the peer's down_until, no attempt counted
+    batch refused (4xx)       -> split in halves and tried again at once;
+                                 a single message -> dead/
+    expired, or unknown peer  -> dead/, never sent
+
+Every move is one rename out of the sender's locked ``active/`` directory, so a
+sender that dies mid-batch leaves its claims for the reaper (or the next
+sender) to return to ``queue/``; the receiver drops the duplicates that a lost
+answer causes.
+"""
+
+import logging
+import random
+import signal
+import time
+
+from dropr import backoff
+from dropr.errors import BatchRefused, PeerError, Unreadable
+from dropr.ipc import Notices
+from dropr.spool import Spool
+from dropr.transport import Transport
+
+log = logging.getLogger(__name__)
+
+STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+
+
+class Sender:
+    """Delivers spooled messages to their peers; runs in a sender process
+    (under droprd, or alone as ``dropr send``). Building it has no side effects;
+    :meth:`open` acquires the claim directory."""
+
+    def __init__(self, config, *, label="sender-1", notices=None,
+                 clock=time.time, rand=random.random):
+        self.config = config
+        self.label = label
+        self.notices = notices
+        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock)
+        self._clock = clock
+        self._rand = rand
+        self._active = None
+        self._transports = {}
+
+    def open(self):
+        """Make the spool tree, return orphaned claims to ``queue/``, and lock a
+        claim directory of our own. Returns self."""
+        self.spool.create()
+        recovered = self.spool.recover_orphans()
+        if recovered:
+            log.info("%s: returned %d orphaned messages to queue/", self.label, recovered)
+        self._active = self.spool.open_active(self.label)
+        return self
+
+    def run_once(self):
+        """Claim one batch, deliver it grouped by peer, move every claimed file by
+        its result. Returns how many messages it moved (0: nothing due)."""
+        sender = self.config.sender
+        now_ms = int(self._clock() * 1000)
+        claimed = self.spool.claim(self._active, limit=sender.batch_messages,
+                                   max_bytes=sender.batch_bytes, now_ms=now_ms)
+        by_peer = {}
+        for item in claimed:
+            name = item[0]
+            if name.expires_ms and name.expires_ms <= now_ms:
+                self._dead(item, "expired")
+            elif name.peer not in self.config.peers:
+                self._dead(item, f"unknown peer {name.peer}")
+            else:
+                by_peer.setdefault(name.peer, []).append(item)
+        for peer, batch in by_peer.items():
+            self._deliver(peer, batch)
+        return len(claimed)
+
+    def drain(self):
+        """``run_once()`` until nothing is due; returns the total moved."""
+        total = 0
+        while moved := self.run_once():
+            total += moved
+        return total
+
+    def wait(self):
+        """Block for a wake-up notice up to ``[sender] wait`` seconds (without
+        notices, sleep that long). True if woken by a notice."""
+        if self.notices is not None:
+            return self.notices.wait(self.config.sender.wait)
+        time.sleep(self.config.sender.wait)
+        return False
+
+    def close(self):
+        """Return claimed-but-unfinished files to ``queue/``, release the claim
+        directory's lock and close the connections."""
+        if self._active is not None:
+            returned = self.spool.unclaim(self._active)
+            if returned:
+                log.info("%s: returned %d claimed messages to queue/", self.label, returned)
+            self._active.close()
+            self._active = None
+        for transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
+
+    # -- one peer's share of a batch ----------------------------------------
+
+    def _deliver(self, peer, batch):
+        # A stack of sub-batches, first half on top: a refused batch is split and
+        # its halves are tried at once, in send order.
+        pending = [batch]
+        while pending:
+            part = pending.pop()
+            state = self.spool.peer_state(peer)
+            down_until = state.get("down_until", 0)
+            if down_until > self._clock():
+                self._hold(peer, part, down_until)
+                continue
+            try:
+                results = self._transport(peer).send(part)
+            except BatchRefused as e:
+                pending += self._split_refused(peer, part, e)
+                continue
+            except Unreadable as e:
+                pending += self._drop_unreadable(part, e)
+                continue
+            except PeerError as e:
+                self._peer_failed(peer, part, state, e)
+                continue
+            if state:
+                self.spool.mark_peer_up(peer)
+                log.info("peer %s is up again", peer)
+            self._settle(peer, part, results)
+
+    def _split_refused(self, peer, part, error):
+        """The sub-batches still to try after ``part`` was refused as a whole."""
+        if len(part) == 1:
+            self._dead(part[0], f"refused by peer {peer}: {error}")
+            return []
+        log.debug("batch of %d to %s refused (%s): splitting", len(part), peer, error)
+        middle = len(part) // 2
+        return [part[middle:], part[:middle]]
+
+    def _drop_unreadable(self, part, error):
+        """The sub-batch still to try: ``part`` without the message that cannot
+        be read, which goes to dead/ (if it is there at all)."""
+        log.error("%s", error)
+        rest = []
+        for item in part:
+            if item[0].id != error.message_id:
+                rest.append(item)
+            elif item[1].exists():
+                self._dead(item, str(error))
+        return [rest] if rest else []
+
+    def _settle(self, peer, part, results):
+        counts = {STORED: 0, DUPLICATE: 0, REJECTED: 0, "deferred": 0}
+        keep = self.config.sender.sent_retention > 0
+        for name, path, size in part:
+            result = results.get(name.id)
+            status = result.get("status") if isinstance(result, dict) else None
+            if status in (STORED, DUPLICATE):
+                self.spool.to_sent(path, keep=keep)
+            elif status == REJECTED:
+                reason = result.get("error") or "no reason given"
+                self._dead((name, path, size), f"rejected by peer {peer}: {reason}")
+            else:
+                status = "deferred"  # no (valid) answer for it: nothing known, try again
+                self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
+            counts[status] += 1
+        log.debug("batch of %d to %s: %s", len(part), peer,
+                  ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+
+    def _peer_failed(self, peer, part, state, error):
+        """Mark ``peer`` down, then defer ``part`` with per-message backoff."""
+        failures = state.get("failures", 0) + 1
+        sender = self.config.sender
+        pause = backoff.delay(failures, base=sender.peer_backoff_base, cap=sender.peer_backoff_cap)
+        self.spool.mark_peer_down(peer, until=self._clock() + pause, failures=failures,
+                                  error=str(error))
+        down = "down" if failures == 1 else f"still down ({failures} failures in a row)"
+        log.warning("%s: %s, next try in %.1f s", error, down, pause)
+        for name, path, _ in part:
+            self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
+
+    def _hold(self, peer, part, down_until):
+        """Park ``part`` until its peer's pause ends; it was not tried, so no attempt counts."""
+        due_ms = int(down_until * 1000)
+        for name, path, _ in part:
+            self.spool.to_deferred(path, name, due_ms=due_ms, count_attempt=False)
+        log.debug("held %d messages for %s: peer down", len(part), peer)
+
+    def _retry_due_ms(self, name):
+        retry = self.config.retry
+        pause = backoff.delay(name.attempts + 1, base=retry.base, factor=retry.factor,
+                              cap=retry.cap, jitter=retry.jitter, rand=self._rand)
+        return int((self._clock() + pause) * 1000)
+
+    def _dead(self, item, reason):
+        name, path, _ = item
+        self.spool.to_dead(path, name, reason)
+        log.warning("message %s for %s/%s is dead: %s", name.id, name.peer, name.channel, reason)
+
+    def _transport(self, peer):
+        transport = self._transports.get(peer)
+        if transport is None:
+            transport = Transport(self.config.peer(peer), client=self.config.client.name)
+            self._transports[peer] = transport
+        return transport
+
+
+def main(config, *, once=False):
+    """``dropr send``: one Sender in the foreground. ``once``: deliver everything
+    due, then return. Otherwise loop until SIGTERM or SIGINT, which end the loop
+    after the current batch. Returns the exit code (0)."""
+    signals = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: signals.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    notices = None if once else Notices.open(config.client.spool)
+    sender = Sender(config, label="send", notices=notices).open()
+    try:
+        while not signals:
+            if sender.run_once() == 0:
+                if once:
+                    break
+                sender.wait()
+    finally:
+        sender.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return 0

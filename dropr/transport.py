@@ -1,0 +1,182 @@
+"""The HTTP side of a sender: batch uploads to one peer over a kept-alive
+pycurl handle, and a health probe.
+
+A batch is ``POST <peer>/v1/batch``, multipart as the wire protocol fixes it:
+a JSON ``meta`` part, then one part per message whose body libcurl streams
+from the spool file itself, so no message is ever read into Python memory.
+The answer sorts into three outcomes the sender handles differently:
+
+- 200: a result per message id (``stored``, ``duplicate`` or ``rejected``);
+- :class:`~dropr.errors.BatchRefused`: 400, 411, 413, 415 or 422 — the
+  receiver refused what this batch contains; permanent for the batch as sent;
+- :class:`~dropr.errors.PeerError`: anything else (connection failure,
+  timeout, 5xx, and the other 4xx: 401/403 are a token to fix, 404/405 a
+  wrong URL, 408/429 a busy peer); the messages wait in ``deferred/`` for the
+  operator or the peer, rather than being given up because of a config slip.
+"""
+
+import json
+import os
+
+import pycurl
+
+from dropr.errors import BatchRefused, PeerError, Unreadable
+
+BATCH_PATH = "/v1/batch"
+HEALTH_PATH = "/v1/health"
+#: A peer that moves less than LOW_SPEED_BYTES per second for this long (at
+#: most the peer's timeout) is cut off; 30 s is also curl's own usual choice.
+STALL_SECONDS = 30
+LOW_SPEED_BYTES = 1
+#: An answer body larger than this is not a dropr receiver talking.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: The 4xx answers that judge the batch's content, not the peer's state.
+_REFUSING_4XX = frozenset((400, 411, 413, 415, 422))
+
+
+class _Answer:
+    """Collects a response body up to MAX_ANSWER_BYTES (libcurl write callback)."""
+
+    def __init__(self):
+        self.chunks = []
+        self.size = 0
+
+    def write(self, data):
+        self.size += len(data)
+        if self.size > MAX_ANSWER_BYTES:
+            return 0  # a short count makes libcurl abort the transfer
+        self.chunks.append(data)
+        return None
+
+    def body(self):
+        return b"".join(self.chunks)
+
+
+def _base_handle(peer, timeout=None):
+    curl = pycurl.Curl()
+    curl.setopt(pycurl.NOSIGNAL, 1)  # no SIGALRM for DNS timeouts: we have our own timers
+    curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(peer.connect_timeout * 1000))
+    total = peer.timeout if timeout is None else timeout
+    curl.setopt(pycurl.TIMEOUT_MS, int(total * 1000))
+    curl.setopt(pycurl.LOW_SPEED_LIMIT, LOW_SPEED_BYTES)
+    curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(min(STALL_SECONDS, total))))
+    curl.setopt(pycurl.USERAGENT, "dropr-sender")
+    return curl
+
+
+def _perform(curl, peer):
+    """Run the request; (status, body). ``PeerError`` if no HTTP answer came."""
+    answer = _Answer()
+    curl.setopt(pycurl.WRITEFUNCTION, answer.write)
+    try:
+        curl.perform()
+    except pycurl.error as e:
+        code, text = e.args if len(e.args) == 2 else (0, str(e))
+        raise PeerError(f"peer {peer.name} ({peer.url}): {text} (curl error {code})") from None
+    return curl.getinfo(pycurl.RESPONSE_CODE), answer.body()
+
+
+def _error_of(body):
+    """(code, message) from a dropr error body; best effort for anything else."""
+    try:
+        error = json.loads(body)["error"]
+        return str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        text = body[:200].decode("utf-8", "replace").strip()
+        return "unknown", text or "no error body"
+
+
+def _add_file(form, message_id, path):
+    """A part that libcurl streams from ``path``; it checks here that it can open it."""
+    try:
+        form.add(name=message_id, file=os.fsencode(path), filename=message_id,
+                 content_type="application/octet-stream")
+    except pycurl.error as e:
+        raise Unreadable(message_id, e.args[-1] if e.args else str(e)) from None
+
+
+def _results_of(body, peer):
+    try:
+        results = json.loads(body)["results"]
+    except (ValueError, KeyError, TypeError):
+        results = None
+    if not isinstance(results, dict):
+        # A 200 that is not a dropr answer: nothing is known to be stored, so retry later.
+        raise PeerError(f"peer {peer.name} ({peer.url}): answer 200 without a results table")
+    return results
+
+
+class Transport:
+    """Uploads batches to one peer over one kept-alive pycurl handle.
+
+    Lives in a sender process (under droprd, or ``dropr send``); one per peer,
+    made lazily by the Sender and reused across batches."""
+
+    def __init__(self, peer, *, client):
+        self.peer = peer
+        self.client = client
+        self._curl = None
+
+    def send(self, batch):
+        """Upload ``batch``, a list of ``(name, path, size)`` (``name`` with ``id``,
+        ``channel`` and ``priority``); returns ``{id: {"status": ..., ...}}``.
+
+        Raises ``PeerError`` (try later), ``BatchRefused`` (4xx, permanent), or
+        ``Unreadable`` before anything is sent if a message file cannot be opened."""
+        curl = self._handle()
+        meta = {"client": self.client, "messages": [
+            {"id": n.id, "channel": n.channel, "priority": n.priority, "size": size}
+            for n, _, size in batch]}
+        with pycurl.CurlMime(curl) as form:
+            form.add_field("meta", json.dumps(meta, separators=(",", ":")),
+                           content_type="application/json")
+            for name, path, _ in batch:
+                _add_file(form, name.id, path)
+            curl.setopt(pycurl.MIMEPOST, form)
+            try:
+                status, body = _perform(curl, self.peer)
+            finally:
+                # The form dies with this block; libcurl must not keep a pointer to it.
+                curl.unsetopt(pycurl.MIMEPOST)
+        return self._outcome(status, body)
+
+    def _outcome(self, status, body):
+        if status == 200:
+            return _results_of(body, self.peer)
+        code, message = _error_of(body)
+        if status in _REFUSING_4XX:
+            raise BatchRefused(status, code, message)
+        raise PeerError(f"peer {self.peer.name} ({self.peer.url}): HTTP {status} {code}: {message}")
+
+    def _handle(self):
+        if self._curl is None:
+            curl = _base_handle(self.peer)
+            curl.setopt(pycurl.URL, self.peer.url + BATCH_PATH)
+            # "Expect: 100-continue" would cost a round trip per batch.
+            curl.setopt(pycurl.HTTPHEADER, ["Expect:"])
+            self._curl = curl
+        return self._curl
+
+    def close(self):
+        """Close the handle and its kept-alive connection."""
+        if self._curl is not None:
+            self._curl.close()
+            self._curl = None
+
+
+def probe(peer, *, timeout=5.0):
+    """``GET <peer.url>/v1/health``: ``(True, "")`` on 200, else ``(False, reason)``.
+
+    Used by the retry scanner to see whether a peer marked down is back."""
+    curl = _base_handle(peer, timeout=timeout)
+    try:
+        curl.setopt(pycurl.URL, peer.url + HEALTH_PATH)
+        status, body = _perform(curl, peer)
+    except PeerError as e:
+        return False, str(e)
+    finally:
+        curl.close()
+    if status == 200:
+        return True, ""
+    code, message = _error_of(body)
+    return False, f"peer {peer.name} ({peer.url}): HTTP {status} {code}: {message}"
