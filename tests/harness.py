@@ -158,3 +158,38 @@ def run_dropr(config_path, *args, input=None, timeout=60, check=True):
         raise AssertionError(f"dropr {' '.join(args)} exited {result.returncode}: "
                              f"{result.stderr.decode(errors='replace')}")
     return result
+
+
+def fork_worker(worker):
+    """Run ``worker`` (a dropr.workers.base.Worker) in a forked child, as the
+    supervisor does: ``init_process()`` in the child, which never returns. Returns
+    the child's pid; stop it with :func:`stop_worker`."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            worker.init_process()
+        finally:
+            os._exit(99)  # never fall back into the test runner in the child
+    return pid
+
+
+def process_title(pid):
+    """What ``ps`` shows as the command line of ``pid`` ('' if it is gone)."""
+    result = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+def stop_worker(pid, timeout=1.0, sig=signal.SIGTERM):
+    """Send ``sig`` to a forked worker and reap it within ``timeout`` s; returns its
+    exit code. SIGKILLs and reaps it (then fails) if it does not exit in time."""
+    os.kill(pid, sig)
+
+    def reaped():
+        done, status = os.waitpid(pid, os.WNOHANG)
+        return done == pid and [os.waitstatus_to_exitcode(status)]
+    try:
+        return wait_for(reaped, timeout, interval=0.01, what=f"worker {pid} to exit")[0]
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise

@@ -1,0 +1,57 @@
+"""The retry-scanner worker: :class:`dropr.retry.RetryScanner` under droprd."""
+
+import os
+import time
+
+from dropr import transport
+from dropr.retry import RetryScanner
+from dropr.workers.base import Worker
+
+#: Longest uninterrupted sleep between ticks: bounds how late a stop request,
+#: a vanished supervisor or a due heartbeat is noticed.
+PAUSE_STEP = 0.05
+#: Slack on top of the longest silence a scan can cause (listing, renames).
+_MARGIN = 10.0
+
+
+def pause(worker, seconds, *, clock=time.monotonic):
+    """Sleep ``seconds`` in short steps, ending early when ``worker`` is told to
+    stop or its supervisor is gone, and keeping its heartbeat going meanwhile
+    (an interval longer than the heartbeat timeout must not look like a hang)."""
+    deadline = clock() + seconds
+    while not worker.stopping and os.getppid() == worker.ppid:
+        left = deadline - clock()
+        if left <= 0:
+            return
+        time.sleep(min(PAUSE_STEP, left))
+        worker.report()
+
+
+class RetryScannerWorker(Worker):
+    """The ``dropr: retry-scanner`` process: one scan of ``deferred/`` per
+    ``[retry] interval``. Built in the supervisor; opened and run in the child."""
+
+    kind = "retry_scanner"
+
+    def __init__(self, config, *, clock=time.time, probe=transport.probe, **kwargs):
+        super().__init__(config, **kwargs)
+        self._clock = clock
+        self._probe = probe
+        self.scanner = None
+
+    @classmethod
+    def max_silence(cls, config):
+        """One scan may probe every peer marked down, each for up to its
+        connect_timeout, before the worker reports again: allow all of them."""
+        return sum(p.connect_timeout for p in config.peers.values()) + _MARGIN
+
+    def open(self):
+        """In the child: the scanner, waking senders through this worker's notices."""
+        self.scanner = RetryScanner(self.config, notices=self.notices, clock=self._clock,
+                                    probe=self._probe).open()
+
+    def tick(self):
+        """One scan, then a pause of ``[retry] interval``; returns messages moved."""
+        moved = self.scanner.scan()
+        pause(self, self.config.retry.interval)
+        return moved
