@@ -6,8 +6,15 @@ whose last act is :meth:`run`. ``run()`` is a short loop around ``tick()``
 plus a heartbeat; every wait inside it is bounded.
 
 Exit codes are the protocol between a worker and the supervisor.
+
+A worker must not outlive its supervisor: the child asks the kernel for a
+signal when its parent dies (``PR_SET_PDEATHSIG``, by default SIGKILL, which
+loses nothing because every message is always in exactly one directory), and
+``run()`` also checks ``getppid()`` each cycle, for systems without prctl.
 """
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -21,7 +28,19 @@ EXIT_OK = 0
 EXIT_BOOT_FAILED = 3  # could not start: do not respawn in a hurry
 EXIT_RECYCLE = 4  # asked to be replaced (message budget or memory spent)
 
+PR_SET_PDEATHSIG = 1
+
 log = logging.getLogger(__name__)
+
+
+def set_parent_death_signal(sig):
+    """Ask Linux to send ``sig`` to this process when its parent dies; False
+    where prctl is not available."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 class Worker:
@@ -31,6 +50,11 @@ class Worker:
     kind = "worker"
     #: seconds between reports to the supervisor
     report_interval = 1.0
+    #: what the kernel sends this worker when the supervisor dies
+    parent_death_signal = signal.SIGKILL
+    #: report once open() succeeded (the supervisor then shows it as running);
+    #: a kind that is only ready later reports from its own loop instead
+    report_on_boot = True
 
     def __init__(self, config, *, number=1, ppid=None, max_messages=0):
         self.config = config
@@ -53,8 +77,17 @@ class Worker:
         """A short, file-name-safe name: ``sender-2``, ``reaper``."""
         return self.title.removeprefix("dropr: ").replace(" ", "-")
 
+    @classmethod
+    def max_silence(cls, config):
+        """The longest this kind may go without reporting, when one of its steps
+        may block longer than [supervisor] heartbeat_timeout (0: no such step)."""
+        return 0.0
+
     def init_process(self):
         """In the child: title, signals, resources; then run(). Never returns."""
+        set_parent_death_signal(self.parent_death_signal)
+        if os.getppid() != self.ppid:
+            os._exit(EXIT_OK)  # the supervisor died before the kernel could be told
         setproctitle.setproctitle(self.title)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle_stop)
@@ -62,13 +95,22 @@ class Worker:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.notices = Notices.open(self.config.client.spool)
         try:
+            self._crash_if_asked()
             self.open()
         except Exception:
             log.exception("%s failed to start", self.title)
+            logging.shutdown()
             os._exit(EXIT_BOOT_FAILED)
+        if self.report_on_boot:
+            self.report(force=True)
         code = self.run()
         logging.shutdown()
         os._exit(code)
+
+    def _crash_if_asked(self):
+        crash = self.config.supervisor.test_crash
+        if crash and crash in (self.kind, self.label):
+            raise RuntimeError(f"[supervisor] test_crash = {crash!r}: failing at start on purpose")
 
     def _handle_stop(self, signum, frame):
         self.stopping = True

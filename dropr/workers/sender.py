@@ -1,0 +1,44 @@
+"""The sender worker: one :class:`dropr.sender.Sender` under the supervisor."""
+
+from dropr.workers.base import Worker
+
+# Slack on top of the longest upload, for claiming and moving a batch's files.
+_MARGIN = 10.0
+
+
+class SenderWorker(Worker):
+    """Claims batches from queue/ and delivers them; between batches it waits
+    for a producer's wake-up notice. Runs in a ``dropr: sender N`` process."""
+
+    kind = "sender"
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.sender = None
+
+    @classmethod
+    def max_silence(cls, config):
+        """A sender reports between batches, and one upload may block for the
+        peer's connect_timeout + timeout: allow the slowest peer that long."""
+        uploads = [p.connect_timeout + p.timeout for p in config.peers.values()]
+        return max(uploads, default=0.0) + config.sender.wait + _MARGIN
+
+    def open(self):
+        """Make the Sender: spool tree, recovery of orphaned claims, its active dir."""
+        from dropr.sender import Sender
+
+        self.sender = Sender(self.config, label=self.label, notices=self.notices)
+        self.sender.open()
+
+    def tick(self):
+        """Deliver one batch; when nothing was due, wait for a wake-up."""
+        moved = self.sender.run_once()
+        if moved == 0 and not self.stopping:
+            self.sender.wait()
+        return moved
+
+    def close(self):
+        """Return unfinished claims to queue/ and release the active dir."""
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None

@@ -1,0 +1,160 @@
+"""The restart policy of one worker slot, on a fake clock (no processes)."""
+
+import os
+import signal
+
+from dropr import config as config_mod
+from dropr.supervisor import slots
+from dropr.supervisor.slots import THEN_FAIL, THEN_REMOVE, THEN_RESTART, THEN_STOP, Slot
+from dropr.supervisor.states import State
+from dropr.workers.base import EXIT_BOOT_FAILED, EXIT_RECYCLE
+
+POLICY = config_mod.SupervisorConfig(backoff_base=1.0, backoff_factor=2.0, backoff_cap=5.0,
+                                     backoff_reset=30.0, max_restarts=3, restart_window=60.0)
+
+
+def exit_status(code):
+    """A raw waitpid status for exit code ``code``."""
+    return code << 8
+
+
+def killed_status(sig):
+    return int(sig)
+
+
+def running_slot(now=0.0):
+    slot = Slot("sender", 1, "sender-1")
+    slot.spawned(100, now, 1000.0 + now, 0)
+    slot.heard({"handled": 0}, now, 1000.0 + now)
+    return slot
+
+
+def test_labels_follow_the_workers_section():
+    workers = config_mod.WorkersConfig(sender=2, retry_scanner=1, reaper=1, receiver=1)
+    assert [label for _, _, label in slots.labels(workers)] == [
+        "sender-1", "sender-2", "retry-scanner", "reaper", "receiver"]
+    assert slots.labels(config_mod.WorkersConfig(sender=0, retry_scanner=0, reaper=0)) == []
+
+
+def test_first_report_makes_a_started_worker_running():
+    slot = Slot("reaper", 1, "reaper")
+    assert slot.due(0.0)
+    slot.spawned(42, 0.0, 1000.0, 0)
+    assert slot.state is State.STARTING and slot.alive
+    slot.heard({"handled": 7}, 0.5, 1000.5)
+    assert slot.state is State.RUNNING and slot.handled == 7
+
+
+def test_crash_backs_off_exponentially_up_to_the_cap():
+    slot, now, delays = running_slot(), 0.0, []
+    for _ in range(3):
+        assert slot.exited(exit_status(1), now, POLICY)
+        delays.append(slot.restart_at - now)
+        assert not slot.due(now) and slot.due(slot.restart_at)
+        now = slot.restart_at
+        slot.spawned(100, now, 1000.0, 0)
+    assert delays == [1.0, 2.0, 4.0]
+
+
+def test_exit_before_first_report_is_backoff_after_running_is_exited():
+    slot = Slot("reaper", 1, "reaper")
+    slot.spawned(1, 0.0, 0.0, 0)
+    slot.exited(exit_status(EXIT_BOOT_FAILED), 0.1, POLICY)
+    assert slot.state is State.BACKOFF and slot.failed
+    slot = running_slot()
+    slot.exited(killed_status(signal.SIGKILL), 0.1, POLICY)
+    assert slot.state is State.EXITED and slot.last_exit == "signal 9"
+
+
+def test_more_than_max_restarts_within_the_window_is_fatal():
+    slot, now = running_slot(), 0.0
+    for _ in range(POLICY.max_restarts):
+        slot.exited(exit_status(EXIT_BOOT_FAILED), now, POLICY)
+        assert slot.state is not State.FATAL
+        now += 1.0
+        slot.spawned(100, now, 0.0, 0)
+    slot.exited(exit_status(EXIT_BOOT_FAILED), now, POLICY)
+    assert slot.state is State.FATAL and "exit 3" in slot.error
+    assert not slot.due(now + 1000)
+
+
+def test_failures_outside_the_window_are_forgotten():
+    slot, now = running_slot(), 0.0
+    for _ in range(10):
+        slot.exited(exit_status(1), now, POLICY)
+        assert slot.state is not State.FATAL
+        now += 25.0  # at most 3 failures in any 60 s
+        slot.spawned(100, now, 0.0, 0)
+
+
+def test_backoff_resets_once_the_worker_stayed_up():
+    slot = running_slot()
+    slot.exited(exit_status(1), 0.0, POLICY)
+    slot.spawned(100, 1.0, 0.0, 0)
+    slot.heard({}, 1.0, 0.0)
+    slot.settle(1.0 + POLICY.backoff_reset, POLICY)
+    slot.exited(exit_status(1), 40.0, POLICY)
+    assert slot.restart_at - 40.0 == POLICY.backoff_base
+
+
+def test_recycle_exit_restarts_at_once_and_is_not_a_failure():
+    slot = running_slot()
+    for _ in range(10):
+        assert slot.exited(exit_status(EXIT_RECYCLE), 5.0, POLICY)
+        assert slot.state is State.EXITED and slot.due(5.0) and not slot.failed
+        slot.spawned(100, 5.0, 0.0, 0)
+    assert not slot.failures and slot.restarts == 10
+
+
+def test_what_follows_a_requested_stop():
+    for then, state in ((THEN_STOP, State.STOPPED), (THEN_RESTART, State.EXITED),
+                        (THEN_FAIL, State.EXITED)):
+        slot = running_slot()
+        slot.stopping(then, 10.0, "why")
+        assert slot.state is State.STOPPING and slot.alive
+        assert slot.exited(exit_status(0), 1.0, POLICY)
+        assert slot.state is state and slot.last_exit == "exit 0 (why)"
+        assert slot.failed == (then == THEN_FAIL)
+    slot = running_slot()
+    slot.stopping(THEN_REMOVE, 10.0)
+    assert slot.exited(exit_status(0), 1.0, POLICY) is False
+
+
+def test_operator_restart_revives_a_fatal_worker():
+    slot = running_slot()
+    for n in range(POLICY.max_restarts + 1):
+        slot.exited(exit_status(1), float(n), POLICY)
+        if slot.state is not State.FATAL:
+            slot.spawned(100, float(n), 0.0, 0)
+    assert slot.state is State.FATAL
+    slot.revive(10.0)
+    assert slot.due(10.0) and not slot.failures and slot.error == ""
+
+
+def test_handled_counts_add_up_across_lives():
+    slot = running_slot()
+    slot.heard({"handled": 30}, 1.0, 0.0)
+    slot.exited(exit_status(EXIT_RECYCLE), 2.0, POLICY)
+    slot.spawned(101, 2.0, 0.0, 0)
+    slot.heard({"handled": 5}, 3.0, 0.0)
+    assert slot.handled_before + slot.handled == 35
+
+
+def test_describe_exit():
+    assert slots.describe_exit(None) == "vanished"
+    assert slots.describe_exit(exit_status(4)) == "exit 4"
+    assert slots.describe_exit(killed_status(signal.SIGTERM)) == f"signal {int(signal.SIGTERM)}"
+    assert os.waitstatus_to_exitcode(exit_status(EXIT_RECYCLE)) == EXIT_RECYCLE
+
+
+def test_reconcile_adds_missing_and_hands_back_running_surplus():
+    current = {}
+    assert slots.reconcile(current, config_mod.WorkersConfig(sender=3)) == []
+    assert list(current) == ["sender-1", "sender-2", "sender-3", "retry-scanner", "reaper"]
+    current["sender-2"].spawned(12, 0.0, 0.0, 0)  # sender-3 never started
+    surplus = slots.reconcile(current, config_mod.WorkersConfig(sender=1, reaper=0))
+    assert [s.label for s in surplus] == ["sender-2"]
+    assert list(current) == ["sender-1", "sender-2", "retry-scanner"]
+    surplus[0].stopping(THEN_REMOVE, 5.0)
+    slots.reconcile(current, config_mod.WorkersConfig(sender=2))  # wanted again meanwhile
+    assert current["sender-2"].then == THEN_RESTART and "reaper" in current
