@@ -2,6 +2,8 @@
 
     dropr put --peer NAME [--channel C] [--priority P] [FILE|-]
     dropr send [--once]
+    dropr consume --channel C [--consumer NAME] [--once] [--batch N] [--max-attempts N]
+                  [--timeout S] [--poll S] -- COMMAND ARGS...
     dropr receiver
     dropr spool ls [STATE] | count | dead | requeue ID|--all
     dropr store channels | ls CHANNEL | count CHANNEL | cat CHANNEL ID | ack CHANNEL ID
@@ -37,6 +39,7 @@ def _parser():
     send.add_argument("--once", action="store_true", help="deliver what is deliverable, then exit")
 
     sub.add_parser("receiver", help="serve the receiver with gunicorn in the foreground")
+    _consume_parser(sub)
 
     spool = sub.add_parser("spool", help="look at the client spool")
     ssub = spool.add_subparsers(dest="action", required=True)
@@ -58,6 +61,22 @@ def _parser():
         a.add_argument("channel")
         a.add_argument("id")
     return p
+
+
+def _consume_parser(sub):
+    c = sub.add_parser("consume", help="run a command once per message of a channel",
+                       usage="dropr consume --channel C [options] -- COMMAND ARGS...")
+    c.add_argument("--channel", required=True)
+    c.add_argument("--consumer", help="this consumer's name (default: consume-<host>-<channel>)")
+    c.add_argument("--once", action="store_true", help="process what is due, then exit")
+    c.add_argument("--batch", type=int, default=1, help="messages claimed at a time (default 1)")
+    c.add_argument("--max-attempts", type=int, default=5,
+                   help="failed runs before a message goes to dead/ (default 5)")
+    c.add_argument("--timeout", type=float, help="seconds a command may run (default: no limit)")
+    c.add_argument("--poll", type=float, default=0.5,
+                   help="seconds between looks at an empty channel (default 0.5)")
+    c.add_argument("argv", nargs="*", metavar="COMMAND",
+                   help="the command and its arguments, after --")
 
 
 def main(argv=None):
@@ -88,6 +107,14 @@ def cmd_send(args, config):
     from dropr.sender import main as send_main
 
     return send_main(config, once=args.once)
+
+
+def cmd_consume(args, config):
+    from dropr.consume import main as consume_main
+
+    return consume_main(config, channel=args.channel, command=args.argv,
+                        consumer=args.consumer, once=args.once, batch=args.batch,
+                        max_attempts=args.max_attempts, timeout=args.timeout, poll=args.poll)
 
 
 def cmd_receiver(args, config):
@@ -164,6 +191,7 @@ def cmd_store(args, config):
 _COMMANDS = {
     "put": cmd_put,
     "send": cmd_send,
+    "consume": cmd_consume,
     "receiver": cmd_receiver,
     "spool": cmd_spool,
     "store": cmd_store,
