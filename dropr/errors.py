@@ -28,6 +28,21 @@ class TooLarge(ValidationError):
     """A message or batch is over a configured size limit."""
 
 
+class Unauthorized(DroprError):
+    """A request to the receiver carries no valid bearer token (HTTP 401).
+
+    ``error`` is the RFC 6750 error code for the ``WWW-Authenticate`` answer
+    (``None`` when no credentials came at all)."""
+
+    def __init__(self, message, *, error=None):
+        super().__init__(message)
+        self.error = error
+
+
+class Forbidden(DroprError):
+    """The receiver knows the client but does not let it do this (HTTP 403)."""
+
+
 class TransientError(DroprError):
     """A fault that may pass: retry later."""
 

@@ -29,7 +29,8 @@ def check_name(value, what="name"):
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
     if not value or len(value) > NAME_MAX or not _NAME.match(value):
-        raise ValidationError(f"bad {what} {value!r}: expected {NAME_GRAMMAR}")
+        raise ValidationError(f"bad {what} {shown(value)}{_flaw(value, NAME_MAX)}: "
+                              f"expected {NAME_GRAMMAR}")
     return value
 
 
@@ -38,16 +39,45 @@ def check_id(value, what="message id"):
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
     if not value or len(value) > ID_MAX or not _ID.match(value):
-        raise ValidationError(f"bad {what} {value!r}: expected {ID_GRAMMAR}")
+        raise ValidationError(f"bad {what} {shown(value)}{_flaw(value, ID_MAX)}: "
+                              f"expected {ID_GRAMMAR}")
     return value
+
+
+def shown(value, limit=80):
+    """``repr(value)`` cut to about ``limit`` characters, for error messages
+    that quote what a client sent (which may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _flaw(value, max_len):
+    """What breaks the grammar, in a few words (look-alike letters and control
+    characters are invisible in the quoted value itself)."""
+    if not value:
+        return " (empty)"
+    if len(value) > max_len:
+        return f" ({len(value)} characters, over {max_len})"
+    for c in value:
+        if not c.isascii():
+            return f" (non-ASCII character U+{ord(c):04X})"
+        if not c.isprintable():
+            return f" (control character U+{ord(c):04X})"
+    if "/" in value or "\\" in value:
+        return " (a path separator)"
+    return " (contains '..')" if ".." in value else ""
 
 
 def check_priority(value):
     """Return ``value`` as an int if it is a priority from 0 (most urgent) to 9."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    # A few ASCII digits only: str.isdigit() also takes '²' (which int()
+    # refuses) and look-alikes such as the fullwidth '５' (which int() takes),
+    # and int() refuses thousands of digits.
+    digits = value.strip() if isinstance(value, str) else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= 3:
+        value = int(digits)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"priority must be an integer 0-9, not {value!r}")
+        raise ValidationError(f"priority must be an integer 0-9, not {shown(value)}")
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
         raise ValidationError(f"priority {value} out of range: expected 0 (most urgent) to 9")
     return value

@@ -13,6 +13,12 @@ The answer sorts into three outcomes the sender handles differently:
   timeout, 5xx, and the other 4xx: 401/403 are a token to fix, 404/405 a
   wrong URL, 408/429 a busy peer); the messages wait in ``deferred/`` for the
   operator or the peer, rather than being given up because of a config slip.
+
+Over https the peer's certificate is always verified, its name included:
+against the peer's ``ca_file`` alone when one is set, else against the
+system's CAs. A failed handshake is a ``PeerError`` like any other
+connection failure. A peer with a token gets ``Authorization: Bearer`` on
+every batch.
 """
 
 import json
@@ -61,7 +67,19 @@ def _base_handle(peer, timeout=None):
     curl.setopt(pycurl.LOW_SPEED_LIMIT, LOW_SPEED_BYTES)
     curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(min(STALL_SECONDS, total))))
     curl.setopt(pycurl.USERAGENT, "dropr-sender")
+    if peer.url.startswith("https://"):
+        _verify_peer(curl, peer)
     return curl
+
+
+def _verify_peer(curl, peer):
+    curl.setopt(pycurl.SSL_VERIFYPEER, 1)
+    curl.setopt(pycurl.SSL_VERIFYHOST, 2)
+    if peer.ca_file:
+        # This CA and no other: a certificate from a public CA for the same
+        # name must not pass for the receiver of a private one.
+        curl.setopt(pycurl.CAINFO, str(peer.ca_file))
+        curl.setopt(pycurl.CAPATH, None)
 
 
 def _perform(curl, peer):
@@ -112,9 +130,10 @@ class Transport:
     Lives in a sender process (under droprd, or ``dropr send``); one per peer,
     made lazily by the Sender and reused across batches."""
 
-    def __init__(self, peer, *, client):
+    def __init__(self, peer, *, client, token=""):
         self.peer = peer
         self.client = client
+        self.token = token  # "" = none: the peer serves loopback clients without one
         self._curl = None
 
     def send(self, batch):
@@ -153,7 +172,10 @@ class Transport:
             curl = _base_handle(self.peer)
             curl.setopt(pycurl.URL, self.peer.url + BATCH_PATH)
             # "Expect: 100-continue" would cost a round trip per batch.
-            curl.setopt(pycurl.HTTPHEADER, ["Expect:"])
+            headers = ["Expect:"]
+            if self.token:
+                headers.append(f"Authorization: Bearer {self.token}")
+            curl.setopt(pycurl.HTTPHEADER, headers)
             self._curl = curl
         return self._curl
 

@@ -9,28 +9,46 @@ from falcon.media.multipart import MultipartFormHandler, MultipartParseOptions
 
 from dropr.ids import IdGenerator
 from dropr.receiver import errors
-from dropr.receiver.batch import META_BYTES_PER_MESSAGE, BatchResource
-from dropr.receiver.health import HealthResource
+from dropr.receiver.auth import Authenticate, Clients
+from dropr.receiver.batch import BatchResource, meta_bytes_max
+from dropr.receiver.health import HealthResource, ReadyResource
+from dropr.receiver.limits import BodyTimeout, DiskFloor
 from dropr.receiver.messages import MessagesResource
+from dropr.receiver.metrics import CountingStore, Metrics, MetricsResource
+from dropr.receiver.openapi import OpenAPIResource
 from dropr.store import Store
 
 
-def create_app(config, *, store=None, new_id=None, clock=time.time):
+def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None):
     """The receiver's WSGI app for ``config``.
 
     ``store`` defaults to the filesystem store at ``[receiver] store``;
     ``new_id`` makes ids for plain POSTs without an Idempotency-Key (default: a
-    ULID generator on ``clock``). Built in each gunicorn worker process."""
+    ULID generator on ``clock``); ``clients`` are the clients known by token
+    (default: loaded from ``config``, which reads their token files). Built
+    in each gunicorn worker process."""
     limits = config.receiver
     if store is None:
         store = Store(limits.store, fsync=limits.fsync, clock=clock)
     app = falcon.App(media_type=falcon.MEDIA_JSON)
+    metrics = Metrics(store, min_free_bytes=limits.min_free_bytes)
+    app.add_middleware(metrics)  # first in, last out: it times all the others
+    clients = Clients.load(config) if clients is None else clients
+    app.add_middleware(Authenticate(clients, bind=limits.bind))  # before any byte of a body
+    ready = ReadyResource(store, min_free_bytes=limits.min_free_bytes)
+    store = CountingStore(store, metrics)
+    app.add_middleware(BodyTimeout(limits.body_timeout))
     handlers = app.req_options.media_handlers
     handlers[falcon.MEDIA_MULTIPART] = MultipartFormHandler(_multipart_options(limits))
-    app.add_route("/v1/batch", BatchResource(store, limits))
+    floor = DiskFloor(store.root, limits.min_free_bytes)
+    app.add_route("/v1/batch", BatchResource(store, limits, floor=floor))
     new_id = _locked(new_id or IdGenerator(clock=clock))
-    app.add_route("/v1/channels/{channel}/messages", MessagesResource(store, limits, new_id=new_id))
+    app.add_route("/v1/channels/{channel}/messages",
+                  MessagesResource(store, limits, new_id=new_id, floor=floor))
     app.add_route("/v1/health", HealthResource())
+    app.add_route("/v1/ready", ready)
+    app.add_route("/v1/openapi.json", OpenAPIResource())
+    app.add_route("/metrics", MetricsResource(metrics))
     errors.install(app)
     return app
 
@@ -39,8 +57,7 @@ def _multipart_options(limits):
     options = MultipartParseOptions()
     options.max_body_part_count = limits.max_batch_messages + 1  # the meta part, then one each
     # Only the meta part is ever buffered; message parts stream into the store.
-    options.max_body_part_buffer_size = (64 * 1024
-                                         + META_BYTES_PER_MESSAGE * limits.max_batch_messages)
+    options.max_body_part_buffer_size = meta_bytes_max(limits.max_batch_messages)
     return options
 
 

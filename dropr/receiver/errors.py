@@ -7,8 +7,11 @@ import http
 import logging
 
 import falcon
+from gunicorn.http.errors import NoMoreData, ParseException
 
-from dropr.errors import NotFound, StoreFull, TooLarge, ValidationError
+from dropr.errors import Forbidden, NotFound, StoreFull, TooLarge, Unauthorized, ValidationError
+from dropr.receiver.limits import BODY_TIMEOUT_ENV
+from dropr.receiver.worker import refusal
 
 log = logging.getLogger("dropr.receiver")
 
@@ -19,6 +22,7 @@ STATUS = {
     TooLarge: (413, "too_large"),
     StoreFull: (507, "store_full"),
     NotFound: (404, "not_found"),
+    Forbidden: (403, "forbidden"),
 }
 
 
@@ -26,8 +30,12 @@ def install(app):
     """Register the handlers on the Falcon ``app``."""
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(TimeoutError, _body_timeout)
+    app.add_error_handler(ParseException, _unparsable_body)
+    app.add_error_handler(NoMoreData, _unparsable_body)
     for cls, (status, code) in STATUS.items():
         app.add_error_handler(cls, _dropr_error(status, code))
+    app.add_error_handler(Unauthorized, _unauthorized)
 
 
 def answer(resp, status, code, message):
@@ -50,6 +58,35 @@ def _http_error(req, resp, ex, params):
     code = "malformed" if status == 400 else phrase.lower().replace(" ", "_").replace("-", "_")
     resp.set_headers(ex.headers or {})
     answer(resp, status, code, ex.description or f"{req.method} {req.path}: {phrase.lower()}")
+
+
+def _body_timeout(req, resp, ex, params):
+    """Reading the body stalled (limits.BodyTimeout). gunicorn closes the
+    connection after the answer, since the body was not read to its end."""
+    seconds = req.env.get(BODY_TIMEOUT_ENV)
+    waited = f" for {seconds} s" if seconds is not None else ""
+    answer(resp, 408, "body_timeout",
+           f"no bytes of the request body arrived{waited}; nothing was stored")
+
+
+def _unparsable_body(req, resp, ex, params):
+    """gunicorn could not read the body the app asked for (a broken chunked
+    encoding, or the client went away in the middle)."""
+    refused = refusal(ex) if isinstance(ex, ParseException) else (
+        400, "malformed", "the request body ended before it was complete")
+    if refused is None:
+        _internal_error(req, resp, ex, params)
+    else:
+        answer(resp, *refused)
+
+
+def _unauthorized(req, resp, ex, params):
+    """401 with the challenge RFC 6750 asks for, saying what was wrong if anything came."""
+    challenge = 'Bearer realm="dropr"'
+    if ex.error:
+        challenge += f', error="{ex.error}"'
+    resp.set_header("WWW-Authenticate", challenge)
+    answer(resp, 401, "unauthorized", str(ex))
 
 
 def _internal_error(req, resp, ex, params):

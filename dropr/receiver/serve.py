@@ -8,11 +8,15 @@ instead of holding a whole process.
 """
 
 import math
+import ssl
 
 import gunicorn.app.base
 import setproctitle
 
+from dropr.receiver import metrics
+from dropr.errors import ConfigError
 from dropr.receiver.app import create_app
+from dropr.receiver.auth import Clients, startup_notes
 
 MASTER_TITLE = "dropr: receiver"
 WORKER_TITLE = "dropr: receiver worker"
@@ -32,7 +36,8 @@ def settings(config):
     return {
         "bind": [rc.bind],
         "workers": rc.workers,
-        "worker_class": "gthread",
+        # gthread, answering the requests gunicorn refuses itself in JSON.
+        "worker_class": "dropr.receiver.worker.ThreadWorker",
         "threads": THREADS,
         "keepalive": KEEPALIVE,
         "timeout": max(1, math.ceil(rc.timeout)),
@@ -46,15 +51,62 @@ def settings(config):
         "when_ready": when_ready,
         "pre_fork": pre_fork,
         "post_fork": post_fork,
+        "child_exit": child_exit,
+        "on_exit": on_exit,
+        **_tls_settings(rc),
     }
 
 
+def _tls_settings(rc):
+    if not rc.certfile:
+        return {}
+    return {"certfile": str(rc.certfile), "keyfile": str(rc.keyfile)}
+
+
+def check_tls(config):
+    """Load ``[receiver] certfile`` and ``keyfile`` as gunicorn will, once,
+    before it binds: ConfigError naming the keys if that fails (missing,
+    unreadable, not PEM, not a pair), instead of every connection failing."""
+    rc = config.receiver
+    if not rc.certfile:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(rc.certfile,
+                                                                           rc.keyfile)
+    except OSError as e:  # ssl.SSLError included
+        reason = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))
+        raise ConfigError(f"{config.path}: [receiver] certfile, keyfile: cannot load "
+                          f"{rc.certfile} with {rc.keyfile}: {reason}") from None
+
+
+def log_access_notes(server, config):
+    """Say in the start-up log how clients reach the receiver and who may."""
+    rc = config.receiver
+    server.log.info("serving %s", f"HTTPS with certificate {rc.certfile}" if rc.certfile
+                    else "plain HTTP (no [receiver] certfile)")
+    for level, text in startup_notes(config, server.app.clients):
+        server.log.log(level, text)
+
+
 def when_ready(server):
-    """gunicorn hook, in the master once it listens: say where, and on what store."""
+    """gunicorn hook, in the master once it listens and before it forks: make
+    the folder where the workers keep their metrics; say where, and on what store."""
     config = server.app.config
-    server.log.info("dropr receiver listening on %s, store %s (fsync %s)",
+    folder = metrics.open_folder()
+    server.log.info("dropr receiver listening on %s, store %s (fsync %s), metrics in %s",
                     config.receiver.bind, config.receiver.store,
-                    "on" if config.receiver.fsync else "off")
+                    "on" if config.receiver.fsync else "off", folder)
+    log_access_notes(server, config)
+
+
+def child_exit(server, worker):
+    """gunicorn hook, in the master when a worker has exited."""
+    metrics.worker_exited(worker.pid)
+
+
+def on_exit(server):
+    """gunicorn hook, in the master as it stops: remove the metrics folder."""
+    metrics.close_folder()
 
 
 def pre_fork(server, worker):
@@ -71,8 +123,9 @@ def post_fork(server, worker):
 class Application(gunicorn.app.base.BaseApplication):
     """gunicorn serving the receiver app for one :class:`~dropr.config.Config`.
 
-    Building it has no side effects (no sockets, signals, titles or files), so
-    the supervisor can build it and call :meth:`run` in a forked worker;
+    Building it has no side effects (no sockets, signals, titles, and no files
+    but the token files and the TLS pair it reads to check them), so the
+    supervisor can build it and call :meth:`run` in a forked worker;
     ``run()`` makes the calling process the gunicorn master
     ("dropr: receiver"), which forks the workers ("dropr: receiver worker")
     that each build their own app. ``run()`` ends the process with
@@ -80,6 +133,10 @@ class Application(gunicorn.app.base.BaseApplication):
 
     def __init__(self, config):
         self.config = config
+        check_tls(config)
+        # Read once here, in the master: a bad token file stops the start, and
+        # the workers inherit the tokens.
+        self.clients = Clients.load(config)
         super().__init__(prog="dropr receiver")
 
     def load_config(self):
@@ -89,7 +146,7 @@ class Application(gunicorn.app.base.BaseApplication):
                 self.cfg.set(name, value)
 
     def load(self):
-        return create_app(self.config)
+        return create_app(self.config, clients=self.clients)
 
 
 def main(config):

@@ -29,7 +29,7 @@ def test_batch_is_stored_byte_identical_and_answered_in_meta_order(make_client):
     assert list(r.json["results"].items()) == [(m[0], {"status": "stored"}) for m in messages]
     for mid, channel, prio, data in messages:
         m = store.get(channel, mid)
-        assert (m.priority, m.client, m.size, m.read()) == (prio, "shop-1", len(data), data)
+        assert (m.priority, m.client, m.size, m.read()) == (prio, "local", len(data), data)
     assert files(store.root / "tmp") == []
 
 
@@ -197,4 +197,4 @@ def test_meta_size_is_bounded_by_the_message_limit(make_client):
     client, _ = make_client(max_batch_messages=1)
     meta = json.dumps({"client": "h", "messages": [], "pad": "x" * 200_000}).encode()
     r = post(client, forms.form(forms.meta_part(meta)))
-    assert (r.status_code, r.json["error"]["code"]) == (400, "malformed")
+    assert (r.status_code, r.json["error"]["code"]) == (413, "too_large")

@@ -31,7 +31,7 @@ def test_body_is_stored_byte_identical(make_client, size):
     r = client.simulate_post(URL, body=data, headers={"Idempotency-Key": "K1"})
     assert (r.status_code, r.json) == (201, {"id": "K1", "channel": "orders", "status": "stored"})
     m = store.get("orders", "K1")
-    assert (m.read(), m.priority, m.client) == (data, 5, "http")
+    assert (m.read(), m.priority, m.client) == (data, 5, "local")
     assert files(store.root / "tmp") == []
 
 

@@ -14,6 +14,7 @@ import setproctitle
 
 from dropr import config as config_mod
 from dropr.receiver import serve
+from dropr.receiver.worker import ThreadWorker
 from dropr.store import Store
 from tests import harness
 
@@ -74,7 +75,7 @@ def test_curl_post_is_stored_identical(running, tmp_path):
                           "-H", "Dropr-Priority: 2", url)
     assert (status, answer) == (201, {"id": "CURL1", "channel": "from-curl", "status": "stored"})
     m = store_of(running).get("from-curl", "CURL1")
-    assert (m.read(), m.priority, m.client) == (data, 2, "http")
+    assert (m.read(), m.priority, m.client) == (data, 2, "local")
     # chunked: no Content-Length at all
     status, answer = curl("--data-binary", f"@{tmp_path / 'body'}", "-H", "Idempotency-Key: CURL2",
                           "-H", "Transfer-Encoding: chunked", url)
@@ -98,7 +99,7 @@ def test_curl_batch_is_stored(running, tmp_path):
     assert (status, answer) == (200, {"results": {k: {"status": "stored"} for k in bodies}})
     for mid, body in bodies.items():
         m = store_of(running).get("batch", mid)
-        assert (m.read(), m.client) == (body, "curl-host")
+        assert (m.read(), m.client) == (body, "local")  # meta's client is not trusted
 
 
 def test_connection_is_kept_alive(running):
@@ -129,7 +130,7 @@ def test_settings_come_from_the_config_alone(config_path):
     app = serve.Application(config)
     cfg = app.cfg
     assert cfg.bind == [config.receiver.bind] and cfg.workers == 2
-    assert cfg.worker_class_str == "gthread" and cfg.threads > 1
+    assert cfg.worker_class is ThreadWorker and cfg.threads > 1  # gthread, JSON refusals
     assert cfg.timeout == 60 and 0 < cfg.graceful_timeout < config.supervisor.stop_timeout
     assert cfg.accesslog is None and cfg.errorlog == "-"
     assert cfg.control_socket_disable and not cfg.preload_app

@@ -1,0 +1,118 @@
+"""Limits that protect the receiver from hostile or broken clients: a stalled
+body is cut off, a store whose disk runs low refuses uploads before it fills
+up, and meta JSON is checked for nesting before it is parsed.
+
+Runs in receiver worker processes; one :class:`DiskFloor` and one
+:class:`BodyTimeout` per app, shared by the worker's request threads.
+"""
+
+import os
+import re
+import threading
+import time
+
+from dropr.errors import StoreFull, ValidationError
+
+#: Environ key that tells the 408 handler how long the body stalled.
+BODY_TIMEOUT_ENV = "dropr.body_timeout"
+#: Seconds a measure of the store's free space is reused (statvfs is cheap,
+#: but a batch of 10,000 messages should not make 10,000 calls).
+FREE_SPACE_MAX_AGE = 0.5
+#: A request that staged at least this many bytes measures the free space
+#: again before it publishes: concurrent uploads may all have passed the
+#: first check on the same figure.
+RECHECK_BYTES = 1024 * 1024
+
+
+class BodyTimeout:
+    """Falcon middleware: reading the request body blocks at most ``seconds``
+    without a byte arriving; then the read raises ``TimeoutError``, which the
+    error handlers answer with 408 after the resource has removed what it
+    staged. gunicorn's threaded worker has no such limit of its own, so a
+    stalled client would hold a request thread for good. Runs in receiver
+    worker processes.
+
+    It sets a timeout on the connection's socket (``gunicorn.socket``), so a
+    client that keeps sending, however slowly, is not cut off (as nginx's
+    ``client_body_timeout``); without gunicorn (falcon's TestClient) it does
+    nothing."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def process_request(self, req, resp):
+        sock = req.env.get("gunicorn.socket")
+        if sock is not None:
+            req.env[BODY_TIMEOUT_ENV] = self.seconds
+            sock.settimeout(self.seconds)
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        sock = req.env.get("gunicorn.socket")
+        if sock is not None:
+            # gunicorn writes the answer next, on a socket it expects blocking.
+            sock.settimeout(None)
+
+
+class DiskFloor:
+    """Refuses uploads (``StoreFull``, answered 507) while the free space on the
+    store's filesystem is, or would be, under ``floor`` bytes, so that senders
+    defer their messages instead of the receiver failing mid-write. ``floor``
+    0 turns the check off. Runs in receiver worker processes; thread-safe."""
+
+    def __init__(self, path, floor, *, clock=time.monotonic, statvfs=os.statvfs,
+                 max_age=FREE_SPACE_MAX_AGE):
+        self.path = path
+        self.floor = floor
+        self._clock = clock
+        self._statvfs = statvfs
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._measured = None  # (when, free bytes)
+
+    def check(self, incoming=0):
+        """Refuse a request that would bring ``incoming`` more bytes, on a
+        figure at most ``max_age`` seconds old."""
+        if self.floor:
+            self._judge(self._free(fresh=False), incoming)
+
+    def recheck(self):
+        """Refuse, on a fresh figure, if what was staged already crossed the floor."""
+        if self.floor:
+            self._judge(self._free(fresh=True), 0)
+
+    def _judge(self, free, incoming):
+        if free - incoming < self.floor:
+            more = f" and {incoming} bytes are coming" if incoming else ""
+            raise StoreFull(f"the store has {free} bytes free{more}; it keeps at least "
+                            f"{self.floor} ([receiver] min_free_bytes) free: try later")
+
+    def _free(self, *, fresh):
+        with self._lock:
+            now = self._clock()
+            if fresh or self._measured is None or now - self._measured[0] >= self._max_age:
+                st = self._statvfs(self.path)
+                self._measured = (now, st.f_bavail * st.f_frsize)
+            return self._measured[1]
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_PAIR = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def check_json_depth(data, max_depth, what="JSON"):
+    """Refuse ``data`` (JSON bytes) if it nests arrays and objects deeper than
+    ``max_depth``, without parsing it: a parser recurses once per level.
+
+    Strings are cut out first (their brackets do not count); then innermost
+    ``[]`` and ``{}`` pairs are removed level by level, in C, at most
+    ``max_depth`` times. Unbalanced input is left for the parser to refuse."""
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        if not brackets:
+            return
+        brackets, removed = _PAIR.subn(b"", brackets)
+        if not removed:
+            return  # unbalanced: not JSON, which the parser says better
+    if brackets and _PAIR.search(brackets):
+        raise ValidationError(f"{what} is nested more than {max_depth} levels deep")

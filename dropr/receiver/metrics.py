@@ -1,0 +1,252 @@
+"""GET /metrics: the receiver's Prometheus metrics, summed over its workers.
+
+Every receiver worker process counts what it does itself. Under gunicorn,
+prometheus_client runs in its multiprocess mode: the master makes a fresh
+folder for the run (:func:`open_folder`) and names it in
+``PROMETHEUS_MULTIPROC_DIR`` before it forks; each worker keeps its counts in
+files there, and a scrape answered by any worker sums them all, those of
+workers that have exited included. Without that variable (one process, e.g.
+falcon's TestClient) the counts live in a plain registry of the app.
+
+Labels take few values on purpose: a client cannot make new series by
+sending new channels, paths or methods.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import falcon
+import psutil
+
+from dropr.errors import ConfigError
+from dropr.store import DUPLICATE, STORED
+
+ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "dropr_receiver_"
+#: Each run's folder is ``<tmp>/dropr-receiver-metrics-<master pid>-<random>``.
+FOLDER_PREFIX = "dropr-receiver-metrics-"
+#: Seconds; a big batch with fsync can take many seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Refusal reasons shown as 0 before the first refusal (the codes of
+#: dropr.receiver.errors); other codes appear when they first happen.
+KNOWN_REASONS = ("invalid", "malformed", "too_large", "length_required",
+                 "unsupported_media_type", "store_full")
+UNMATCHED = "unmatched"  # the route label of a request for an unknown path
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
+
+
+def _prometheus():
+    # Imported on first use, in the worker process: prometheus_client picks
+    # its single- or multi-process mode once, when it is first imported, from
+    # ENV_VAR, which the gunicorn master sets only when it is ready to fork.
+    import prometheus_client
+    import prometheus_client.multiprocess
+    import prometheus_client.values
+
+    return prometheus_client
+
+
+def _multiprocess(prom):
+    """True in multiprocess mode; ``ConfigError`` if prometheus_client was
+    imported before ENV_VAR was set (its counts would not be summed)."""
+    wanted = ENV_VAR in os.environ
+    if wanted != prom.values.ValueClass._multiprocess:
+        raise ConfigError(f"prometheus_client was imported before {ENV_VAR} was "
+                          f"{'set' if wanted else 'unset'}: metrics would not add up")
+    return wanted
+
+
+class Metrics:
+    """The receiver's counters, request latency histogram and store gauges;
+    also the Falcon middleware that times requests and counts refusals.
+    Built by ``create_app`` in each receiver worker process, one per process."""
+
+    def __init__(self, store, *, min_free_bytes=0, timer=time.perf_counter):
+        prom = _prometheus()
+        self._prom = prom
+        self.multiprocess = _multiprocess(prom)
+        self._timer = timer
+        self._space = StoreSpace(store, min_free_bytes)
+        self._registry = None
+        if not self.multiprocess:
+            self._registry = prom.CollectorRegistry()
+            self._registry.register(self._space)
+        self._make(prom, self._registry)
+
+    def _make(self, prom, registry):
+        def counter(name, doc, labels=()):
+            return prom.Counter(PREFIX + name, doc, labels, registry=registry)
+        self.stored = counter("messages_stored", "Messages stored (answered stored).")
+        self.bytes = counter("bytes_stored", "Body bytes of the messages stored.")
+        self.duplicates = counter("duplicates", "Messages answered duplicate (already stored).")
+        self.rejected = counter("messages_rejected",
+                                "Messages of a batch rejected for good (answered rejected).")
+        self.refusals = counter("refusals", "Upload requests (POST) answered with an error, "
+                                "by the error code of the answer.", ("reason",))
+        for reason in KNOWN_REASONS:
+            self.refusals.labels(reason)
+        self.latency = prom.Histogram(
+            PREFIX + "request_duration_seconds", "Seconds from request to answer, by route.",
+            ("method", "route"), buckets=LATENCY_BUCKETS, registry=registry)
+
+    # -- counting -------------------------------------------------------------
+
+    def published(self, status, size):
+        """Count one message that the store answered ``status`` for."""
+        if status == STORED:
+            self.stored.inc()
+            self.bytes.inc(size)
+        elif status == DUPLICATE:
+            self.duplicates.inc()
+
+    def process_request(self, req, resp):
+        """Falcon middleware: note when the request came in."""
+        req.context.metrics_started = self._timer()
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        """Falcon middleware: time the request; count a refused upload, and the
+        messages a batch rejected."""
+        started = req.context.get("metrics_started")
+        method = req.method if req.method in falcon.COMBINED_METHODS else "other"
+        route = req.uri_template or UNMATCHED
+        if started is not None:
+            self.latency.labels(method, route).observe(max(0.0, self._timer() - started))
+        if req.method != "POST":
+            return
+        status = resp.status_code
+        if status >= 400:
+            self.refusals.labels(_reason(resp.media, status)).inc()
+        elif isinstance(resp.media, dict) and isinstance(resp.media.get("results"), dict):
+            rejected = sum(1 for r in resp.media["results"].values()
+                           if isinstance(r, dict) and r.get("status") == "rejected")
+            if rejected:
+                self.rejected.inc(rejected)
+
+    # -- exposition -----------------------------------------------------------
+
+    def render(self):
+        """The metrics in the Prometheus text format (bytes): in multiprocess
+        mode, summed over every worker of this run."""
+        registry = self._registry
+        if registry is None:
+            registry = self._prom.CollectorRegistry()
+            self._prom.multiprocess.MultiProcessCollector(registry)
+            registry.register(self._space)
+        return self._prom.generate_latest(registry)
+
+
+def _reason(media, status):
+    """The error code of an error answer (its HTTP status if it has none)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        code = media["error"]["code"]
+        if isinstance(code, str) and _CODE.match(code):
+            return code
+    return str(status)
+
+
+class StoreSpace:
+    """A Prometheus collector: the store's free bytes, read at each scrape,
+    and the floor below which the receiver is not ready. Runs in receiver
+    worker processes."""
+
+    def __init__(self, store, min_free_bytes):
+        self.store = store
+        self.min_free_bytes = min_free_bytes
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(PREFIX + "store_free_bytes",
+                                "Bytes free on the store's filesystem.",
+                                value=self.store.free_bytes())
+        yield GaugeMetricFamily(PREFIX + "store_min_free_bytes",
+                                "[receiver] min_free_bytes: below it /v1/ready answers 503.",
+                                value=self.min_free_bytes)
+
+
+class CountingStore:
+    """The store as the receiver's resources use it, counting each message
+    that is published into :class:`Metrics`; everything else goes straight to
+    the store. Runs in receiver worker processes."""
+
+    def __init__(self, store, metrics):
+        self._store = store
+        self._metrics = metrics
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def put(self, channel, message_id, body, *, priority, client, limit=None, sync_dir=True):
+        """:meth:`dropr.store.Store.put`, counted."""
+        staged = self._store.stage(channel, message_id, body, priority=priority,
+                                   client=client, limit=limit)
+        return self.publish(staged, sync_dir=sync_dir)
+
+    def publish(self, staged, *, sync_dir=True):
+        """:meth:`dropr.store.Store.publish`, counted."""
+        status = self._store.publish(staged, sync_dir=sync_dir)
+        self._metrics.published(status, staged.size)
+        return status
+
+
+class MetricsResource:
+    """GET /metrics: the Prometheus text format. Runs in receiver worker processes."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def on_get(self, req, resp):
+        resp.data = self.metrics.render()
+        resp.content_type = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# -- the gunicorn master ------------------------------------------------------
+
+def open_folder():
+    """In the gunicorn master, before it forks: make a fresh folder for this
+    run's counts and name it in ``PROMETHEUS_MULTIPROC_DIR``; returns it.
+    Folders left by masters that were killed are removed first."""
+    remove_stale_folders()
+    path = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
+    os.environ[ENV_VAR] = path
+    return path
+
+
+def close_folder():
+    """In the gunicorn master as it exits: remove this run's folder."""
+    path = os.environ.get(ENV_VAR, "")
+    if os.path.basename(path).startswith(f"{FOLDER_PREFIX}{os.getpid()}-"):
+        del os.environ[ENV_VAR]
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_exited(pid):
+    """In the gunicorn master when a worker exits: drop the worker's live
+    gauges. Its counts stay, so totals never go down."""
+    if ENV_VAR in os.environ:
+        _prometheus().multiprocess.mark_process_dead(pid)
+
+
+def remove_stale_folders(tmp=None):
+    """Remove the folders of masters that no longer run; returns how many."""
+    tmp = tmp or tempfile.gettempdir()
+    removed = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(tmp) as it:
+        for entry in it:
+            pid = _folder_pid(entry.name)
+            if pid is not None and not psutil.pid_exists(pid) and entry.is_dir():
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _folder_pid(name):
+    if not name.startswith(FOLDER_PREFIX):
+        return None
+    pid = name[len(FOLDER_PREFIX):].partition("-")[0]
+    return int(pid) if pid.isdigit() else None
