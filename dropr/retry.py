@@ -21,6 +21,7 @@ import os
 import time
 
 from dropr import backoff, ids, transport
+from dropr.errors import SpoolFull
 from dropr.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,10 @@ class RetryScanner:
                 log.warning("message %s for %s/%s given up: %s",
                             name.id, name.peer, name.channel, outcome)
         except FileNotFoundError:
+            return False
+        except SpoolFull as e:
+            log.warning("message %s is to go to dead/ (%s), but %s: left in deferred/",
+                        name.id, outcome, e)
             return False
         return True
 

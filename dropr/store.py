@@ -33,7 +33,8 @@ from pathlib import Path
 
 from dropr import names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
-from dropr.spool.spool import LOCK, REASON_SUFFIX, fsync_dir
+from dropr.faults import crash_point
+from dropr.spool.spool import LOCK, REASON_SUFFIX, fsync_dir, make_dirs
 
 MAGIC = b"DROPR1 "
 HEADER_MAX = 4096
@@ -157,8 +158,8 @@ class Store:
         self._root = str(self.root)  # the receiver's hot path joins plain strings, not Paths
         self.fsync = fsync
         self._clock = clock
-        for sub in ("tmp", "queue", "work", "done", "dead"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root, [self.root / sub for sub in ("tmp", "queue", "work", "done", "dead")],
+                  fsync=fsync)
 
     # -- receiver -----------------------------------------------------------
 
@@ -206,6 +207,7 @@ class Store:
                 return self._publish(staged.path, staged.channel, name, sync_dir)
         finally:
             self.discard(staged)
+            crash_point("store.after_publish")
 
     def discard(self, staged):
         """Drop a :class:`Staged` message that will not be published (idempotent)."""
@@ -226,8 +228,10 @@ class Store:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
+            crash_point("store.after_tmp_write")
             if self.fsync:
                 os.fsync(fd)
+            crash_point("store.after_tmp_fsync")
         finally:
             os.close(fd)
         return written
@@ -235,10 +239,15 @@ class Store:
     def _publish(self, tmp, channel, name, sync_dir):
         qdir = os.path.join(self._root, "queue", channel)
         dest = os.path.join(qdir, name)
+        if self._in_work_or_done(channel, name):
+            # Linking first and unlinking on finding it here would leave a second
+            # copy in queue/ if this process died in between.
+            return DUPLICATE
         try:
             self._link(tmp, qdir, dest)
         except FileExistsError:
             return DUPLICATE
+        crash_point("store.after_link")
         # Checked after linking, in the order a message moves (work, then done),
         # so that a copy moving forward concurrently is still seen.
         if self._in_work_or_done(channel, name):
@@ -247,8 +256,8 @@ class Store:
                 if os.stat(dest).st_ino == ino:
                     os.unlink(dest)
             return DUPLICATE
-        if sync_dir and self.fsync:
-            fsync_dir(qdir)
+        if sync_dir:
+            self.sync([channel])
         return STORED
 
     def _link(self, tmp, qdir, dest):
@@ -275,6 +284,24 @@ class Store:
         if self.fsync:
             for channel in set(channels):
                 fsync_dir(self.root / "queue" / channel)
+        crash_point("store.after_queue_sync")
+
+    def free_bytes(self):
+        """Bytes free for this process's writes on the store's filesystem."""
+        st = os.statvfs(self._root)
+        return st.f_bavail * st.f_frsize
+
+    def check_writable(self):
+        """Create, write and remove a file in ``tmp/`` (readiness); ``OSError``
+        if the store cannot be written. A probe left by a crash is a stale
+        ``tmp/`` file like any other, removed by the reaper."""
+        path = os.path.join(self._root, "tmp", f".probe.{secrets.token_hex(6)}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, b"probe\n")
+        finally:
+            os.close(fd)
+            os.unlink(path)
 
     # -- consumers ----------------------------------------------------------
 
@@ -484,6 +511,7 @@ class Store:
                             if e.stat().st_ctime < limit:
                                 os.unlink(e.path)
                                 removed += 1
+                                crash_point("reaper.after_store_unlink")
         return removed
 
     def remove_stale_tmp(self, max_age, *, now=None):
@@ -496,4 +524,5 @@ class Store:
                     if e.stat().st_mtime < limit:
                         os.unlink(e.path)
                         removed += 1
+                        crash_point("reaper.after_store_unlink")
         return removed

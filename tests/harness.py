@@ -5,6 +5,7 @@ condition with a deadline (never sleep-and-hope)."""
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,6 +44,8 @@ def _toml_value(v):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -81,10 +84,12 @@ def write_config(root, *, port=None, sections=None, peers=None):
     return path
 
 
-def http_get(url, timeout=2.0):
-    """(status, body) of a GET, or (None, None) if nothing answers."""
+def http_get(url, timeout=2.0, ca_file=None):
+    """(status, body) of a GET, or (None, None) if nothing answers. An https
+    ``url`` is verified against ``ca_file`` (default: the system's CAs)."""
+    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -95,10 +100,13 @@ def http_get(url, timeout=2.0):
 class Receiver:
     """``dropr receiver`` (gunicorn) as a real process on loopback."""
 
-    def __init__(self, config_path, log_path=None):
+    def __init__(self, config_path, log_path=None, *, env=None):
         self.config_path = Path(config_path)
+        self.env = env  # the environment of the receiver process (default: ours)
         self.config = config_mod.load(config_path)
-        self.url = self.config.peers[next(iter(self.config.peers))].url
+        peer = self.config.peers[next(iter(self.config.peers))]
+        self.url = peer.url
+        self.ca_file = peer.ca_file  # for an https receiver
         self.log_path = Path(log_path or self.config_path.with_name("receiver.log"))
         self.proc = None
 
@@ -106,14 +114,15 @@ class Receiver:
         """Start gunicorn and wait until /v1/health answers 200."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*DROPR, "--config", str(self.config_path), "receiver"],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=self.env)
         log.close()
 
         def healthy():
             if self.proc.poll() is not None:
                 raise AssertionError(f"receiver exited with {self.proc.returncode}: "
                                      + self.log_path.read_text()[-3000:])
-            return http_get(self.url + "/v1/health")[0] == 200
+            return http_get(self.url + "/v1/health", ca_file=self.ca_file)[0] == 200
         wait_for(healthy, timeout, what="receiver health")
         return self
 
