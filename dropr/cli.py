@@ -1,6 +1,6 @@
 """``dropr``: the command line for producers, operators and foreground roles.
 
-    dropr put --peer NAME [--channel C] [--priority P] [FILE|-]
+    dropr put --peer NAME [--channel C] [--priority P] [--ttl S] [--timeout S] [FILE|-]
     dropr send [--once]
     dropr consume --channel C [--consumer NAME] [--once] [--batch N] [--max-attempts N]
                   [--timeout S] [--poll S] -- COMMAND ARGS...
@@ -33,6 +33,9 @@ def _parser():
     put.add_argument("--channel", default="common")
     put.add_argument("--priority", type=int, default=5)
     put.add_argument("--ttl", type=float, help="expire after this many seconds")
+    put.add_argument("--timeout", type=float,
+                     help="seconds to wait for room in a spool at its limits "
+                          "(default: [client] put_timeout)")
     put.add_argument("file", nargs="?", default="-", help="file to send, or - for stdin")
 
     send = sub.add_parser("send", help="run one sender in the foreground")
@@ -47,7 +50,7 @@ def _parser():
     ls.add_argument("state", nargs="?")
     ssub.add_parser("count", help="messages per state directory")
     ssub.add_parser("dead", help="list dead messages with their reasons")
-    rq = ssub.add_parser("requeue", help="send dead messages again")
+    rq = ssub.add_parser("requeue", help="send dead messages again (their expiry dropped)")
     rq.add_argument("id", nargs="?")
     rq.add_argument("--all", action="store_true")
 
@@ -100,7 +103,8 @@ def cmd_put(args, config):
     from dropr.client import Client
 
     data = sys.stdin.buffer if args.file == "-" else args.file
-    print(Client(config).put(data, args.peer, args.channel, args.priority, ttl=args.ttl))
+    print(Client(config).put(data, args.peer, args.channel, args.priority, ttl=args.ttl,
+                             timeout=args.timeout))
 
 
 def cmd_send(args, config):
@@ -140,7 +144,7 @@ def cmd_spool(args, config):
         for name in spool.names("dead"):
             print(f"{name.id}\t{name.peer}\t{name.channel}\t{spool.reason(name).strip()}")
     elif args.action == "requeue":
-        return _spool_requeue(spool, args)
+        return _spool_requeue(spool, args, config)
 
 
 def _spool_ls(spool, state):
@@ -155,15 +159,22 @@ def _spool_ls(spool, state):
                 print(f"{st}\t{name.priority}\t{name.id}\t{name.peer}\t{name.channel}\t{name.attempts}")
 
 
-def _spool_requeue(spool, args):
+def _spool_requeue(spool, args, config):
+    """Dead messages back to queue/ as new: no attempts, no due time, and no
+    expiry (the operator wants them sent, however late); then wake the senders."""
+    from dropr.ipc import Notices
+
     if bool(args.id) == bool(args.all):
         raise ValidationError("give one message ID or --all")
     dead = [n for n in spool.names("dead") if args.all or n.id == args.id]
     if not dead:
-        raise NotFound(f"no dead message {args.id}")
+        raise NotFound("no dead messages" if args.all else f"no dead message {args.id}")
     for name in dead:
-        spool.requeue("dead", name, attempts=0, due_ms=0)
+        spool.requeue("dead", name, attempts=0, due_ms=0, expires_ms=0)
         print(name.id)
+    notices = Notices.open(spool.root)
+    if notices is not None and config.client.notify_max:
+        notices.wake(config.client.notify_max)
 
 
 def cmd_store(args, config):

@@ -22,11 +22,15 @@ from dropr.errors import ConfigError, ValidationError
 DEFAULT_PATH = "conf/dropr.toml"
 ENV_VAR = "DROPR_CONFIG"
 MiB = 1024 * 1024
+TOKEN_MAX = 4096
 
 
-def key(default, lo=None, hi=None, *, kind=None):
-    """A config key with its default and inclusive bounds (``None``: unbounded)."""
-    return dataclasses.field(default=default, metadata={"lo": lo, "hi": hi, "kind": kind})
+def key(default, lo=None, hi=None, *, kind=None, secret=False):
+    """A config key with its default and inclusive bounds (``None``: unbounded).
+    A ``secret`` key (a token) is left out of the section's repr, so that a
+    config written to a log never shows it."""
+    return dataclasses.field(default=default, repr=not secret,
+                             metadata={"lo": lo, "hi": hi, "kind": kind})
 
 
 def _default_client_name():
@@ -43,6 +47,9 @@ class ClientConfig:
     fsync: bool = key(True)
     name: str = key("", kind="name")
     notify_max: int = key(4, 0, 1000)
+    max_messages: int = key(0, 0)
+    max_bytes: int = key(0, 0)
+    put_timeout: float = key(0.0, 0.0, 86400.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +60,28 @@ class PeerConfig:
     url: str = key("", kind="url")
     connect_timeout: float = key(5.0, 0.1, 300.0)
     timeout: float = key(60.0, 0.1, 86400.0)
+    token: str = key("", kind="token", secret=True)
+    token_file: Path = key("", kind="path")
+    ca_file: Path = key("", kind="path")
+
+    @property
+    def section(self):
+        return f"peers.{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceiverClientConfig:
+    """[receiver.clients.NAME]: one client the receiver knows by its bearer token.
+    ``channels`` is ``None`` when the client may write to every channel."""
+
+    name: str = ""
+    token: str = key("", kind="token", secret=True)
+    token_file: Path = key("", kind="path")
+    channels: tuple = key(None, kind="names")
+
+    @property
+    def section(self):
+        return f"receiver.clients.{self.name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +129,12 @@ class ReceiverConfig:
     max_message_bytes: int = key(64 * MiB, 0)
     max_batch_messages: int = key(10_000, 1)
     max_batch_bytes: int = key(1024 * MiB, 1)
+    body_timeout: float = key(30.0, 0.1, 3600.0)
+    min_free_bytes: int = key(64 * MiB, 0)
+    certfile: Path = key("", kind="path")
+    keyfile: Path = key("", kind="path")
+    #: The [receiver.clients.NAME] tables, in file order (not a key of its own).
+    clients: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +195,25 @@ class Config:
             known = ", ".join(sorted(self.peers)) or "none configured"
             raise UnknownPeer(f"unknown peer {name!r} (known: {known})") from None
 
+    def token_of(self, entry):
+        """The bearer token of ``entry``, a peer or a receiver client: its
+        ``token``, or what its ``token_file`` holds, stripped. The file is read
+        now, by the process that uses the token, and not by :func:`load`:
+        producers load the same config and need not be able to read the
+        secrets of the sender or the receiver. ConfigError naming the key if
+        the file cannot be read or holds no valid token."""
+        if not entry.token_file:
+            return entry.token
+        label = f"{self.path}: [{entry.section}] token_file"
+        try:
+            data = entry.token_file.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{label}: cannot read {entry.token_file}: {e.strerror}") from None
+        if not data.strip():
+            raise ConfigError(f"{label}: {entry.token_file} holds no token")
+        token = data.strip().decode("ascii", "replace")
+        return _check_token(token, f"{label}: the token in {entry.token_file}", None, None)
+
 
 SECTIONS = {
     "client": ClientConfig,
@@ -200,9 +254,12 @@ def from_dict(data, *, path=Path("<dict>")):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table at the top level")
     _reject_unknown(where, "", data, list(SECTIONS) + ["peers"])
+    tables = {name: data.get(name, {}) for name in SECTIONS}
+    clients = _pop_clients(tables)
     sections = {
-        name: _build(cls, data.get(name, {}), where, name, base) for name, cls in SECTIONS.items()
+        name: _build(cls, tables[name], where, name, base) for name, cls in SECTIONS.items()
     }
+    sections["receiver"] = _with_clients(sections["receiver"], clients, where, base)
     peers = _build_peers(data.get("peers", {}), where, base)
     if not sections["client"].name:
         client = dataclasses.replace(sections["client"], name=_default_client_name())
@@ -222,8 +279,51 @@ def _build_peers(table, where, base):
         peer = _build(PeerConfig, body, where, f"peers.{name}", base, extra={"name": name})
         if not peer.url:
             raise ConfigError(f"{where}: [peers.{name}] url: required, e.g. 'http://host:8080'")
+        _check_token_source(peer, where, required=False)
+        if peer.ca_file and not peer.url.startswith("https://"):
+            raise ConfigError(f"{where}: [peers.{name}] ca_file: only for an https:// url, "
+                              f"got {peer.url!r}")
         peers[name] = peer
     return peers
+
+
+def _pop_clients(tables):
+    """The [receiver.clients] table, taken out of ``tables["receiver"]`` (a copy)."""
+    receiver = tables["receiver"]
+    if not isinstance(receiver, dict) or "clients" not in receiver:
+        return {}
+    tables["receiver"] = {k: v for k, v in receiver.items() if k != "clients"}
+    return receiver["clients"]
+
+
+def _with_clients(receiver, table, where, base):
+    """``receiver`` with its clients, after the checks that span several keys."""
+    if bool(receiver.certfile) != bool(receiver.keyfile):
+        missing = "keyfile" if receiver.certfile else "certfile"
+        raise ConfigError(f"{where}: [receiver] {missing}: certfile and keyfile go together: "
+                          "give both (HTTPS) or neither (HTTP)")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [receiver.clients] must be a table of "
+                          "[receiver.clients.NAME] tables")
+    clients = []
+    for name, body in table.items():
+        try:
+            names.check_name(name, "client name")
+        except ValidationError as e:
+            raise ConfigError(f"{where}: [receiver.clients.{name}]: {e}") from None
+        client = _build(ReceiverClientConfig, body, where, f"receiver.clients.{name}", base,
+                        extra={"name": name})
+        _check_token_source(client, where, required=True)
+        clients.append(client)
+    return dataclasses.replace(receiver, clients=tuple(clients))
+
+
+def _check_token_source(entry, where, *, required):
+    label = f"{where}: [{entry.section}]"
+    if entry.token and entry.token_file:
+        raise ConfigError(f"{label} token, token_file: give one of them, not both")
+    if required and not (entry.token or entry.token_file):
+        raise ConfigError(f"{label} token: required (or token_file, a file that holds it)")
 
 
 def _reject_unknown(where, section, table, known):
@@ -308,6 +408,25 @@ def _check_name(raw, label, meta, base):
     return raw
 
 
+def _check_names(raw, label, meta, base):
+    if raw is None:
+        return None
+    _want(isinstance(raw, list), raw, label, "a list of channel names")
+    try:
+        return tuple(dict.fromkeys(names.check_name(n, "channel") for n in raw))
+    except ValidationError as e:
+        raise ConfigError(f"{label}: {e}") from None
+
+
+def _check_token(raw, label, meta, base):
+    # What an Authorization header can carry: visible ASCII, no spaces.
+    ok = isinstance(raw, str) and len(raw) <= TOKEN_MAX and all("!" <= c <= "~" for c in raw)
+    if not ok:  # a secret: the value is not shown
+        raise ConfigError(f"{label}: expected a token of at most {TOKEN_MAX} visible ASCII "
+                          "characters, without spaces")
+    return raw
+
+
 def _check_url(raw, label, meta, base):
     ok = isinstance(raw, str) and raw.startswith(("http://", "https://")) and len(raw) > 8
     _want(ok or raw == "", raw, label, "an http:// or https:// URL")
@@ -333,6 +452,8 @@ _CHECKS = {
     "str": _check_str,
     "path": _check_path,
     "name": _check_name,
+    "names": _check_names,
+    "token": _check_token,
     "url": _check_url,
     "bind": _check_bind,
     "level": _check_level,

@@ -22,7 +22,8 @@ import signal
 import time
 
 from dropr import backoff
-from dropr.errors import BatchRefused, PeerError, Unreadable
+from dropr.errors import BatchRefused, PeerError, SpoolFull, Unreadable
+from dropr.faults import crash_point
 from dropr.ipc import Notices
 from dropr.spool import Spool
 from dropr.transport import Transport
@@ -47,10 +48,15 @@ class Sender:
         self._rand = rand
         self._active = None
         self._transports = {}
+        self._tokens = {}
 
     def open(self):
-        """Make the spool tree, return orphaned claims to ``queue/``, and lock a
-        claim directory of our own. Returns self."""
+        """Read the peers' tokens, make the spool tree, return orphaned claims
+        to ``queue/``, and lock a claim directory of our own. Returns self.
+        ConfigError (naming the key) for a token file it cannot read: better
+        not to start than to claim messages it cannot deliver."""
+        peers = self.config.peers
+        self._tokens = {name: self.config.token_of(peer) for name, peer in peers.items()}
         self.spool.create()
         recovered = self.spool.recover_orphans()
         if recovered:
@@ -130,6 +136,7 @@ class Sender:
             except PeerError as e:
                 self._peer_failed(peer, part, state, e)
                 continue
+            crash_point("send.after_upload")
             if state:
                 self.spool.mark_peer_up(peer)
                 log.info("peer %s is up again", peer)
@@ -201,13 +208,21 @@ class Sender:
 
     def _dead(self, item, reason):
         name, path, _ = item
-        self.spool.to_dead(path, name, reason)
+        try:
+            self.spool.to_dead(path, name, reason)
+        except SpoolFull as e:
+            # No room to write why: judge it again on a later attempt rather than crash.
+            self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name),
+                                   count_attempt=False)
+            log.warning("message %s is to go to dead/ (%s), but %s: deferred", name.id, reason, e)
+            return
         log.warning("message %s for %s/%s is dead: %s", name.id, name.peer, name.channel, reason)
 
     def _transport(self, peer):
         transport = self._transports.get(peer)
         if transport is None:
-            transport = Transport(self.config.peer(peer), client=self.config.client.name)
+            transport = Transport(self.config.peer(peer), client=self.config.client.name,
+                                  token=self._tokens.get(peer, ""))
             self._transports[peer] = transport
         return transport
 

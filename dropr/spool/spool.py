@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from dropr.errors import SpoolFull, ValidationError
+from dropr.faults import crash_point
 from dropr.spool.naming import SpoolName, parse
 
 STATES = ("tmp", "queue", "active", "deferred", "sent", "dead")
@@ -43,6 +44,20 @@ def fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(root, paths, *, fsync):
+    """Make the directories ``paths`` under ``root`` (idempotent). With ``fsync``
+    a tree made now is synced, because a new directory lasts through an OS
+    crash only once the directory that holds it is synced."""
+    made = False
+    for path in paths:
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            made = True
+    if made and fsync:
+        fsync_dir(root)
+        fsync_dir(root.parent)
 
 
 def _write_all(fd, data):
@@ -98,8 +113,7 @@ class Spool:
 
     def create(self):
         """Make the directory tree (idempotent); returns self."""
-        for path in (*self.dirs.values(), self.peers_dir):
-            path.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root, (*self.dirs.values(), self.peers_dir), fsync=self.fsync)
         return self
 
     # -- producer ---------------------------------------------------------
@@ -114,11 +128,14 @@ class Spool:
         try:
             try:
                 _copy_into(fd, data)
+                crash_point("put.after_tmp_write")
                 if self.fsync:
                     os.fsync(fd)
+                crash_point("put.after_fsync")
             finally:
                 os.close(fd)
             os.rename(tmp, self.dirs["queue"] / filename)
+            crash_point("put.after_rename")
         except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -127,6 +144,7 @@ class Spool:
             raise
         if self.fsync:
             fsync_dir(self.dirs["queue"])
+        crash_point("put.after_dir_fsync")
         return self.dirs["queue"] / filename
 
     # -- listing ----------------------------------------------------------
@@ -142,6 +160,23 @@ class Spool:
                     found.append(parse(entry.name))
         found.sort()
         return found
+
+    def backlog(self, *, with_bytes=False):
+        """``(messages, bytes)`` waiting to be sent: in ``queue/`` and ``deferred/``.
+
+        One directory listing each, no name parsing; ``bytes`` is 0 unless
+        ``with_bytes``, which costs a ``stat()`` per file."""
+        messages = size = 0
+        for state in ("queue", "deferred"):
+            with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs[state]) as it:
+                for entry in it:
+                    if entry.name.startswith("."):
+                        continue
+                    messages += 1
+                    if with_bytes:
+                        with contextlib.suppress(FileNotFoundError):
+                            size += entry.stat(follow_symlinks=False).st_size
+        return messages, size
 
     def count(self, state):
         """How many messages are in ``state`` (in all of ``active/`` for that state)."""
@@ -187,6 +222,7 @@ class Spool:
         fresh.mkdir()
         fd = os.open(fresh / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        crash_point("send.after_new_active_dir")
         if final.exists():
             self._release_dir(final)
         os.rename(fresh, final)
@@ -220,6 +256,7 @@ class Spool:
                 os.rename(src, dst)
             except FileNotFoundError:
                 continue  # another sender claimed it first
+            crash_point("send.after_claim")
             claimed.append((name, dst, size))
             total += size
         return claimed
@@ -235,21 +272,27 @@ class Spool:
             os.rename(path, self.dirs["sent"] / path.name)
         else:
             path.unlink()
+        crash_point("send.after_move_sent")
 
     def to_deferred(self, path, name, *, due_ms, count_attempt=True):
         """Move a claimed message to ``deferred/``, its next attempt due at ``due_ms``."""
         attempts = name.attempts + 1 if count_attempt else name.attempts
         new = name.replace(attempts=attempts, due_ms=due_ms)
         os.rename(path, self.dirs["deferred"] / str(new))
+        crash_point("send.after_defer")
         return new
 
     def to_dead(self, path, name, reason):
-        """Give up on a message: its reason first, then the message, into ``dead/``."""
+        """Give up on a message: its reason first, then the message, into ``dead/``.
+        ``SpoolFull`` if the disk has no room for the reason; the message stays put."""
         dead = self.dirs["dead"] / str(name)
         note = self.dirs["tmp"] / (f".reason-{os.getpid()}-" + str(name))
-        note.write_text(reason.rstrip("\n") + "\n")
+        self._write_note(note, reason.rstrip("\n") + "\n")
+        crash_point("dead.after_reason_write")
         os.rename(note, dead.with_name(dead.name + REASON_SUFFIX))
+        crash_point("dead.after_reason_rename")
         os.rename(path, dead)
+        crash_point("dead.after_move")
 
     # -- retry scanner ----------------------------------------------------
 
@@ -258,6 +301,7 @@ class Spool:
         src = self.dirs[state] / str(name)
         new = name.replace(**changes) if changes else name
         os.rename(src, self.dirs["queue"] / str(new))
+        crash_point("retry.after_requeue")
         if state == "dead":
             with contextlib.suppress(FileNotFoundError):
                 (self.dirs["dead"] / (str(name) + REASON_SUFFIX)).unlink()
@@ -281,18 +325,24 @@ class Spool:
         try:
             fd = os.open(path / LOCK, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            return 0
+            # A claim directory gets its lock before it gets its name, so one
+            # without a lock was being removed when its remover died: finish that.
+            return self._empty_and_remove(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return 0  # its sender is alive
         try:
-            moved = self._back_to_queue(path)
-            shutil.rmtree(path, ignore_errors=True)
-            return moved
+            return self._empty_and_remove(path)
         finally:
             os.close(fd)
+
+    def _empty_and_remove(self, path):
+        moved = self._back_to_queue(path)
+        crash_point("active.before_remove_dir")
+        shutil.rmtree(path, ignore_errors=True)
+        return moved
 
     def _back_to_queue(self, path):
         moved = 0
@@ -300,6 +350,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path / str(name), self.dirs["queue"] / str(name))
                 moved += 1
+            crash_point("active.after_return_to_queue")
         return moved
 
     def remove_older(self, state, max_age, *, now=None):
@@ -312,6 +363,7 @@ class Spool:
                     if entry.is_file() and entry.stat().st_ctime < limit:
                         os.unlink(entry.path)
                         removed += 1
+                        crash_point("reaper.after_unlink")
         return removed
 
     def remove_orphan_reasons(self, max_age, *, now=None):
@@ -352,10 +404,19 @@ class Spool:
             return {}
 
     def mark_peer_down(self, peer, *, until, failures, error):
-        """Record that ``peer`` failed, so no sender tries it before ``until``."""
-        tmp = self.peers_dir / f".{peer}.{os.getpid()}"
-        tmp.write_text(json.dumps({"down_until": until, "failures": failures, "error": error}))
+        """Record that ``peer`` failed, so no sender tries it before ``until``.
+        False if the disk had no room for the record."""
+        # Written in tmp/, where the reaper removes what a crash leaves behind.
+        tmp = self.dirs["tmp"] / f".peer-{peer}.{os.getpid()}"
+        try:
+            self._write_note(tmp, json.dumps({"down_until": until, "failures": failures,
+                                              "error": error}))
+        except SpoolFull:
+            return False  # a full disk: the marker is advice, the messages wait all the same
+        crash_point("send.after_mark_down_write")
         os.rename(tmp, self.peers_dir / peer)
+        crash_point("send.after_mark_down")
+        return True
 
     def mark_peer_up(self, peer):
         """Forget that ``peer`` was down."""
@@ -367,6 +428,17 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             return sorted(p.name for p in self.peers_dir.iterdir() if not p.name.startswith("."))
         return []
+
+    def _write_note(self, path, text):
+        """Write a small file; ``SpoolFull`` (and no file) on a full disk."""
+        try:
+            path.write_text(text)
+        except OSError as e:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            if e.errno in _FULL:
+                raise SpoolFull(f"spool {self.root} is full: {e.strerror}") from None
+            raise
 
     def _now_ms(self):
         return int(self._clock() * 1000)

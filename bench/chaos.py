@@ -1,0 +1,393 @@
+"""Chaos run: put messages from several producers while a seeded random schedule
+breaks the tree, then check that every message arrived exactly once, intact.
+
+    python bench/chaos.py [--messages N] [--faults K] [--seed S] [--duration SEC]
+                          [--producers P] [--dir DIR] [--keep]
+
+The receiver (``dropr receiver``) runs on its own behind a fault-injecting
+proxy (bench/faultproxy.py); the real ``droprd`` tree runs the senders, the
+retry scanner and the reaper; a consumer acks messages into the store's
+``done/`` (producers and consumer: bench/chaosroles.py; the processes and
+disks: bench/chaostree.py). The client spool and the server store each live on a small tmpfs
+(mounted here: run as root). The faults, one at a time, ``--duration`` seconds
+spread: kill -9 of a sender, of the retry scanner, of the reaper, of the
+supervisor (then ``droprd start`` again), of a gunicorn worker, of the
+receiver's master (then start it again), of the consumer; the proxy answering
+500 or stalling (the receiver stores, the answer is lost); the client or the
+store disk filled to the last byte for a while. Faults that last may overlap
+the next ones.
+
+Each producer records every id that put() returned with the sha256 of its body
+(fsync-ed after each put). At the end, once the spool is empty, the store is
+walked and one line is printed:
+
+    put N, stored N, lost 0, duplicated 0, faults K, seed S
+
+Exit status 0 only if every recorded id is stored once with identical bytes
+and the store holds nothing else.
+"""
+
+import argparse
+import collections
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from chaosroles import CONSUMER, parse_role
+from chaostree import Daemon, Disk, ReceiverProcess, Role, kill9, wait_for
+from faultproxy import ERROR, PASS, STALL, FaultProxy
+
+from dropr import config as config_mod
+from dropr.ipc import Notices
+from dropr.spool import Spool
+from dropr.store import Store
+
+#: Fault kinds and how often each is drawn; every kind happens at least once.
+FAULTS = {
+    "kill-sender": 3, "kill-retry-scanner": 1, "kill-reaper": 1, "kill-supervisor": 1,
+    "kill-receiver-worker": 2, "kill-receiver-master": 1, "kill-consumer": 1,
+    "http-500": 2, "stall": 2, "client-disk-full": 2, "store-disk-full": 2,
+}
+MiB = 1 << 20
+
+
+def parse_args(argv):
+    """The run's options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=5000)
+    p.add_argument("--faults", type=int, default=30)
+    p.add_argument("--seed", type=int, default=None, help="default: random, printed")
+    p.add_argument("--duration", type=float, help="seconds of faults (default: 1 per fault)")
+    p.add_argument("--producers", type=int, default=4)
+    p.add_argument("--max-backlog", type=int, default=200,
+                   help="[client] max_messages, so that producers meet QueueFull")
+    p.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                   help="where to make the work folder (default /dev/shm)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder")
+    return p.parse_args(argv)
+
+
+# -- set-up -------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(root, *, receiver_port, proxy_port, max_backlog):
+    """The chaos config: small timeouts and backoffs so that the tree heals fast,
+    and restarts that never give up (every kill -9 counts as a failure)."""
+    text = f"""
+[client]
+spool = "{root / 'client-disk' / 'spool'}"
+fsync = false
+max_messages = {max_backlog}
+
+[peers.local]
+url = "http://127.0.0.1:{proxy_port}"
+connect_timeout = 1.0
+timeout = 3.0
+
+[sender]
+batch_messages = 200
+wait = 0.2
+peer_backoff_base = 0.1
+peer_backoff_cap = 1.0
+
+[retry]
+base = 0.1
+cap = 0.5
+interval = 0.1
+
+[reaper]
+interval = 1.0
+tmp_max_age = 10.0
+done_retention = 86400.0
+
+[receiver]
+bind = "127.0.0.1:{receiver_port}"
+store = "{root / 'store-disk' / 'store'}"
+fsync = false
+min_free_bytes = {MiB}
+workers = 2
+timeout = 10.0
+
+[workers]
+sender = 2
+
+[supervisor]
+pidfile = "{root / 'droprd.pid'}"
+status_file = "{root / 'droprd.status.json'}"
+log_file = "{root / 'droprd.log'}"
+tick = 0.1
+backoff_base = 0.05
+backoff_cap = 0.5
+max_restarts = 1000000
+stop_timeout = 5.0
+kill_timeout = 2.0
+"""
+    path = root / "dropr.toml"
+    path.write_text(text)
+    return config_mod.load(path)
+
+
+def schedule(rng, faults, duration):
+    """[(seconds from the start, kind)]: every kind once, the rest drawn by weight."""
+    kinds = list(FAULTS)[:faults]
+    kinds += rng.choices(list(FAULTS), weights=list(FAULTS.values()), k=faults - len(kinds))
+    rng.shuffle(kinds)
+    gap = duration / max(1, faults)
+    return [((i + rng.random() * 0.5) * gap, kind) for i, kind in enumerate(kinds)]
+
+
+class Run:
+    """One chaos run: its folder, disks, processes and fault schedule. Lives in
+    the chaos process; producers and the consumer are child processes."""
+
+    def __init__(self, args, root):
+        self.args = args
+        self.root = root
+        self.rng = random.Random(args.seed)
+        self.duration = args.duration or float(args.faults)
+        avg = 3000  # bytes a small message takes on tmpfs, page rounding included
+        self.client_disk = Disk(root / "client-disk", 64 * MiB)
+        store_size = 64 * MiB + args.messages * (4096 + 2 * avg)
+        self.store_disk = Disk(root / "store-disk", store_size)
+        self.proxy = self.receiver = self.daemon = self.config = self.consumer = None
+        self.producers = []
+        self.injected = collections.Counter()
+        self.timers = []
+
+    def setup(self):
+        self.client_disk.mount()
+        self.store_disk.mount()
+        receiver_port = free_port()
+        self.proxy = FaultProxy(receiver_port).start()
+        self.config = write_config(self.root, receiver_port=receiver_port,
+                                   proxy_port=self.proxy.port, max_backlog=self.args.max_backlog)
+        Spool(self.config.client.spool, fsync=False).create()
+        Store(self.config.receiver.store, fsync=False)
+        self.receiver = ReceiverProcess(self.config, self.root / "receiver.log")
+        self.receiver.start()
+        self.daemon = Daemon(self.config)
+        self.daemon.start()
+        self.consumer = self._consumer().start()
+
+    def _consumer(self):
+        return Role(Path(__file__), ["consume", "--config", str(self.config.path)],
+                    self.root / "consumer.log")
+
+    def start_producers(self):
+        n, p = self.args.messages, self.args.producers
+        for i in range(p):
+            count = n // p + (1 if i < n % p else 0)
+            args = ["produce", "--config", str(self.config.path), "--count", str(count),
+                    "--rate", str(max(1.0, count / self.duration)),
+                    "--seed", str(self.args.seed * 1000 + i),
+                    "--out", str(self.root / f"producer-{i}.ids")]
+            self.producers.append(Role(Path(__file__), args, self.root / f"producer-{i}.log").start())
+
+    # -- faults -----------------------------------------------------------------
+
+    def inject_all(self):
+        started = time.monotonic()
+        for at, kind in schedule(self.rng, self.args.faults, self.duration):
+            wait = started + at - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            if self._inject(kind):
+                self.injected[kind] += 1
+            else:
+                print(f"chaos: fault {kind} found nothing to break", file=sys.stderr)
+
+    def _inject(self, kind):
+        """Start fault ``kind``. A fault that lasts (500s, a stall, a full disk)
+        ends by a timer, so the next one may begin meanwhile: faults overlap."""
+        hold = self.rng.uniform(0.5, 2.0)
+        if kind.startswith("kill-") and kind != "kill-supervisor":
+            return self._kill(kind.removeprefix("kill-"))
+        if kind == "kill-supervisor":
+            return self.daemon.kill_supervisor()
+        if kind in ("http-500", "stall"):
+            mode = ERROR if kind == "http-500" else STALL
+            self.proxy.set_mode(mode)
+            self._end_later(hold, lambda: self.proxy.mode == mode and self.proxy.set_mode(PASS))
+            return True
+        disk = self.client_disk if kind == "client-disk-full" else self.store_disk
+        disk.fill()
+        self._end_later(hold, disk.free)
+        return True
+
+    def _end_later(self, seconds, end):
+        timer = threading.Timer(seconds, end)
+        timer.start()
+        self.timers.append(timer)
+
+    def _kill(self, what):
+        if what == "receiver-master":
+            self.receiver.kill_master()
+            return True
+        if what == "consumer":
+            self.consumer.kill()
+            self.consumer = self._consumer().start()
+            return True
+        victims = []
+        with contextlib.suppress(RuntimeError):
+            victims = wait_for(lambda: self._victims(what), 5, f"a live {what}")
+        return bool(victims) and kill9(self.rng.choice(victims).pid)
+
+    def _victims(self, what):
+        if what == "receiver-worker":
+            return self.receiver.workers()
+        return self.daemon.workers("dropr: " + ("sender" if what == "sender" else what))
+
+    # -- the end ------------------------------------------------------------------
+
+    def heal(self):
+        """Every fault off, every process up."""
+        for timer in self.timers:
+            timer.cancel()
+            timer.join()
+        self.proxy.set_mode(PASS)
+        self.client_disk.free()
+        self.store_disk.free()
+        self.receiver.ensure()
+        self.daemon.ensure()
+        if not self.consumer.running():
+            self.consumer = self._consumer().start()
+
+    def wait_producers(self):
+        stats = collections.Counter()
+        for producer in self.producers:
+            producer.proc.wait()
+            out = producer.stop().strip().splitlines()
+            if producer.proc.returncode != 0 or not out:
+                raise RuntimeError(f"producer failed; see {producer.log_path}")
+            stats.update(json.loads(out[-1]))
+        return stats
+
+    def wait_idle(self, timeout):
+        """Wait until queue/, active/ and deferred/ are empty."""
+        spool = Spool(self.config.client.spool, fsync=False)
+
+        def idle():
+            return spool.backlog()[0] == 0 and spool.count("active") == 0
+        try:
+            wait_for(idle, timeout, "the spool to drain", interval=0.2)
+        except RuntimeError as e:
+            print(f"chaos: {e}: {spool.counts()}", file=sys.stderr)
+        return spool
+
+    def teardown(self):
+        for role in [*self.producers, self.consumer]:
+            if role is not None:
+                role.kill()
+        if self.daemon is not None:
+            self.daemon.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.proxy is not None:
+            self.proxy.close()
+        if self.config is not None:
+            notices = Notices.open(self.config.client.spool)
+            if notices is not None:
+                notices.remove()
+        self.client_disk.unmount()
+        self.store_disk.unmount()
+
+
+# -- the check ------------------------------------------------------------------
+
+def expected_ids(root):
+    """{id: sha256} of every id a producer recorded."""
+    expected = {}
+    for path in sorted(root.glob("producer-*.ids")):
+        for line in path.read_text().splitlines():
+            message_id, _channel, _priority, digest = line.split()
+            expected[message_id] = digest
+    return expected
+
+
+def stored_copies(store):
+    """{id: [sha256 of each stored copy]} over every channel, queue/ and done/."""
+    with contextlib.suppress(Exception):
+        store.open_work(CONSUMER).close()  # what a killed consumer left goes back to queue/
+    found = collections.defaultdict(list)
+    for channel in store.channels():
+        for state in ("queue", "done", "dead"):
+            for message in store.messages(channel, state=state):
+                found[message.id].append(hashlib.sha256(message.read()).hexdigest())
+    return found
+
+
+def verify(expected, found):
+    """Counts of the comparison: stored, lost, duplicated, corrupt, unexpected."""
+    stored = sum(1 for mid in expected if mid in found)
+    corrupt = sum(1 for mid, digest in expected.items()
+                  if any(d != digest for d in found.get(mid, ())))
+    return {"stored": stored, "lost": len(expected) - stored,
+            "duplicated": sum(len(copies) - 1 for copies in found.values()),
+            "corrupt": corrupt, "unexpected": sum(1 for mid in found if mid not in expected)}
+
+
+def run(args):
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1_000_000)
+    root = Path(tempfile.mkdtemp(prefix="dropr-chaos-", dir=args.dir))
+    chaos, began = Run(args, root), time.monotonic()
+    try:
+        chaos.setup()
+        chaos.start_producers()
+        chaos.inject_all()
+        chaos.heal()
+        stats = chaos.wait_producers()
+        spool = chaos.wait_idle(60 + args.messages / 500)
+        daemon_status = chaos.daemon.status()
+        chaos.consumer.stop()
+        result = verify(expected_ids(root), stored_copies(Store(chaos.config.receiver.store)))
+        dead = [(n.id, spool.reason(n).strip()) for n in spool.names("dead")]
+    finally:
+        chaos.teardown()
+    faults = sum(chaos.injected.values())
+    tracebacks = {p.name: p.read_text(errors="replace").count("Traceback")
+                  for p in sorted(root.glob("*.log"))}
+    put = stats["put"]
+    print(f"put {put}, stored {result['stored']}, lost {result['lost']}, "
+          f"duplicated {result['duplicated']}, faults {faults}, seed {args.seed}", flush=True)
+    print(f"chaos: {time.monotonic() - began:.1f} s; faults {dict(chaos.injected)}; "
+          f"put refused: {stats['queue_full']} queue full, {stats['spool_full']} spool full; "
+          f"corrupt {result['corrupt']}, unexpected {result['unexpected']}, "
+          f"dead {len(dead)} {dead[:5]}; droprd status exit {daemon_status}; "
+          f"tracebacks {sum(tracebacks.values())} {tracebacks}", file=sys.stderr)
+    # A worker that crashed is a finding even when nothing was lost: under the
+    # default restart policy a crash loop ends in a fatal worker.
+    ok = (put == args.messages and result["lost"] == 0 and result["duplicated"] == 0
+          and result["corrupt"] == 0 and result["unexpected"] == 0 and daemon_status == 0
+          and tracebacks.get("droprd.log", 0) == 0 and tracebacks.get("consumer.log", 0) == 0)
+    if ok and not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"chaos: logs kept in {root}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    role = parse_role(argv)
+    if role is not None:
+        return role[0](role[1])
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
