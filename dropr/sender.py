@@ -16,6 +16,7 @@ sender) to return to ``queue/``; the receiver drops the duplicates that a lost
 answer causes.
 """
 
+import concurrent.futures
 import logging
 import random
 import signal
@@ -67,6 +68,38 @@ class Sender:
     def run_once(self):
         """Claim one batch, deliver it grouped by peer, move every claimed file by
         its result. Returns how many messages it moved (0: nothing due)."""
+        moved, by_peer = self._claim()
+        self._deliver_all(by_peer)
+        return moved
+
+    def drain(self, *, stop=lambda: False):
+        """Deliver batches until nothing is due or ``stop()`` is true; returns
+        the total moved. Pipelined: while one batch is on the wire, the next is
+        claimed and the answers of the one before are settled, so the
+        receiver's work and ours overlap. One batch at a time is uploaded, in
+        order, so the peer's state is judged as in :meth:`run_once`; each
+        message is in exactly one directory throughout (an answered one stays
+        in ``active/`` until it is settled)."""
+        total, in_flight, answered = 0, None, []
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.label) as pool:
+            while True:
+                moved, by_peer = self._claim() if not stop() else (0, {})
+                if in_flight is not None:
+                    in_flight.result()  # its errors are ours
+                finished, answered = answered, []
+                in_flight = None
+                if moved:
+                    in_flight = pool.submit(self._deliver_all, by_peer,
+                                            lambda *answer, into=answered: into.append(answer))
+                for answer in finished:
+                    self._settle(*answer)
+                if not moved:
+                    return total
+                total += moved
+
+    def _claim(self):
+        """Claim a batch; (how many, {peer: batch}) of those to deliver. The
+        expired and those of unknown peers go to dead/ here."""
         sender = self.config.sender
         now_ms = int(self._clock() * 1000)
         claimed = self.spool.claim(self._active, limit=sender.batch_messages,
@@ -80,16 +113,13 @@ class Sender:
                 self._dead(item, f"unknown peer {name.peer}")
             else:
                 by_peer.setdefault(name.peer, []).append(item)
-        for peer, batch in by_peer.items():
-            self._deliver(peer, batch)
-        return len(claimed)
+        return len(claimed), by_peer
 
-    def drain(self):
-        """``run_once()`` until nothing is due; returns the total moved."""
-        total = 0
-        while moved := self.run_once():
-            total += moved
-        return total
+    def _deliver_all(self, by_peer, settle=None):
+        """Deliver each peer's batch; ``settle(peer, part, results)`` takes each
+        answer (default: :meth:`_settle`, at once)."""
+        for peer, batch in by_peer.items():
+            self._deliver(peer, batch, settle or self._settle)
 
     def wait(self):
         """Block for a wake-up notice up to ``[sender] wait`` seconds (without
@@ -114,7 +144,7 @@ class Sender:
 
     # -- one peer's share of a batch ----------------------------------------
 
-    def _deliver(self, peer, batch):
+    def _deliver(self, peer, batch, settle=None):
         # A stack of sub-batches, first half on top: a refused batch is split and
         # its halves are tried at once, in send order.
         pending = [batch]
@@ -140,7 +170,7 @@ class Sender:
             if state:
                 self.spool.mark_peer_up(peer)
                 log.info("peer %s is up again", peer)
-            self._settle(peer, part, results)
+            (settle or self._settle)(peer, part, results)
 
     def _split_refused(self, peer, part, error):
         """The sub-batches still to try after ``part`` was refused as a whole."""
@@ -238,7 +268,7 @@ def main(config, *, once=False):
     sender = Sender(config, label="send", notices=notices).open()
     try:
         while not signals:
-            if sender.run_once() == 0:
+            if sender.drain(stop=lambda: bool(signals)) == 0:
                 if once:
                     break
                 sender.wait()

@@ -14,6 +14,7 @@ then renamed into ``queue/``.
 """
 
 import dataclasses
+import functools
 import re
 
 from dropr import names
@@ -25,6 +26,7 @@ _ENCODED = re.compile(r"(?:[A-Za-z0-9_-]|%[0-9A-F]{2})*\Z")
 _OPTIONAL = (("a", "attempts"), ("d", "due_ms"), ("e", "expires_ms"))
 
 
+@functools.lru_cache(maxsize=1024)  # a producer quotes the same few peers and channels
 def quote(text):
     """Percent-encode ``text`` so that it holds only ``[A-Za-z0-9_%-]``."""
     raw = text.encode("utf-8", "surrogatepass")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from dropr.errors import SpoolFull, ValidationError
 from dropr.faults import crash_point
+from dropr.spool.listing import Listing
 from dropr.spool.naming import SpoolName, parse
 
 STATES = ("tmp", "queue", "active", "deferred", "sent", "dead")
@@ -35,6 +36,9 @@ REASON_SUFFIX = ".reason"
 _NEW_PREFIX = ".new-"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+#: A claim listing keeps the first max(_KEEP_BATCHES * limit, _KEEP_MIN) names.
+_KEEP_BATCHES = 100
+_KEEP_MIN = 10_000
 
 
 def fsync_dir(path):
@@ -104,11 +108,14 @@ class Spool:
     """The client spool at ``root``; used by producers, senders, the retry scanner,
     the reaper and the admin commands, each in its own process."""
 
-    def __init__(self, root, *, fsync=True, clock=time.time):
+    def __init__(self, root, *, fsync=True, clock=time.time, monotonic=time.monotonic):
         self.root = Path(root)
         self.fsync = fsync
         self._clock = clock
+        self._monotonic = monotonic
+        self._listing = None  # a sender's claim listing, kept between claims
         self.dirs = {state: self.root / state for state in STATES}
+        self._tmp, self._queue = str(self.dirs["tmp"]), str(self.dirs["queue"])
         self.peers_dir = self.root / "peers"
 
     def create(self):
@@ -123,7 +130,8 @@ class Spool:
 
         Raises ``SpoolFull`` on a full disk, after removing the partial file."""
         filename = str(name)
-        tmp = self.dirs["tmp"] / filename
+        # Plain strings, not Paths: this is the producer's hot path.
+        tmp, queued = f"{self._tmp}/{filename}", f"{self._queue}/{filename}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
             try:
@@ -134,18 +142,18 @@ class Spool:
                 crash_point("put.after_fsync")
             finally:
                 os.close(fd)
-            os.rename(tmp, self.dirs["queue"] / filename)
+            os.rename(tmp, queued)
             crash_point("put.after_rename")
         except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(tmp)
             if isinstance(e, OSError) and e.errno in _FULL:
                 raise SpoolFull(f"spool {self.root} is full: {e.strerror}") from None
             raise
         if self.fsync:
-            fsync_dir(self.dirs["queue"])
+            fsync_dir(self._queue)
         crash_point("put.after_dir_fsync")
-        return self.dirs["queue"] / filename
+        return Path(queued)
 
     # -- listing ----------------------------------------------------------
 
@@ -233,33 +241,62 @@ class Spool:
         from ``queue/`` into ``active``; returns [(name, path, size)] in send order.
 
         Raw file names sort in send order, so only the names taken are parsed;
-        anything that is not a regular file with a name dropr makes is left alone."""
+        anything that is not a regular file with a name dropr makes is left alone.
+        The names come from a :class:`~dropr.spool.listing.Listing` kept between
+        calls, so a deep queue is listed once for many batches (see there for
+        how fresh it is)."""
         now_ms = self._now_ms() if now_ms is None else now_ms
-        queue = self.dirs["queue"]
-        with os.scandir(queue) as it:
-            raw = sorted(e.name for e in it if e.is_file(follow_symlinks=False))
+        queue, dest = str(self.dirs["queue"]), str(active.path)
+        listing, rescanned = self._listing_for(limit)
         claimed, total = [], 0
-        for filename in raw:
-            if len(claimed) >= limit:
-                break
-            try:
-                name = parse(filename)
-            except ValidationError:
-                continue
-            if name.due_ms > now_ms:
-                continue
-            src, dst = queue / filename, active.path / filename
-            try:
-                size = src.stat().st_size
-                if claimed and total + size > max_bytes:
+        while len(claimed) < limit:
+            filename = listing.peek()
+            if filename is None:
+                if rescanned:
                     break
-                os.rename(src, dst)
+                listing, rescanned = self._rescan(limit), True
+                continue
+            item = self._claim_one(queue, dest, filename, now_ms)
+            if item is not None and claimed and total + item[2] > max_bytes:
+                break  # not moved: first in line for the next batch
+            listing.advance()
+            if item is None:
+                continue
+            try:
+                os.rename(item[1], dest + "/" + filename)
             except FileNotFoundError:
                 continue  # another sender claimed it first
             crash_point("send.after_claim")
-            claimed.append((name, dst, size))
-            total += size
+            claimed.append((item[0], Path(dest, filename), item[2]))
+            total += item[2]
         return claimed
+
+    def _claim_one(self, queue, dest, filename, now_ms):
+        """(name, source path, size) of ``filename`` if it is a due message still
+        in ``queue/``; None to skip it."""
+        try:
+            name = parse(filename)
+        except ValidationError:
+            return None
+        if name.due_ms > now_ms:
+            return None
+        src = queue + "/" + filename
+        try:
+            return name, src, os.stat(src).st_size
+        except FileNotFoundError:
+            return None  # another sender claimed it first
+
+    def _listing_for(self, limit):
+        """(listing, True if just made): the kept one while it is fresh."""
+        listing = self._listing
+        if listing is None or listing.stale(self._monotonic()):
+            return self._rescan(limit), True
+        return listing, False
+
+    def _rescan(self, limit):
+        keep = max(_KEEP_BATCHES * limit, _KEEP_MIN)
+        self._listing = Listing.scan(self._queue, keep=keep, clock=self._monotonic)
+        return self._listing
 
     def unclaim(self, active):
         """Return every message still in the claim directory ``active`` to ``queue/``;
