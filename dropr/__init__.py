@@ -1,6 +1,8 @@
 """dropr: a store-and-forward message queue. The filesystem is the database.
 
-Producers use :class:`Client`; consumers use :class:`Store`.
+Producers use :class:`Client`; consumers use :func:`open_store`, which gives
+the server store the config's ``[store] backend`` names (a filesystem
+:class:`Store`, or a JetStream stream).
 """
 
 from dropr.client import Client
@@ -17,6 +19,7 @@ from dropr.errors import (
     UnknownPeer,
     ValidationError,
 )
+from dropr.jetstream import open_store
 from dropr.store import Message, Store
 
 __version__ = "0.1.0"
@@ -36,4 +39,5 @@ __all__ = [
     "TransientError",
     "UnknownPeer",
     "ValidationError",
+    "open_store",
 ]

@@ -138,6 +138,24 @@ class ReceiverConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    """[store]: which engine holds the server store. ``files`` is the folder
+    ``[receiver] store``; ``jetstream`` is a stream on a NATS JetStream cluster
+    (see dropr.jetstream and docs/backends.md)."""
+
+    backend: str = key("files", kind="backend")
+    servers: tuple = key(("nats://127.0.0.1:4222",), kind="nats_urls")
+    stream: str = key("DROPR", kind="stream")
+    subject: str = key("dropr", kind="stream")
+    replicas: int = key(3, 1, 5)
+    duplicate_window: float = key(7 * 86400.0, 1.0)
+    allow_short_window: bool = key(False)
+    connect_timeout: float = key(2.0, 0.1, 300.0)
+    publish_timeout: float = key(10.0, 0.1, 3600.0)
+    ack_wait: float = key(60.0, 1.0, 86400.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkersConfig:
     """[workers]: how many processes of each kind the supervisor runs."""
 
@@ -184,6 +202,7 @@ class Config:
     receiver: ReceiverConfig
     workers: WorkersConfig
     supervisor: SupervisorConfig
+    store: StoreConfig = StoreConfig()
 
     def peer(self, name):
         """The :class:`PeerConfig` called ``name``; ``UnknownPeer`` if none."""
@@ -223,6 +242,7 @@ SECTIONS = {
     "receiver": ReceiverConfig,
     "workers": WorkersConfig,
     "supervisor": SupervisorConfig,
+    "store": StoreConfig,
 }
 
 
@@ -261,6 +281,7 @@ def from_dict(data, *, path=Path("<dict>")):
     }
     sections["receiver"] = _with_clients(sections["receiver"], clients, where, base)
     peers = _build_peers(data.get("peers", {}), where, base)
+    _check_window(sections["store"], sections["retry"], where)
     if not sections["client"].name:
         client = dataclasses.replace(sections["client"], name=_default_client_name())
         sections["client"] = client
@@ -285,6 +306,31 @@ def _build_peers(table, where, base):
                               f"got {peer.url!r}")
         peers[name] = peer
     return peers
+
+
+def _check_window(store, retry, where):
+    """Exactly-once on JetStream holds only for re-sends inside the duplicate
+    window: a window shorter than the clients' [retry] max_age is refused
+    unless the operator says they accept it (then the receiver warns at start)."""
+    if store.backend != "jetstream" or store.duplicate_window >= retry.max_age:
+        return
+    if not store.allow_short_window:
+        raise ConfigError(
+            f"{where}: [store] duplicate_window: {store.duplicate_window:g} s is shorter than "
+            f"[retry] max_age ({retry.max_age:g} s): a message re-sent after the window "
+            "would be stored twice; raise the window, lower max_age, or set "
+            "allow_short_window = true")
+
+
+def short_window_note(config):
+    """The warning a receiver logs at start when ``allow_short_window`` let a
+    duplicate window shorter than ``[retry] max_age`` through (``None`` if not)."""
+    store, retry = config.store, config.retry
+    if store.backend != "jetstream" or store.duplicate_window >= retry.max_age:
+        return None
+    return (f"[store] duplicate_window ({store.duplicate_window:g} s) is shorter than [retry] "
+            f"max_age ({retry.max_age:g} s): a message re-sent more than "
+            f"{store.duplicate_window:g} s after its first upload is stored twice")
 
 
 def _pop_clients(tables):
@@ -439,6 +485,26 @@ def _check_bind(raw, label, meta, base):
     return raw
 
 
+def _check_backend(raw, label, meta, base):
+    _want(raw in ("files", "jetstream"), raw, label, "'files' or 'jetstream'")
+    return raw
+
+
+def _check_nats_urls(raw, label, meta, base):
+    ok = isinstance(raw, (list, tuple)) and raw and all(
+        isinstance(u, str) and u.startswith(("nats://", "tls://")) and len(u) > 7 for u in raw)
+    _want(ok, raw, label, "a non-empty list of nats:// or tls:// URLs")
+    return tuple(raw)
+
+
+def _check_stream(raw, label, meta, base):
+    # Stream names and subject tokens: no dots, wildcards or spaces.
+    ok = isinstance(raw, str) and 0 < len(raw) <= 32 and all(
+        c.isascii() and (c.isalnum() or c in "_-") for c in raw)
+    _want(ok, raw, label, "1 to 32 letters, digits, '_' or '-'")
+    return raw
+
+
 def _check_level(raw, label, meta, base):
     levels = ("debug", "info", "warning", "error")
     _want(isinstance(raw, str) and raw.lower() in levels, raw, label, "one of " + ", ".join(levels))
@@ -457,4 +523,7 @@ _CHECKS = {
     "url": _check_url,
     "bind": _check_bind,
     "level": _check_level,
+    "backend": _check_backend,
+    "nats_urls": _check_nats_urls,
+    "stream": _check_stream,
 }

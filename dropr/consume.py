@@ -295,7 +295,9 @@ def main(config, *, channel, command, consumer=None, once=False, batch=1, max_at
     _check(channel, command, batch=batch, max_attempts=max_attempts, timeout=timeout, poll=poll)
     if config.receiver.store is None:
         raise ConfigError(f"{config.path}: [receiver] store is not set; dropr consume reads it")
-    store = Store(config.receiver.store, fsync=config.receiver.fsync)
+    from dropr.jetstream import open_store
+
+    store = open_store(config)  # [store] backend: files or jetstream
     signals = []
     cmd = Command(command, timeout=timeout, stop_count=lambda: len(signals))
     c = Consumer(store, cmd, channel=channel, name=consumer or default_name(config, channel),

@@ -59,6 +59,11 @@ class StoreFull(TransientError):
     """The disk under the server store is (nearly) full."""
 
 
+class StoreUnavailable(TransientError):
+    """The server store cannot take or give messages now: a JetStream cluster
+    that does not answer, times out, or is electing a leader (HTTP 503)."""
+
+
 class PeerError(TransientError):
     """A peer could not be reached or answered with a transient failure."""
 
@@ -97,3 +102,7 @@ class AlreadyRunning(DroprError):
 
 class NotRunning(DroprError):
     """No daemon is running for this config."""
+
+
+class BenchError(DroprError):
+    """``dropr bench`` cannot set up what it measures on, or a scenario failed."""

@@ -22,9 +22,12 @@ small on purpose, so that a store on another engine can stand beside this one.
 """
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import fcntl
+import functools
+import itertools
 import json
 import os
 import secrets
@@ -78,7 +81,13 @@ class Staged:
     channel: str
     priority: int
     size: int
-    path: Path
+    file: str  # the path in tmp/: a plain string, as the hot path uses it
+    synced: bool = True  # False: its body still has to be flushed before it is linked
+
+    @property
+    def path(self):
+        """The staged file, as a Path."""
+        return Path(self.file)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +140,84 @@ def _full_is_store_full(root):
         raise
 
 
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _syncfs_function():
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    return function
+
+
+#: libc's syncfs(2), or None where there is none.
+_SYNCFS = _syncfs_function()
+
+
+def _syncfs(path):
+    """syncfs(2) on the filesystem of ``path``. The descriptor is opened here, so
+    a write-back error not yet reported to anyone is reported to this call."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+class _Holders:
+    """The folders that may hold an earlier copy of a message, per channel: the
+    channel's folder in each consumer's ``work/``, then its ``done/`` folder,
+    each only if it exists when first asked. Made in a receiver worker, for one
+    batch (or one message) at a time.
+
+    A message moves only forward (``queue/`` to ``work/`` to ``done/``), and the
+    link into ``queue/`` fails while a copy is there. So a copy that was in some
+    ``work/`` or in ``done/`` when a message was linked is seen by holders listed
+    after that link: its ``work/`` folder exists then, or, if it has moved on
+    since, its ``done/`` folder (listed last) does. One listing after all the
+    links of a batch therefore serves them all; where no consumer has touched a
+    channel, checking a message costs no system call at all."""
+
+    def __init__(self, root):
+        self._root = root
+        self._consumers = None
+        self._dirs = {}
+
+    def hold(self, channel, name):
+        """True if ``name`` is in one of ``channel``'s folders."""
+        return any(os.path.lexists(f"{d}/{name}") for d in self._of(channel))
+
+    def _of(self, channel):
+        dirs = self._dirs.get(channel)
+        if dirs is None:
+            if self._consumers is None:
+                self._consumers = []
+                with contextlib.suppress(FileNotFoundError), os.scandir(f"{self._root}/work") as it:
+                    self._consumers = [e.path for e in it]
+            dirs = [f"{c}/{channel}" for c in self._consumers]
+            dirs.append(f"{self._root}/done/{channel}")
+            dirs = self._dirs[channel] = [d for d in dirs if os.path.isdir(d)]
+        return dirs
+
+
 def _header(message_id, channel, priority, client, received_at):
-    meta = {"id": message_id, "channel": channel, "priority": priority,
-            "client": client, "received_at": received_at}
-    return MAGIC + json.dumps(meta, separators=(",", ":")).encode() + b"\n"
+    """The first line of a stored file. Formatted by hand, as json.dumps would
+    with these separators: id and channel are checked names that need no
+    escaping (the caller checks them first), and the client is encoded once."""
+    return (f'DROPR1 {{"id":"{message_id}","channel":"{channel}","priority":{priority:d},'
+            f'"client":{_json_string(client)},"received_at":{float(received_at)!r}}}\n').encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_string(text):
+    return json.dumps(text)
 
 
 def read_message(path):
@@ -158,6 +241,10 @@ class Store:
         self._root = str(self.root)  # the receiver's hot path joins plain strings, not Paths
         self.fsync = fsync
         self._clock = clock
+        self._serial = itertools.count()  # next() is atomic: safe for the request threads
+        # Read once: a Store copied into a forked child makes the same names
+        # as its parent, and O_EXCL then moves it on to the next number.
+        self._pid = os.getpid()
         make_dirs(self.root, [self.root / sub for sub in ("tmp", "queue", "work", "done", "dead")],
                   fsync=fsync)
 
@@ -185,16 +272,27 @@ class Store:
         names.check_name(channel, "channel")
         names.check_id(message_id)
         priority = names.check_priority(priority)
-        tmp = os.path.join(self._root, "tmp", f"{message_id}.{secrets.token_hex(6)}")
         header = _header(message_id, channel, priority, client, self._clock())
-        try:
-            with _full_is_store_full(self.root):
-                size = self._write(tmp, body, header, limit)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return Staged(message_id, channel, priority, size, Path(tmp))
+        with _full_is_store_full(self.root):
+            fd, tmp = self._create_tmp(message_id)
+            try:
+                size = self._write(fd, body, header, limit)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        return Staged(message_id, channel, priority, size, tmp, synced=not self.fsync)
+
+    def _create_tmp(self, message_id):
+        """(fd, path) of a new file in ``tmp/``. Unique by process and a counter
+        (cheaper than random bytes from the kernel); O_EXCL guards against a
+        name left by an earlier process that had the same pid."""
+        while True:
+            tmp = f"{self._root}/tmp/{message_id}.{self._pid}-{next(self._serial)}"
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640), tmp
+            except FileExistsError:
+                continue
 
     def publish(self, staged, *, sync_dir=True):
         """Make a :class:`Staged` message visible in ``queue/<channel>/`` unless its
@@ -203,62 +301,120 @@ class Store:
         caller must call :meth:`sync` for the channel before answering."""
         try:
             with _full_is_store_full(self.root):
-                name = f"{staged.priority}.{staged.id}"
-                return self._publish(staged.path, staged.channel, name, sync_dir)
+                self._flush([staged])
+                status = self._link_new(staged, _Holders(self._root))
+                if status == STORED and self._placed_twice(staged, _Holders(self._root)):
+                    status = DUPLICATE
+                if status == STORED and sync_dir:
+                    self.sync([staged.channel])
+                return status
         finally:
             self.discard(staged)
             crash_point("store.after_publish")
 
+    def publish_many(self, staged):
+        """Publish the :class:`Staged` messages of the deque ``staged``, emptying it
+        as it goes, then make their channels durable at once; their statuses,
+        in order. What is left in ``staged`` after an error was not published.
+
+        The bodies are flushed together before the first link, and the folders
+        that may hold an earlier copy (see :class:`_Holders`) are listed once
+        before the links and once after them, not for every message."""
+        statuses, channels, linked = [], set(), []
+        try:
+            with _full_is_store_full(self.root):
+                self._flush(staged)
+                before = _Holders(self._root)
+                while staged:
+                    message = staged.popleft()
+                    linked.append(message)  # its tmp/ name goes below, whatever happens
+                    statuses.append(self._link_new(message, before))
+                    # A duplicate may have been linked a moment ago by another request
+                    # that has not synced yet; syncing here too keeps "duplicate" durable.
+                    channels.add(message.channel)
+                after = _Holders(self._root)
+                for i, message in enumerate(linked):
+                    if statuses[i] == STORED and self._placed_twice(message, after):
+                        statuses[i] = DUPLICATE
+        finally:
+            for message in linked:
+                self.discard(message)
+                crash_point("store.after_publish")
+        self.sync(channels)
+        return statuses
+
+    def _flush(self, staged):
+        """Make the bodies of ``staged`` durable: with syncfs(2) one flush of the
+        store's filesystem for them all (it returns once every dirty page and
+        inode of the filesystem is on disk, so the promise is the same as an
+        fsync per file), else one fsync per file."""
+        pending = [m for m in staged if not m.synced]
+        if len(pending) > 1 and _SYNCFS is not None:
+            _syncfs(f"{self._root}/tmp")
+        else:
+            for message in pending:
+                fd = os.open(message.file, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        for _ in staged:
+            crash_point("store.after_tmp_fsync")
+
+    def _link_new(self, staged, holders):
+        """Link ``staged`` into its channel unless an earlier copy is already in
+        ``holders`` or in ``queue/``; ``"stored"`` or ``"duplicate"``."""
+        name = f"{staged.priority}.{staged.id}"
+        qdir = f"{self._root}/queue/{staged.channel}"
+        if holders.hold(staged.channel, name):
+            # Linking first and unlinking on finding it here would leave a second
+            # copy in queue/ if this process died in between.
+            return DUPLICATE
+        try:
+            self._link(staged.file, qdir, f"{qdir}/{name}")
+        except FileExistsError:
+            return DUPLICATE
+        crash_point("store.after_link")
+        return STORED
+
+    def _placed_twice(self, staged, holders):
+        """After the link: True (and the new link removed) if an earlier copy
+        moved forward meanwhile and ``holders``, listed after the link, shows it."""
+        name = f"{staged.priority}.{staged.id}"
+        if not holders.hold(staged.channel, name):
+            return False
+        dest = f"{self._root}/queue/{staged.channel}/{name}"
+        ino = os.stat(staged.file).st_ino
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(dest).st_ino == ino:
+                os.unlink(dest)
+        return True
+
     def discard(self, staged):
         """Drop a :class:`Staged` message that will not be published (idempotent)."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged.path)
+            os.unlink(staged.file)
 
-    def _write(self, tmp, body, header, limit):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    def _write(self, fd, body, header, limit):
+        """Write the header and ``body`` to ``fd`` and close it; the body's size.
+        Not synced here: :meth:`publish` and :meth:`publish_many` flush before
+        they link, the latter a whole batch at once."""
         try:
-            os.write(fd, header)
-            written = 0
+            written, pending = 0, header  # the header goes out with the first chunk: one write
             chunks = [body] if isinstance(body, (bytes, bytearray, memoryview)) else iter(
                 lambda: body.read(_CHUNK), b"")
             for chunk in chunks:
                 written += len(chunk)
                 if limit is not None and written > limit:
                     raise TooLarge(f"message is over the limit of {limit} bytes")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, pending + chunk if pending else chunk)
+                pending = b""
+            if pending:
+                _write_all(fd, pending)
             crash_point("store.after_tmp_write")
-            if self.fsync:
-                os.fsync(fd)
-            crash_point("store.after_tmp_fsync")
         finally:
             os.close(fd)
         return written
-
-    def _publish(self, tmp, channel, name, sync_dir):
-        qdir = os.path.join(self._root, "queue", channel)
-        dest = os.path.join(qdir, name)
-        if self._in_work_or_done(channel, name):
-            # Linking first and unlinking on finding it here would leave a second
-            # copy in queue/ if this process died in between.
-            return DUPLICATE
-        try:
-            self._link(tmp, qdir, dest)
-        except FileExistsError:
-            return DUPLICATE
-        crash_point("store.after_link")
-        # Checked after linking, in the order a message moves (work, then done),
-        # so that a copy moving forward concurrently is still seen.
-        if self._in_work_or_done(channel, name):
-            ino = os.stat(tmp).st_ino
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(dest).st_ino == ino:
-                    os.unlink(dest)
-            return DUPLICATE
-        if sync_dir:
-            self.sync([channel])
-        return STORED
 
     def _link(self, tmp, qdir, dest):
         try:
@@ -270,14 +426,6 @@ class Store:
             if self.fsync:
                 fsync_dir(os.path.dirname(qdir))
             os.link(tmp, dest)
-
-    def _in_work_or_done(self, channel, name):
-        work = os.path.join(self._root, "work")
-        with contextlib.suppress(FileNotFoundError), os.scandir(work) as it:
-            for consumer in it:
-                if os.path.lexists(os.path.join(consumer.path, channel, name)):
-                    return True
-        return os.path.lexists(os.path.join(self._root, "done", channel, name))
 
     def sync(self, channels):
         """Make the entries published in ``channels`` durable (after ``sync_dir=False``)."""

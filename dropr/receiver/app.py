@@ -1,6 +1,7 @@
 """Wires the receiver's Falcon app together: routes, error handlers, media
 options. Validation lives in the resources, files in the store."""
 
+import logging
 import threading
 import time
 
@@ -16,20 +17,25 @@ from dropr.receiver.limits import BodyTimeout, DiskFloor
 from dropr.receiver.messages import MessagesResource
 from dropr.receiver.metrics import CountingStore, Metrics, MetricsResource
 from dropr.receiver.openapi import OpenAPIResource
-from dropr.store import Store
+from dropr.config import short_window_note
+from dropr.jetstream import open_store
 
 
 def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None):
     """The receiver's WSGI app for ``config``.
 
-    ``store`` defaults to the filesystem store at ``[receiver] store``;
+    ``store`` defaults to the one ``[store] backend`` names (the filesystem
+    store at ``[receiver] store``, or a JetStream stream);
     ``new_id`` makes ids for plain POSTs without an Idempotency-Key (default: a
     ULID generator on ``clock``); ``clients`` are the clients known by token
     (default: loaded from ``config``, which reads their token files). Built
     in each gunicorn worker process."""
     limits = config.receiver
     if store is None:
-        store = Store(limits.store, fsync=limits.fsync, clock=clock)
+        store = open_store(config, clock=clock)
+        note = short_window_note(config)
+        if note:
+            logging.getLogger("dropr.receiver").warning("%s", note)
     app = falcon.App(media_type=falcon.MEDIA_JSON)
     metrics = Metrics(store, min_free_bytes=limits.min_free_bytes)
     app.add_middleware(metrics)  # first in, last out: it times all the others

@@ -32,6 +32,7 @@ from dropr.errors import TooLarge, ValidationError
 from dropr.faults import crash_point
 from dropr.receiver.auth import check_channel
 from dropr.receiver.limits import RECHECK_BYTES, check_json_depth
+from dropr.receiver.multipart import FormReader, boundary_of
 
 REJECTED = "rejected"  # "stored" and "duplicate" come from the store
 #: Generous bytes of meta JSON per message (id and channel at most 64 each),
@@ -159,7 +160,9 @@ class BatchResource:
 
     def on_post(self, req, resp):
         self._check_request(req)
-        parts = iter(req.get_media())
+        # Our own streaming reader, not req.get_media(): see receiver/multipart.py.
+        form = FormReader(req.bounded_stream.read, boundary_of(req.content_type))
+        parts = form.parts()
         _, entries = read_meta(next(parts, None), self.limits.max_batch_messages)
         # The client is the one its bearer token names; meta's "client" is not trusted.
         client = req.context.client
@@ -228,11 +231,8 @@ class BatchResource:
         return staged
 
     def _publish_all(self, staged, results):
-        channels = set()
-        while staged:
-            message = staged.popleft()  # publish() removes its tmp file, whatever happens
-            results[message.id] = {"status": self.store.publish(message, sync_dir=False)}
-            # A duplicate may have been linked a moment ago by another request
-            # that has not synced yet; syncing here too keeps "duplicate" durable.
-            channels.add(message.channel)
-        self.store.sync(channels)
+        ids = [s.id for s in staged]
+        # The store publishes them all (on JetStream with every ack in flight at
+        # once) and makes them durable before it returns.
+        for message_id, status in zip(ids, self.store.publish_many(staged)):
+            results[message_id] = {"status": status}

@@ -9,7 +9,8 @@ import logging
 import falcon
 from gunicorn.http.errors import NoMoreData, ParseException
 
-from dropr.errors import Forbidden, NotFound, StoreFull, TooLarge, Unauthorized, ValidationError
+from dropr.errors import (Forbidden, NotFound, StoreFull, StoreUnavailable, TooLarge, Unauthorized,
+                          ValidationError)
 from dropr.receiver.limits import BODY_TIMEOUT_ENV
 from dropr.receiver.worker import refusal
 
@@ -21,6 +22,7 @@ STATUS = {
     ValidationError: (400, "invalid"),
     TooLarge: (413, "too_large"),
     StoreFull: (507, "store_full"),
+    StoreUnavailable: (503, "store_unavailable"),
     NotFound: (404, "not_found"),
     Forbidden: (403, "forbidden"),
 }

@@ -2,6 +2,7 @@
 store messages now). A load balancer or an orchestrator sends uploads only
 to a receiver that is ready, and restarts one that is not alive."""
 
+from dropr.errors import StoreUnavailable
 from dropr.receiver import errors
 
 
@@ -31,6 +32,9 @@ class ReadyResource:
             free = self.store.free_bytes()
         except OSError as e:
             errors.answer(resp, 503, "not_ready", f"store {root} is not writable: {e.strerror}")
+            return
+        except StoreUnavailable as e:
+            errors.answer(resp, 503, "not_ready", str(e))
             return
         if free < self.min_free_bytes:
             errors.answer(resp, 503, "not_ready",

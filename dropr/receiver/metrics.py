@@ -187,6 +187,14 @@ class CountingStore:
                                    client=client, limit=limit)
         return self.publish(staged, sync_dir=sync_dir)
 
+    def publish_many(self, staged):
+        """:meth:`dropr.store.Store.publish_many`, counted."""
+        sizes = [s.size for s in staged]
+        statuses = self._store.publish_many(staged)
+        for status, size in zip(statuses, sizes):
+            self._metrics.published(status, size)
+        return statuses
+
     def publish(self, staged, *, sync_dir=True):
         """:meth:`dropr.store.Store.publish`, counted."""
         status = self._store.publish(staged, sync_dir=sync_dir)

@@ -187,7 +187,8 @@ def test_worker_crashing_at_start_turns_fatal_while_the_rest_deliver(make_tree):
     assert fatal["restarts"] == 2 and "exit 3" in fatal["error"]
     ids = put(tree, 30)
     wait_delivered(tree, ids)
-    assert all(w["state"] == "running" for n, w in tree.workers().items() if n != "reaper")
+    harness.wait_for(lambda: all(w["state"] == "running" for n, w in tree.workers().items()
+                                 if n != "reaper"), 10, what="the other workers running")
 
     result = tree.run("restart", "reaper")
     assert result.returncode == 0, result.stderr

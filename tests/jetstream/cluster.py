@@ -1,0 +1,118 @@
+"""A real NATS JetStream cluster on loopback for tests: three nats-server
+processes, each with its own store folder, stopped by pid."""
+
+import asyncio
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.harness import free_port, wait_for
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+class Node:
+    """One nats-server of the cluster; ``start()`` again after a kill keeps its data."""
+
+    def __init__(self, name, root, routes, *, cluster_name):
+        self.name = name
+        self.port, self.cluster_port = free_port(), free_port()
+        self.root = Path(root)
+        self.routes = routes
+        self.cluster_name = cluster_name
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        argv = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name,
+                "-js", "-sd", str(self.root / "js")]
+        others = [r for r in self.routes() if not r.endswith(f":{self.cluster_port}")]
+        if others:  # a single node runs JetStream on its own, without a cluster
+            argv += ["--cluster_name", self.cluster_name,
+                     "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                     "--routes", ",".join(others)]
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Cluster:
+    """Nodes (three by default; one runs alone) that route to each other;
+    JetStream ready once the account info is answered."""
+
+    def __init__(self, root, size=3):
+        self.nodes = [Node(f"n{i}", Path(root) / f"n{i}", self.routes, cluster_name="dropr-test")
+                      for i in range(size)]
+
+    def routes(self):
+        return [f"nats://127.0.0.1:{n.cluster_port}" for n in self.nodes]
+
+    @property
+    def urls(self):
+        return [n.url for n in self.nodes]
+
+    def start(self, timeout=30.0):
+        for node in self.nodes:
+            node.start()
+        wait_for(self._meta_ready, timeout, interval=0.2, what="JetStream meta leader")
+        return self
+
+    def stop(self):
+        for node in self.nodes:
+            node.kill(signal.SIGTERM)
+
+    def node(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
+    def _meta_ready(self):
+        return asyncio.run(_ask(self.urls, _account_info)) is not None
+
+    def stream_leader(self, stream):
+        """The name of the node that leads ``stream`` now (None during an election)."""
+        info = asyncio.run(_ask(self.urls, lambda js: js.stream_info(stream)))
+        return info and info.cluster and info.cluster.leader
+
+
+    def settled(self, stream):
+        """The stream's info once it has a leader and every replica is current
+        (reads right after an election may see a replica still catching up)."""
+        info = asyncio.run(_ask(self.urls, lambda js: js.stream_info(stream)))
+        cluster = info and info.cluster
+        if not (cluster and cluster.leader and len(cluster.replicas or ()) == len(self.nodes) - 1):
+            return None
+        return info if all(r.current and not r.offline for r in cluster.replicas) else None
+
+
+async def _account_info(js):
+    return await js.account_info()
+
+
+async def _ask(urls, call):
+    import nats
+
+    try:
+        nc = await nats.connect(urls, connect_timeout=1, max_reconnect_attempts=1,
+                                allow_reconnect=False)
+    except Exception:  # noqa: BLE001 - not up yet
+        return None
+    try:
+        return await call(nc.jetstream(timeout=2))
+    except Exception:  # noqa: BLE001 - not ready yet, or electing
+        return None
+    finally:
+        await nc.close()

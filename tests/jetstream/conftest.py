@@ -1,0 +1,29 @@
+import shutil
+
+import pytest
+
+from tests.jetstream.cluster import NATS_SERVER, Cluster
+
+pytestmark = pytest.mark.process
+
+
+def _run(root, size):
+    if not shutil.which(NATS_SERVER):
+        pytest.skip("nats-server is not installed (.ci/run installs it)")
+    c = Cluster(root, size)
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A 3-node JetStream cluster on loopback, stopped by pid afterwards."""
+    yield from _run(tmp_path / "nats", 3)
+
+
+@pytest.fixture
+def single(tmp_path):
+    """One JetStream server on its own (for tests that need no replicas)."""
+    yield from _run(tmp_path / "nats", 1)
