@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/e2e.py
+	$(BIN)/python -m dropr.cli bench --fs here --quick
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

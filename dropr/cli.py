@@ -5,6 +5,7 @@
     dropr consume --channel C [--consumer NAME] [--once] [--batch N] [--max-attempts N]
                   [--timeout S] [--poll S] -- COMMAND ARGS...
     dropr receiver
+    dropr bench [--fs ext4|tmpfs|here] [--runs N] [--quick] [--only NAME,...] [--fsync on|off|both]
     dropr spool ls [STATE] | count | dead | requeue ID|--all
     dropr store channels | ls CHANNEL | count CHANNEL | cat CHANNEL ID | ack CHANNEL ID
 
@@ -42,6 +43,10 @@ def _parser():
     send.add_argument("--once", action="store_true", help="deliver what is deliverable, then exit")
 
     sub.add_parser("receiver", help="serve the receiver with gunicorn in the foreground")
+    from dropr.bench.cli import add_arguments as bench_arguments
+
+    bench_arguments(sub.add_parser("bench", help="measure dropr on a fresh filesystem; "
+                                   "print one table (needs no config)"))
     _consume_parser(sub)
 
     spool = sub.add_parser("spool", help="look at the client spool")
@@ -85,6 +90,12 @@ def _consume_parser(sub):
 def main(argv=None):
     """Entry point of the ``dropr`` command."""
     args = _parser().parse_args(argv)
+    if args.command == "bench":  # makes its own configs, so it needs none
+        from dropr.bench.cli import main as bench_main
+
+        raw = sys.argv[1:] if argv is None else list(argv)
+        args.argv = raw[raw.index("bench") + 1:]
+        return bench_main(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     try:
         config = config_mod.load(args.config)
@@ -178,9 +189,9 @@ def _spool_requeue(spool, args, config):
 
 
 def cmd_store(args, config):
-    from dropr.store import Store
+    from dropr.jetstream import open_store
 
-    store = Store(config.receiver.store, fsync=config.receiver.fsync)
+    store = open_store(config)  # [store] backend: files or jetstream
     if args.action == "channels":
         for channel in store.channels():
             print(channel)

@@ -1,0 +1,150 @@
+"""The bench's child processes: each does one measured thing and prints one
+JSON line on stdout. Run by :mod:`dropr.bench.procs` as
+
+    python -m dropr.bench.probe put CONFIG COUNT SIZE AT
+    python -m dropr.bench.probe putfile CONFIG PATH
+    python -m dropr.bench.probe send CONFIG
+    python -m dropr.bench.probe batch CONFIG
+    python -m dropr.bench.probe post URL COUNT SIZE AT
+
+``AT`` is a wall-clock time to start at, so that several probes start their
+loops together once their imports are done. Times are wall-clock seconds;
+RSS figures are MiB: ``rss_base`` before the work, ``rss_peak`` the process's
+peak (``ru_maxrss``)."""
+
+import http.client
+import logging
+import json
+import os
+import resource
+import sys
+import time
+from urllib.parse import urlsplit
+
+MiB = 1 << 20
+
+
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
+
+
+def _peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _wait_until(at):
+    delay = at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def put(config, count, size, at):
+    """Put ``count`` messages of ``size`` bytes, one after another."""
+    from dropr.client import Client
+
+    client = Client(config)
+    body = os.urandom(int(size))
+    base = _rss()
+    _wait_until(float(at))
+    started = time.time()
+    for _ in range(int(count)):
+        client.put(body, "local")
+    return {"started": started, "ended": time.time(), "rss_base": base, "rss_peak": _peak()}
+
+
+def putfile(config, path):
+    """Put the file at ``path`` as one message (streamed, not read into memory)."""
+    from dropr.client import Client
+
+    client = Client(config)
+    base = _rss()
+    started = time.time()
+    client.put(path, "local")
+    return {"started": started, "ended": time.time(), "rss_base": base, "rss_peak": _peak()}
+
+
+def _sender(config):
+    from dropr import config as config_mod
+    from dropr.sender import Sender
+
+    return Sender(config_mod.load(config), label="bench").open()
+
+
+def send(config):
+    """Deliver everything due, as ``dropr send --once`` does."""
+    sender = _sender(config)
+    base = _rss()
+    started, moved = time.time(), 0
+    try:
+        while (n := sender.run_once()) > 0:
+            moved += n
+    finally:
+        sender.close()
+    return {"started": started, "ended": time.time(), "moved": moved,
+            "rss_base": base, "rss_peak": _peak()}
+
+
+def batch(config):
+    """Two batches in a row from a fresh sender: claim from queue/ and upload.
+    For each, its whole time and the time of the selection alone (the spool's
+    claim: listing, sorting, renaming); the first lists the queue afresh, the
+    second is what a running sender pays. And our RSS after them."""
+    sender = _sender(config)
+    selections = []
+    claim = sender.spool.claim
+
+    def timed_claim(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return claim(*args, **kwargs)
+        finally:
+            selections.append(time.perf_counter() - started)
+    sender.spool.claim = timed_claim  # this probe's own instance: time it in place
+    base = _rss()
+    seconds, moved = [], 0
+    try:
+        for _ in range(2):
+            started = time.perf_counter()
+            moved += sender.run_once()
+            seconds.append(time.perf_counter() - started)
+    finally:
+        sender.close()
+    return {"seconds": seconds, "select": selections, "moved": moved, "rss_base": base,
+            "rss": _rss(), "rss_peak": _peak()}
+
+
+def post(url, count, size, at):
+    """POST ``count`` bodies of ``size`` bytes to the plain messages endpoint,
+    one after another on one kept-alive connection."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    body = os.urandom(int(size))
+    headers = {"Content-Type": "application/octet-stream"}
+    errors = duplicates = 0
+    _wait_until(float(at))
+    started = time.time()
+    for _ in range(int(count)):
+        conn.request("POST", "/v1/channels/common/messages", body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        errors += resp.status not in (200, 201)
+        duplicates += resp.status == 200  # without an Idempotency-Key: a new id each time
+    conn.close()
+    return {"started": started, "ended": time.time(), "errors": errors, "duplicates": duplicates}
+
+
+COMMANDS = {"put": put, "putfile": putfile, "send": send, "batch": batch, "post": post}
+
+
+def main(argv=None):
+    """Run one probe command; its result as one JSON line on stdout."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(json.dumps(COMMANDS[argv[0]](*argv[1:])), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The processes of a bench run: a generated config, ``dropr receiver``, the
+``droprd`` tree, probe children, and an RSS sampler. Runs in the bench
+process; everything it starts it stops by pid or process group."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from dropr import config as config_mod
+from dropr.errors import BenchError
+
+DROPR = [sys.executable, "-m", "dropr.cli"]
+DROPRD = [sys.executable, "-m", "dropr.supervisor.cli"]
+PROBE = [sys.executable, "-m", "dropr.bench.probe"]
+MiB = 1 << 20
+
+
+def free_port():
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout, what, interval=0.02):
+    """Poll ``predicate`` until truthy; ``BenchError`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+def write_config(root, *, fsync, notify=True, senders=2, tree_receiver=False):
+    """A dropr.toml with a spool, a store and droprd's files under ``root``;
+    returns the loaded Config. No message-size limit (the large scenario),
+    no recycling of workers mid-run."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    flag = "true" if fsync else "false"
+    text = f"""
+[client]
+spool = "{root / 'client'}"
+fsync = {flag}
+notify_max = {4 if notify else 0}
+[peers.local]
+url = "http://127.0.0.1:{port}"
+[receiver]
+bind = "127.0.0.1:{port}"
+store = "{root / 'server'}"
+fsync = {flag}
+workers = 2
+max_message_bytes = 0
+min_free_bytes = 0
+[workers]
+sender = {senders}
+receiver = {1 if tree_receiver else 0}
+[supervisor]
+pidfile = "{root / 'droprd.pid'}"
+status_file = "{root / 'droprd.status.json'}"
+log_file = "{root / 'droprd.log'}"
+max_messages_per_life = 0
+max_rss = 0
+"""
+    path = root / "dropr.toml"
+    path.write_text(text)
+    return config_mod.load(path)
+
+
+def healthy(url):
+    """True if the receiver at ``url`` answers its health check."""
+    try:
+        with urllib.request.urlopen(url + "/v1/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Receiver:
+    """``dropr receiver`` (gunicorn) in its own process group."""
+
+    def __init__(self, config):
+        self.config = config
+        self.url = config.peer("local").url
+        self.proc = None
+
+    def __enter__(self):
+        log = open(self.config.path.with_name("receiver.log"), "ab")
+        with log:
+            self.proc = subprocess.Popen([*DROPR, "--config", str(self.config.path), "receiver"],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        wait_for(lambda: self.proc.poll() is not None or healthy(self.url), 30, "the receiver")
+        if self.proc.poll() is not None:
+            raise BenchError(f"the receiver exited with {self.proc.returncode}")
+        return self
+
+    def pids(self):
+        """The master's pid and its workers'."""
+        with contextlib.suppress(psutil.Error):
+            master = psutil.Process(self.proc.pid)
+            return [master.pid, *(c.pid for c in master.children(recursive=True))]
+        return []
+
+    def __exit__(self, *exc):
+        stop_group(self.proc)
+
+
+def stop_group(proc, timeout=15):
+    """SIGTERM ``proc``'s process group, SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+class Tree:
+    """The ``droprd`` tree (senders, retry scanner, reaper, receiver)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.url = config.peer("local").url
+
+    def _droprd(self, *args):
+        return subprocess.run([*DROPRD, "--config", str(self.config.path), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def __enter__(self):
+        result = self._droprd("start")
+        if result.returncode != 0:
+            raise BenchError(f"droprd start failed: {result.stderr.strip()}")
+        wait_for(self._ready, 30, "the droprd tree")
+        return self
+
+    def _ready(self):
+        try:
+            workers = json.loads(self.config.supervisor.status_file.read_text())["workers"]
+        except (OSError, ValueError, KeyError):
+            return False
+        running = workers and all(w["state"] == "running" for w in workers)
+        return running and healthy(self.url)
+
+    def __exit__(self, *exc):
+        result = self._droprd("stop")
+        pidfile = self.config.supervisor.pidfile
+        if result.returncode != 0 and pidfile.exists():
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+
+
+def probes(*argvs, timeout=3600):
+    """Run probe commands at once; their JSON results, in order."""
+    return collect(probes_started(*argvs), timeout=timeout)
+
+
+def probes_started(*argvs):
+    """Start probe commands; pass the result to :func:`collect`."""
+    return [(argv, subprocess.Popen([*PROBE, *map(str, argv)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)) for argv in argvs]
+
+
+def collect(started, timeout=3600):
+    """The JSON results of started probes, in order, each with what the probe
+    logged (``"log"``); kills any left running."""
+    results = []
+    try:
+        for argv, proc in started:
+            out, err = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise BenchError(f"probe {argv[0]} failed: {err.strip()[-2000:]}")
+            results.append({**json.loads(out.strip().splitlines()[-1]), "log": err[-2000:]})
+    finally:
+        for _, proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+class RssSampler:
+    """Samples the RSS of some processes in a thread; ``peak[pid]`` (MiB) and
+    ``base[pid]`` (the first sample)."""
+
+    def __init__(self, pids_of, interval=0.02):
+        self.pids_of = pids_of  # a callable: the pids to watch now
+        self.interval = interval
+        self.base, self.peak = {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self):
+        for pid in self.pids_of():
+            with contextlib.suppress(psutil.Error):
+                rss = psutil.Process(pid).memory_info().rss / MiB
+                self.base.setdefault(pid, rss)
+                self.peak[pid] = max(self.peak.get(pid, 0.0), rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def max_peak(self):
+        """The largest peak of any watched process."""
+        return max(self.peak.values(), default=0.0)
+
+    def max_growth(self):
+        """The largest growth of any watched process over its first sample."""
+        return max((self.peak[p] - self.base[p] for p in self.peak), default=0.0)

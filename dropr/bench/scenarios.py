@@ -1,0 +1,165 @@
+"""The bench scenarios that measure message rates and latency. Each runs in
+the bench process, on a fresh directory ``root`` (see :mod:`dropr.bench.fs`),
+starts what it needs, and returns {figure: (value, limit)} for one run; the
+limit is the raw loop of :mod:`dropr.bench.limit` measured in the same run."""
+
+import dataclasses
+import statistics
+import time
+
+from dropr import Client, Store
+from dropr.bench import limit, procs
+from dropr.errors import BenchError, NotFound
+from dropr.spool import Spool
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much each scenario moves; ``fsync_share`` scales the counts down
+    for the fsync-on runs, which are slower by the disk's flush time."""
+
+    messages: int = 20_000
+    size: int = KiB
+    latency: int = 1_000
+    posts: int = 8_000
+    large: int = 256 * MiB
+    waiting: int = 1_000_000
+    fsync_share: float = 0.1
+
+    def count(self, fsync):
+        """Messages per run for this fsync setting."""
+        return max(8, int(self.messages * (self.fsync_share if fsync else 1)))
+
+
+def _raw(root, sizes, fsync, procs_=1):
+    """The raw loop's rate (files/s) in a folder of its own under ``root``."""
+    count = sizes.count(fsync)
+    return limit.rate(root / "raw", count=count, size=sizes.size, fsync=fsync, procs=procs_)
+
+
+def _at(n):
+    """A start time that leaves ``n`` probe processes time for their imports."""
+    return time.time() + 1.0 + 0.3 * n
+
+
+def _span(results):
+    return max(r["ended"] for r in results) - min(r["started"] for r in results)
+
+
+def put(ctx, root, fsync):
+    """put() throughput, one producer process and four at once."""
+    out = {}
+    for n, key in ((1, "put1"), (4, "put4")):
+        config = procs.write_config(root / f"p{n}", fsync=fsync, notify=False)
+        count = ctx.sizes.count(fsync)
+        ctx.progress.say(f"{n} producer(s), {n * count} puts")
+        results = procs.probes(*[("put", config.path, count, ctx.sizes.size, _at(n))
+                                 for _ in range(n)])
+        ctx.progress.say(f"raw loop x{n}")
+        raw = _raw(root / f"p{n}", ctx.sizes, fsync, n)
+        out[key] = (n * count / _span(results), raw)
+    return out
+
+
+def drain(ctx, root, fsync):
+    """End to end, spool full then drained by one sender."""
+    config = procs.write_config(root, fsync=fsync, notify=False)
+    count = ctx.sizes.count(fsync)
+    ctx.progress.say(f"filling the spool with {count}")
+    procs.probes(("put", config.path, count, ctx.sizes.size, 0))
+    with procs.Receiver(config):
+        ctx.progress.say(f"draining {count}")
+        (sent,) = procs.probes(("send", config.path))
+    _expect_stored(config, count, sent["log"])
+    rate = count / (sent["ended"] - sent["started"])
+    ctx.progress.say("raw loop")
+    return {"drain": (rate, _raw(root, ctx.sizes, fsync))}
+
+
+def steady(ctx, root, fsync):
+    """End to end with two producers and the droprd tree (two senders, the
+    receiver) running together: from the first put to the last stored."""
+    config = procs.write_config(root, fsync=fsync, tree_receiver=True)
+    count = ctx.sizes.count(fsync) // 2 * 2
+    store = Store(config.receiver.store, fsync=False)
+    with procs.Tree(config):
+        at = _at(2)
+        runs = procs.probes_started(*[("put", config.path, count // 2, ctx.sizes.size, at)
+                                      for _ in range(2)])
+        done = procs.wait_for(lambda: _stored(ctx, store, count), 600, "all messages stored",
+                              interval=0.05)
+        results = procs.collect(runs)
+    rate = count / (done - min(r["started"] for r in results))
+    ctx.progress.say("raw loop")
+    return {"steady": (rate, _raw(root, ctx.sizes, fsync))}
+
+
+def _stored(ctx, store, count):
+    n = store.count("common")
+    ctx.progress.say(f"{n}/{count} stored")
+    return time.time() if n >= count else None
+
+
+def latency(ctx, root, fsync):
+    """Idle latency from put() returning to the message stored, through an
+    idle droprd tree: p50, p99 and max."""
+    config = procs.write_config(root, fsync=fsync, tree_receiver=True)
+    with procs.Tree(config):
+        client = Client(config)
+        store = Store(config.receiver.store, fsync=False)
+        _latencies(ctx, client, store, 5)  # warm up: connections, caches
+        ms = sorted(x * 1000 for x in _latencies(ctx, client, store, ctx.sizes.latency))
+    raw_ms = 1000 / _raw(root, ctx.sizes, fsync)
+    p99 = ms[min(len(ms) - 1, max(0, round(0.99 * len(ms)) - 1))]
+    return {"lat_p50": (statistics.median(ms), raw_ms), "lat_p99": (p99, raw_ms),
+            "lat_max": (ms[-1], raw_ms)}
+
+
+def _latencies(ctx, client, store, count, pause=0.005):
+    body = b"x" * ctx.sizes.size
+    out = []
+    for i in range(count):
+        message_id = client.put(body, "local")
+        start = time.perf_counter()
+        while True:
+            try:
+                store.get("common", message_id)
+                break
+            except NotFound:
+                time.sleep(0.0001)
+            if time.perf_counter() - start > 30:
+                raise BenchError(f"message {message_id} not stored after 30 s")
+        out.append(time.perf_counter() - start)
+        if i % 50 == 0:
+            ctx.progress.say(f"{i}/{count} puts")
+        time.sleep(pause)  # let the senders go back to waiting: the idle path
+    return out
+
+
+def post(ctx, root, fsync, clients=8):
+    """Plain POST /v1/channels/common/messages, 8 clients at once."""
+    config = procs.write_config(root, fsync=fsync, notify=False)
+    total = ctx.sizes.posts if not fsync else max(clients, int(ctx.sizes.posts * ctx.sizes.fsync_share))
+    each = max(1, total // clients)
+    with procs.Receiver(config) as receiver:
+        ctx.progress.say(f"{clients} clients, {each * clients} POSTs")
+        results = procs.probes(*[("post", receiver.url, each, ctx.sizes.size, _at(clients))
+                                 for _ in range(clients)])
+    errors = sum(r["errors"] for r in results)
+    duplicates = sum(r["duplicates"] for r in results)
+    if errors or duplicates:
+        raise BenchError(f"of {each * clients} POSTs without an Idempotency-Key, {errors} were "
+                         f"not answered 200/201 and {duplicates} were answered 200 (duplicate)")
+    _expect_stored(config, each * clients)
+    ctx.progress.say("raw loop")
+    return {"post8": (each * clients / _span(results), _raw(root, ctx.sizes, fsync))}
+
+
+def _expect_stored(config, count, log=""):
+    stored = Store(config.receiver.store, fsync=False).count("common")
+    if stored != count:
+        counts = Spool(config.client.spool, fsync=False).counts()
+        raise BenchError(f"{stored} of {count} messages stored; spool: {counts}; "
+                         f"the sender logged:\n{log}")

@@ -1,0 +1,63 @@
+"""`dropr bench` end to end with tiny sizes: it starts its own receiver, tree
+and producers on the current directory's filesystem, runs every scenario once
+and prints one table (its shape is checked here, not its speeds)."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from dropr.bench import report
+
+pytestmark = pytest.mark.timeout(180)
+
+TINY = ["--fs", "here", "--runs", "1", "--quick", "--messages", "200", "--waiting", "2000",
+        "--large-mib", "4", "--fsync", "off"]
+COLUMNS = ["figure", "fsync", "value", "limit", "of limit", "target", "met?"]
+
+
+def _bench(cwd, *args, timeout=150):
+    return subprocess.run([sys.executable, "-m", "dropr.cli", "bench", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _rows(stdout):
+    lines = [line for line in stdout.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def test_bench_runs_every_scenario_and_prints_one_table(tmp_path):
+    result = _bench(tmp_path, *TINY, "--json", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^filesystem: \S+", result.stdout, re.M)  # it says what it measured
+    assert re.search(r"^machine: \d+ CPUs", result.stdout, re.M)
+    rows = _rows(result.stdout)
+    assert rows[0] == COLUMNS
+    body = rows[2:]
+    labels = {f"{label} ({unit})" for label, unit, _ in report.FIGURES.values()}
+    assert {r[0] for r in body} == labels  # every figure once, fsync off only
+    assert all(r[1] == "off" and len(r) == len(COLUMNS) for r in body)
+    assert all(r[6] in ("yes", "NO", "-") for r in body)
+    assert "\x1b[Kwaiting fsync off run 1/1" in result.stderr  # the live progress line
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert {r["figure"] for r in data["results"]} == set(report.FIGURES)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # its work folder is gone
+
+
+def test_bench_refuses_an_unknown_scenario_and_runs_nothing(tmp_path):
+    result = _bench(tmp_path, "--only", "put,nosuch", timeout=30)
+    assert result.returncode == 2
+    assert "unknown scenario 'nosuch'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_medians_fractions_and_targets():
+    samples = {("drain", False): [(30_000, 60_000), (10_000, 50_000), (25_000, 40_000)],
+               ("lat_p50", True): [(4.0, 1.0)]}
+    drain, lat = report.summarize(samples)
+    assert (drain["value"], drain["limit"], drain["fraction"]) == (25_000, 50_000, 0.5)
+    assert drain["target"] == ">= 20,000" and drain["met"] is True
+    assert lat["fraction"] == 0.25 and lat["met"] is False  # p50 over 2 ms
+    assert "| e2e drain" in report.table([drain, lat])
