@@ -24,24 +24,22 @@ NAME_GRAMMAR = (
 ID_GRAMMAR = "1-64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
 
 
-def check_name(value, what="name"):
-    """Return ``value`` if it is a valid channel/peer/client/consumer name."""
+def _check(value, what, pattern, limit, grammar):
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
-    if not value or len(value) > NAME_MAX or not _NAME.match(value):
-        raise ValidationError(f"bad {what} {shown(value)}{_flaw(value, NAME_MAX)}: "
-                              f"expected {NAME_GRAMMAR}")
+    if not value or len(value) > limit or not pattern.match(value):
+        raise ValidationError(f"bad {what} {shown(value)}{_flaw(value, limit)}: expected {grammar}")
     return value
+
+
+def check_name(value, what="name"):
+    """Return ``value`` if it is a valid channel/peer/client/consumer name."""
+    return _check(value, what, _NAME, NAME_MAX, NAME_GRAMMAR)
 
 
 def check_id(value, what="message id"):
     """Return ``value`` if it is a valid message id."""
-    if not isinstance(value, str):
-        raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
-    if not value or len(value) > ID_MAX or not _ID.match(value):
-        raise ValidationError(f"bad {what} {shown(value)}{_flaw(value, ID_MAX)}: "
-                              f"expected {ID_GRAMMAR}")
-    return value
+    return _check(value, what, _ID, ID_MAX, ID_GRAMMAR)
 
 
 def shown(value, limit=80):

@@ -653,24 +653,25 @@ class Store:
         removed = 0
         with contextlib.suppress(FileNotFoundError), os.scandir(self.root / "done") as chans:
             for chan in chans:
-                with os.scandir(chan.path) as it:
-                    for e in it:
-                        with contextlib.suppress(FileNotFoundError):
-                            if e.stat().st_ctime < limit:
-                                os.unlink(e.path)
-                                removed += 1
-                                crash_point("reaper.after_store_unlink")
+                if chan.is_dir(follow_symlinks=False):
+                    removed += _unlink_older(chan.path, "st_ctime", limit)
         return removed
 
     def remove_stale_tmp(self, max_age, *, now=None):
         """Unlink ``tmp/`` files older than ``max_age`` s (uploads cut off by a crash)."""
         limit = (self._clock() if now is None else now) - max_age
-        removed = 0
-        with os.scandir(self.root / "tmp") as it:
-            for e in it:
-                with contextlib.suppress(FileNotFoundError):
-                    if e.stat().st_mtime < limit:
-                        os.unlink(e.path)
-                        removed += 1
-                        crash_point("reaper.after_store_unlink")
-        return removed
+        return _unlink_older(self.root / "tmp", "st_mtime", limit)
+
+
+def _unlink_older(directory, field, limit):
+    """Unlink the files in ``directory`` whose ``field`` (a stat time) is before
+    ``limit``; returns how many. Run by the reaper."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
+        for e in it:
+            with contextlib.suppress(FileNotFoundError):
+                if getattr(e.stat(), field) < limit:
+                    os.unlink(e.path)
+                    removed += 1
+                    crash_point("reaper.after_store_unlink")
+    return removed

@@ -70,3 +70,12 @@ def test_release_returns_claim_and_not_found(store):
     assert store.count("c") == 1
     with pytest.raises(NotFound):
         store.get("c", "B")
+
+
+def test_expiring_done_ignores_a_stray_file_beside_the_channels(store):
+    store.put("c", "OLD", b"x", priority=5, client="h")
+    (m,) = store.messages("c")
+    store.ack(m)
+    (store.root / "done" / "stray.txt").write_text("not a channel")
+    assert store.expire_done(0, now=10**12) == 1
+    assert (store.root / "done" / "stray.txt").exists()
