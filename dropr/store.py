@@ -37,7 +37,7 @@ from pathlib import Path
 from dropr import names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
 from dropr.faults import crash_point
-from dropr.spool.spool import LOCK, REASON_SUFFIX, fsync_dir, make_dirs
+from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
 
 MAGIC = b"DROPR1 "
 HEADER_MAX = 4096
@@ -110,20 +110,14 @@ class Failures:
         return cls(meta["attempts"], meta["not_before"], reason.rstrip("\n"))
 
 
-class WorkDir:
+class WorkDir(LockedDir):
     """A consumer's folder ``work/<consumer>/``, ``flock``-ed for as long as the
-    consumer process lives (see :meth:`Store.open_work`)."""
+    consumer process lives (see :meth:`Store.open_work`); once closed, a later
+    consumer of that name may take over."""
 
     def __init__(self, consumer, path, fd):
+        super().__init__(path, fd)
         self.consumer = consumer
-        self.path = path
-        self._fd = fd
-
-    def close(self):
-        """Let go of the lock; a later consumer of this name may take over."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def _is_message(name):

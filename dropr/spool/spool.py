@@ -90,8 +90,11 @@ def _copy_into(fd, data):
         raise ValidationError(f"data must be bytes, a path or a binary file, not {type(data).__name__}")
 
 
-class ActiveDir:
-    """A sender's claim directory, locked for as long as the sender lives."""
+class LockedDir:
+    """A directory whose ``.lock`` this process holds with ``flock`` for as long
+    as it lives: a sender's claim directory, or a consumer's work folder in the
+    store. The kernel drops the lock when the process dies, which is how others
+    tell an orphaned directory from a live one."""
 
     def __init__(self, path, fd):
         self.path = path
@@ -102,6 +105,10 @@ class ActiveDir:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+#: A sender's claim directory ``active/<label>.<pid>/``.
+ActiveDir = LockedDir
 
 
 class Spool:
