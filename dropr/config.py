@@ -58,6 +58,7 @@ class PeerConfig:
 
     name: str = ""
     url: str = key("", kind="url")
+    urls: tuple = key((), kind="urls")
     connect_timeout: float = key(5.0, 0.1, 300.0)
     timeout: float = key(60.0, 0.1, 86400.0)
     token: str = key("", kind="token", secret=True)
@@ -297,15 +298,28 @@ def _build_peers(table, where, base):
             names.check_name(name, "peer name")
         except ValidationError as e:
             raise ConfigError(f"{where}: [peers.{name}]: {e}") from None
-        peer = _build(PeerConfig, body, where, f"peers.{name}", base, extra={"name": name})
-        if not peer.url:
-            raise ConfigError(f"{where}: [peers.{name}] url: required, e.g. 'http://host:8080'")
+        peer = _with_urls(_build(PeerConfig, body, where, f"peers.{name}", base,
+                                 extra={"name": name}), where)
         _check_token_source(peer, where, required=False)
-        if peer.ca_file and not peer.url.startswith("https://"):
+        plain = [u for u in peer.urls if not u.startswith("https://")]
+        if peer.ca_file and plain:
             raise ConfigError(f"{where}: [peers.{name}] ca_file: only for an https:// url, "
-                              f"got {peer.url!r}")
+                              f"got {plain[0]!r}")
         peers[name] = peer
     return peers
+
+
+def _with_urls(peer, where):
+    """``peer`` with both ``urls`` (every receiver of the peer) and ``url``
+    (the first) set, from whichever of the two the file gives."""
+    if peer.url and peer.urls:
+        raise ConfigError(f"{where}: [peers.{peer.name}] url and urls: give one of the two")
+    if not (peer.url or peer.urls):
+        raise ConfigError(f"{where}: [peers.{peer.name}] url: required, e.g. "
+                          "'http://host:8080' (or urls = [...] for several receivers)")
+    if peer.urls:
+        return dataclasses.replace(peer, url=peer.urls[0])
+    return dataclasses.replace(peer, urls=(peer.url,))
 
 
 def _check_window(store, retry, where):
@@ -479,6 +493,15 @@ def _check_url(raw, label, meta, base):
     return raw.rstrip("/")
 
 
+def _check_urls(raw, label, meta, base):
+    ok = isinstance(raw, (list, tuple)) and all(
+        isinstance(u, str) and u.startswith(("http://", "https://")) and len(u) > 8 for u in raw)
+    _want(ok, raw, label, "a list of http:// or https:// URLs")
+    urls = tuple(dict.fromkeys(u.rstrip("/") for u in raw))
+    _want(len(urls) == len(raw), raw, label, "a list of different URLs")
+    return urls
+
+
 def _check_bind(raw, label, meta, base):
     ok = isinstance(raw, str) and (raw.startswith("unix:") or raw.rpartition(":")[2].isdigit())
     _want(ok, raw, label, "HOST:PORT or unix:PATH")
@@ -521,6 +544,7 @@ _CHECKS = {
     "names": _check_names,
     "token": _check_token,
     "url": _check_url,
+    "urls": _check_urls,
     "bind": _check_bind,
     "level": _check_level,
     "backend": _check_backend,

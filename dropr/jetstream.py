@@ -441,9 +441,24 @@ class JetStreamStore:
         counts = self._subjects(f"{self.settings.subject}.{channel}.*")
         claimed = []
         for p in PRIORITIES:
-            if len(claimed) < limit and counts.get(subject_of(self.settings.subject, channel, p)):
+            if len(claimed) >= limit or not self._worth_fetching(counts, channel, p):
+                continue
+            try:
                 claimed += self._call(lambda p=p: self._fetch(channel, p, limit - len(claimed)))
+            except StoreUnavailable:
+                if not claimed:
+                    raise
+                break  # what is claimed is the caller's to settle; the rest waits
         return claimed
+
+    def _worth_fetching(self, counts, channel, priority):
+        """The stream shows messages of ``priority``, or an earlier fetch left
+        some delivered to this process (they are not to wait out ack_wait)."""
+        if counts.get(subject_of(self.settings.subject, channel, priority)):
+            return True
+        sub = getattr(self._subs.get((channel, priority)), "_sub", None)  # nats-py's own
+        queue = getattr(sub, "_pending_queue", None)
+        return queue is not None and not queue.empty()
 
     async def _fetch(self, channel, priority, n):
         nats = _nats()
@@ -452,6 +467,15 @@ class JetStreamStore:
             msgs = await sub.fetch(n, timeout=FETCH_WAIT)
         except nats.errors.TimeoutError:
             return []
+        except nats.errors.Error:
+            # The durable consumer may be gone or moved (a lost election, a
+            # re-made stream): bind it again on the next claim.
+            self._subs.pop((channel, priority), None)
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass  # the connection is down: its subscriptions went with it
+            raise
         out = []
         for msg in msgs:
             m = _message(msg.headers or {}, msg.data, msg.metadata.sequence.stream,
@@ -483,7 +507,21 @@ class JetStreamStore:
         if message.handle is None:
             self._call(lambda: self._js.delete_msg(self.settings.stream, message.seq))
             return
-        self._call(lambda: message.handle.ack_sync(self.settings.publish_timeout))
+        try:
+            self._call(lambda: message.handle.ack_sync(self.settings.publish_timeout))
+        except StoreUnavailable:
+            self._hand_back(message)
+            raise
+        self._held.pop(message.seq, None)
+
+    def _hand_back(self, message):
+        """After a failed ack: give the message back at once, so that it comes
+        again now rather than after ack_wait (if the ack did land, it is gone
+        and the nak changes nothing)."""
+        try:
+            self._call(lambda: message.handle.nak())
+        except StoreUnavailable:
+            return  # it comes back by itself after ack_wait
         self._held.pop(message.seq, None)
 
     def release(self, message):

@@ -1,7 +1,12 @@
 """The HTTP side of a sender: batch uploads to one peer over a kept-alive
 pycurl handle, and a health probe.
 
-A batch is ``POST <peer>/v1/batch``, multipart as the wire protocol fixes it:
+A peer has one receiver URL or several (``urls``): the batches go round
+robin to the URLs that answer; a URL that fails is left out for a while (its
+own backoff, in memory) and the same batch goes at once to the next one; the
+peer fails (``PeerError``) only when every URL failed for this batch.
+
+A batch is ``POST <url>/v1/batch``, multipart as the wire protocol fixes it:
 a JSON ``meta`` part, then one part per message whose body libcurl streams
 from the spool file itself, so no message is ever read into Python memory.
 The answer sorts into three outcomes the sender handles differently:
@@ -23,9 +28,11 @@ every batch.
 
 import json
 import os
+import time
 
 import pycurl
 
+from dropr import backoff
 from dropr.errors import BatchRefused, PeerError, Unreadable
 
 BATCH_PATH = "/v1/batch"
@@ -58,7 +65,7 @@ class _Answer:
         return b"".join(self.chunks)
 
 
-def _base_handle(peer, timeout=None):
+def _base_handle(peer, url, timeout=None):
     curl = pycurl.Curl()
     curl.setopt(pycurl.NOSIGNAL, 1)  # no SIGALRM for DNS timeouts: we have our own timers
     curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(peer.connect_timeout * 1000))
@@ -67,7 +74,7 @@ def _base_handle(peer, timeout=None):
     curl.setopt(pycurl.LOW_SPEED_LIMIT, LOW_SPEED_BYTES)
     curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(min(STALL_SECONDS, total))))
     curl.setopt(pycurl.USERAGENT, "dropr-sender")
-    if peer.url.startswith("https://"):
+    if url.startswith("https://"):
         _verify_peer(curl, peer)
     return curl
 
@@ -82,7 +89,7 @@ def _verify_peer(curl, peer):
         curl.setopt(pycurl.CAPATH, None)
 
 
-def _perform(curl, peer):
+def _perform(curl, peer, url):
     """Run the request; (status, body). ``PeerError`` if no HTTP answer came."""
     answer = _Answer()
     curl.setopt(pycurl.WRITEFUNCTION, answer.write)
@@ -90,8 +97,13 @@ def _perform(curl, peer):
         curl.perform()
     except pycurl.error as e:
         code, text = e.args if len(e.args) == 2 else (0, str(e))
-        raise PeerError(f"peer {peer.name} ({peer.url}): {text} (curl error {code})") from None
+        raise PeerError(f"peer {peer.name} ({url}): {text} (curl error {code})") from None
     return curl.getinfo(pycurl.RESPONSE_CODE), answer.body()
+
+
+def _urls_of(peer):
+    # A PeerConfig made in code may give url alone; a loaded one has both.
+    return peer.urls or (peer.url,)
 
 
 def _error_of(body):
@@ -113,36 +125,80 @@ def _add_file(form, message_id, path):
         raise Unreadable(message_id, e.args[-1] if e.args else str(e)) from None
 
 
-def _results_of(body, peer):
+def _results_of(body, peer, url):
     try:
         results = json.loads(body)["results"]
     except (ValueError, KeyError, TypeError):
         results = None
     if not isinstance(results, dict):
         # A 200 that is not a dropr answer: nothing is known to be stored, so retry later.
-        raise PeerError(f"peer {peer.name} ({peer.url}): answer 200 without a results table")
+        raise PeerError(f"peer {peer.name} ({url}): answer 200 without a results table")
     return results
 
 
 class Transport:
-    """Uploads batches to one peer over one kept-alive pycurl handle.
+    """Uploads batches to one peer, over one kept-alive pycurl handle per
+    receiver URL, spreading them round robin over the URLs that answer.
 
     Lives in a sender process (under droprd, or ``dropr send``); one per peer,
-    made lazily by the Sender and reused across batches."""
+    made lazily by the Sender and reused across batches. A URL that fails is
+    skipped for ``backoff.delay(failures, base=backoff_base, cap=backoff_cap)``
+    seconds (kept in memory only: a restarted sender tries every URL again)."""
 
-    def __init__(self, peer, *, client, token=""):
+    def __init__(self, peer, *, client, token="", backoff_base=1.0, backoff_cap=60.0,
+                 clock=time.monotonic):
         self.peer = peer
         self.client = client
         self.token = token  # "" = none: the peer serves loopback clients without one
-        self._curl = None
+        self._backoff = (backoff_base, backoff_cap)
+        self._clock = clock
+        self._handles = {}
+        self._down = {}  # url -> (failures in a row, not to be tried before)
+        self._turn = 0
 
     def send(self, batch):
         """Upload ``batch``, a list of ``(name, path, size)`` (``name`` with ``id``,
         ``channel`` and ``priority``); returns ``{id: {"status": ..., ...}}``.
 
-        Raises ``PeerError`` (try later), ``BatchRefused`` (4xx, permanent), or
+        Tries the peer's URLs in turn until one answers. Raises ``PeerError``
+        (every URL failed: try later), ``BatchRefused`` (4xx, permanent), or
         ``Unreadable`` before anything is sent if a message file cannot be opened."""
-        curl = self._handle()
+        errors = []
+        for url in self._order():
+            try:
+                results = self._send_to(url, batch)
+            except PeerError as e:
+                self._mark_down(url)
+                errors.append(str(e))
+                continue
+            self._down.pop(url, None)
+            return results
+        raise PeerError("; ".join(errors))
+
+    def down_urls(self):
+        """The URLs left out now, each with how many failures in a row."""
+        now = self._clock()
+        return {url: n for url, (n, until) in self._down.items() if until > now}
+
+    def _order(self):
+        """Every URL, next in turn first; those in their backoff last (soonest
+        due first), tried only when all the others fail."""
+        urls = _urls_of(self.peer)
+        start = self._turn % len(urls)
+        self._turn += 1
+        turn = urls[start:] + urls[:start]
+        now = self._clock()
+        resting = sorted((u for u in turn if self._down.get(u, (0, 0.0))[1] > now),
+                         key=lambda u: self._down[u][1])
+        return [u for u in turn if u not in resting] + resting
+
+    def _mark_down(self, url):
+        failures = self._down.get(url, (0, 0.0))[0] + 1
+        base, cap = self._backoff
+        self._down[url] = (failures, self._clock() + backoff.delay(failures, base=base, cap=cap))
+
+    def _send_to(self, url, batch):
+        curl = self._handle(url)
         meta = {"client": self.client, "messages": [
             {"id": n.id, "channel": n.channel, "priority": n.priority, "size": size}
             for n, _, size in batch]}
@@ -153,47 +209,60 @@ class Transport:
                 _add_file(form, name.id, path)
             curl.setopt(pycurl.MIMEPOST, form)
             try:
-                status, body = _perform(curl, self.peer)
+                status, body = _perform(curl, self.peer, url)
             finally:
                 # The form dies with this block; libcurl must not keep a pointer to it.
                 curl.unsetopt(pycurl.MIMEPOST)
-        return self._outcome(status, body)
+        return self._outcome(status, body, url)
 
-    def _outcome(self, status, body):
+    def _outcome(self, status, body, url):
         if status == 200:
-            return _results_of(body, self.peer)
+            return _results_of(body, self.peer, url)
         code, message = _error_of(body)
         if status in _REFUSING_4XX:
             raise BatchRefused(status, code, message)
-        raise PeerError(f"peer {self.peer.name} ({self.peer.url}): HTTP {status} {code}: {message}")
+        raise PeerError(f"peer {self.peer.name} ({url}): HTTP {status} {code}: {message}")
 
-    def _handle(self):
-        if self._curl is None:
-            curl = _base_handle(self.peer)
-            curl.setopt(pycurl.URL, self.peer.url + BATCH_PATH)
+    def _handle(self, url):
+        curl = self._handles.get(url)
+        if curl is None:
+            curl = _base_handle(self.peer, url)
+            curl.setopt(pycurl.URL, url + BATCH_PATH)
             # "Expect: 100-continue" would cost a round trip per batch.
             headers = ["Expect:"]
             if self.token:
                 headers.append(f"Authorization: Bearer {self.token}")
             curl.setopt(pycurl.HTTPHEADER, headers)
-            self._curl = curl
-        return self._curl
+            self._handles[url] = curl
+        return curl
 
     def close(self):
-        """Close the handle and its kept-alive connection."""
-        if self._curl is not None:
-            self._curl.close()
-            self._curl = None
+        """Close the handles and their kept-alive connections."""
+        handles, self._handles = self._handles, {}
+        for curl in handles.values():
+            curl.close()
 
 
 def probe(peer, *, timeout=5.0):
-    """``GET <peer.url>/v1/health``: ``(True, "")`` on 200, else ``(False, reason)``.
+    """``GET <url>/v1/health`` of each of the peer's URLs until one answers 200:
+    ``(True, "")``, else ``(False, reasons)``.
 
-    Used by the retry scanner to see whether a peer marked down is back."""
-    curl = _base_handle(peer, timeout=timeout)
+    Used by the retry scanner to see whether a peer marked down is back: it is
+    back as soon as one of its receivers is."""
+    reasons = []
+    for url in _urls_of(peer):
+        ok, reason = _probe_url(peer, url, timeout)
+        if ok:
+            return True, ""
+        reasons.append(reason)
+    return False, "; ".join(reasons)
+
+
+def _probe_url(peer, url, timeout):
+    curl = _base_handle(peer, url, timeout=timeout)
     try:
-        curl.setopt(pycurl.URL, peer.url + HEALTH_PATH)
-        status, body = _perform(curl, peer)
+        curl.setopt(pycurl.URL, url + HEALTH_PATH)
+        status, body = _perform(curl, peer, url)
     except PeerError as e:
         return False, str(e)
     finally:
@@ -201,4 +270,4 @@ def probe(peer, *, timeout=5.0):
     if status == 200:
         return True, ""
     code, message = _error_of(body)
-    return False, f"peer {peer.name} ({peer.url}): HTTP {status} {code}: {message}"
+    return False, f"peer {peer.name} ({url}): HTTP {status} {code}: {message}"
