@@ -50,6 +50,9 @@ class Sender:
         self._active = None
         self._transports = {}
         self._tokens = {}
+        self._pool = None  # the upload thread of step(), made on first use
+        self._in_flight = None  # the upload step() put on the wire
+        self._answered = []  # its answers, settled by the next step()
 
     def open(self):
         """Read the peers' tokens, make the spool tree, return orphaned claims
@@ -73,29 +76,55 @@ class Sender:
         return moved
 
     def drain(self, *, stop=lambda: False):
-        """Deliver batches until nothing is due or ``stop()`` is true; returns
-        the total moved. Pipelined: while one batch is on the wire, the next is
-        claimed and the answers of the one before are settled, so the
-        receiver's work and ours overlap. One batch at a time is uploaded, in
-        order, so the peer's state is judged as in :meth:`run_once`; each
-        message is in exactly one directory throughout (an answered one stays
-        in ``active/`` until it is settled)."""
-        total, in_flight, answered = 0, None, []
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.label) as pool:
+        """Deliver batches with :meth:`step` until nothing is due or ``stop()``
+        is true; returns the total claimed. Nothing is left in flight."""
+        total = 0
+        try:
             while True:
-                moved, by_peer = self._claim() if not stop() else (0, {})
-                if in_flight is not None:
-                    in_flight.result()  # its errors are ours
-                finished, answered = answered, []
-                in_flight = None
-                if moved:
-                    in_flight = pool.submit(self._deliver_all, by_peer,
-                                            lambda *answer, into=answered: into.append(answer))
-                for answer in finished:
-                    self._settle(*answer)
+                moved = self.step(claim=not stop())
                 if not moved:
                     return total
                 total += moved
+        finally:
+            self.flush()
+
+    def step(self, *, claim=True):
+        """One overlapped step: claim the next batch while the one before is on
+        the wire, wait for that upload, put the new batch on the wire, then
+        settle the answers of the finished one. So the receiver's work and ours
+        overlap, and each call waits for at most one upload (bounded like
+        :meth:`run_once`). One batch at a time is uploaded, in order, so the
+        peer's state is judged as in :meth:`run_once`; an answered message
+        stays in ``active/`` until it is settled, so each is in exactly one
+        directory throughout. Returns how many it claimed; 0 (nothing due, or
+        ``claim`` false) also means nothing is left in flight."""
+        moved, by_peer = self._claim() if claim else (0, {})
+        self._finish_upload()
+        finished, self._answered = self._answered, []
+        if moved:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix=self.label)
+            self._in_flight = self._pool.submit(
+                self._deliver_all, by_peer,
+                lambda *answer, into=self._answered: into.append(answer))
+        for answer in finished:
+            self._settle(*answer)
+        return moved
+
+    def flush(self):
+        """Wait for the upload in flight, if any, and settle its answers."""
+        try:
+            self._finish_upload()
+        finally:
+            finished, self._answered = self._answered, []
+            for answer in finished:
+                self._settle(*answer)
+
+    def _finish_upload(self):
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()  # its errors are ours
 
     def _claim(self):
         """Claim a batch; (how many, {peer: batch}) of those to deliver. The
@@ -131,7 +160,17 @@ class Sender:
 
     def close(self):
         """Return claimed-but-unfinished files to ``queue/``, release the claim
-        directory's lock and close the connections."""
+        directory's lock and close the connections. An upload in flight is
+        finished and settled first, so its answers are not thrown away."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+            self._release()
+
+    def _release(self):
         if self._active is not None:
             returned = self.spool.unclaim(self._active)
             if returned:
@@ -251,8 +290,11 @@ class Sender:
     def _transport(self, peer):
         transport = self._transports.get(peer)
         if transport is None:
+            sender = self.config.sender
             transport = Transport(self.config.peer(peer), client=self.config.client.name,
-                                  token=self._tokens.get(peer, ""))
+                                  token=self._tokens.get(peer, ""),
+                                  backoff_base=sender.peer_backoff_base,
+                                  backoff_cap=sender.peer_backoff_cap)
             self._transports[peer] = transport
         return transport
 

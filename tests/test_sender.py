@@ -244,3 +244,19 @@ def test_dropr_send_delivers_until_sigterm_then_exits_cleanly(env):
         proc.wait()
     assert stored(config) == sent
     assert client.spool.count("active") == 0 and client.spool.count("queue") == 0
+
+
+def test_step_claims_the_next_batch_while_one_is_on_the_wire_and_close_settles_it(env):
+    config, _ = env({"sender": {"batch_messages": 2}})
+    client = Client(config)
+    sent = put_many(client, [b"a", b"b", b"c"])
+    sender = open_sender(config)
+    try:
+        assert sender.step() == 2  # on the wire, not yet settled
+        assert sender.step() == 1  # the first batch finished and settled
+        assert client.spool.count("active") == 1
+        assert client.spool.count("queue") == 0
+    finally:
+        sender.close()  # finishes the upload in flight and settles it
+    assert stored(config) == sent
+    assert client.spool.count("active") == 0 and client.spool.count("queue") == 0

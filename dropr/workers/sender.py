@@ -31,14 +31,17 @@ class SenderWorker(Worker):
         self.sender.open()
 
     def tick(self):
-        """Deliver one batch; when nothing was due, wait for a wake-up."""
-        moved = self.sender.run_once()
+        """One overlapped step (claim the next batch while the last one is on
+        the wire); when nothing was due, wait for a wake-up. A step waits for
+        at most one upload, so heartbeats and stop checks stay bounded."""
+        moved = self.sender.step()
         if moved == 0 and not self.stopping:
             self.sender.wait()
         return moved
 
     def close(self):
-        """Return unfinished claims to queue/ and release the active dir."""
+        """Finish and settle the upload in flight, return unfinished claims to
+        queue/ and release the active dir."""
         if self.sender is not None:
             self.sender.close()
             self.sender = None

@@ -126,7 +126,8 @@ def test_killed_sender_is_replaced_and_its_batch_delivered_once(make_tree):
         ids = put(tree, 1000)
         tree.start()
         spool = Spool(tree.config.client.spool)
-        harness.wait_for(lambda: spool.count("active") == 200, 10, what="two batches held")
+        # Each of the two senders holds the batch on the wire and the next one it claimed.
+        harness.wait_for(lambda: spool.count("active") == 400, 10, what="four batches held")
         victim = tree.workers()["sender-1"]["pid"]
         os.kill(victim, signal.SIGKILL)
 
@@ -166,7 +167,8 @@ def test_killed_supervisor_in_flight_batches_delivered_after_start(make_tree):
         ids = put(tree, 300)
         tree.start()
         spool = Spool(tree.config.client.spool)
-        harness.wait_for(lambda: spool.count("active") == 100, 10, what="two batches held")
+        # Each of the two senders holds the batch on the wire and the next one it claimed.
+        harness.wait_for(lambda: spool.count("active") == 200, 10, what="four batches held")
         tree.status()
         os.kill(tree.pid, signal.SIGKILL)
         assert deadline_wait(lambda: not tree.leftovers(), 2.0) < 2.0
