@@ -35,7 +35,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from chaostree import Daemon, Disk, ReceiverProcess, Role, kill9, wait_for
 from faultproxy import ERROR, PASS, STALL, FaultProxy
 
 from dropr import config as config_mod
+from dropr.bench.procs import free_port
 from dropr.ipc import Notices
 from dropr.spool import Spool
 from dropr.store import Store
@@ -77,12 +77,6 @@ def parse_args(argv):
 
 
 # -- set-up -------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def write_config(root, *, receiver_port, proxy_port, max_backlog):
     """The chaos config: small timeouts and backoffs so that the tree heals fast,

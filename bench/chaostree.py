@@ -14,10 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import psutil
 
+from dropr.bench.procs import healthy
 from dropr.supervisor import daemon
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
@@ -142,7 +142,7 @@ class ReceiverProcess:
     def __init__(self, config, log_path):
         self.config = config
         self.log_path = log_path
-        self.health_url = "http://" + config.receiver.bind + "/v1/health"
+        self.url = "http://" + config.receiver.bind
         self.proc = None
 
     def start(self, timeout=30):
@@ -156,11 +156,7 @@ class ReceiverProcess:
     def _healthy(self):
         if self.proc.poll() is not None:
             raise RuntimeError(f"receiver exited with {self.proc.returncode}; see {self.log_path}")
-        try:
-            with urllib.request.urlopen(self.health_url, timeout=1.0) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return healthy(self.url)
 
     def ensure(self):
         """Start it unless it runs."""

@@ -11,9 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 from dropr import config as config_mod
+from dropr.bench.procs import healthy
 from dropr.client import Client
 from dropr.store import Store
 
@@ -22,14 +22,6 @@ DEMO_MESSAGES = 5
 
 def _spawn(args):
     return subprocess.Popen([sys.executable, "-m", *args])
-
-
-def _healthy(url):
-    try:
-        with urllib.request.urlopen(url + "/v1/health", timeout=1) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
 
 
 def _wait(predicate, timeout, procs):
@@ -76,7 +68,7 @@ def main(argv=None):
 
 def _demo(config, procs):
     peer = next(iter(config.peers.values()))
-    if not _wait(lambda: _healthy(peer.url), 30, procs):
+    if not _wait(lambda: healthy(peer.url), 30, procs):
         print(f"dropr demo: the receiver at {peer.url} did not come up; see the log above",
               file=sys.stderr)
         return 1
