@@ -175,7 +175,7 @@ class JetStreamStore:
         self._max_payload = None
         self._subs = {}
         self._held = {}
-        self._live = set()  # ack futures some batch waits on (touched on the loop only)
+        self._acks = None  # the reply subscription for publish acks (used on the loop only)
         self._connecting = None
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
@@ -288,44 +288,37 @@ class JetStreamStore:
                 self.discard(s)
         timeout = self.settings.publish_timeout
         acks = self._call(lambda: self._publish_all(payloads, timeout), timeout * 2 + 5)
-        return [DUPLICATE if ack.duplicate else STORED for ack in acks]
+        return [DUPLICATE if duplicate else STORED for duplicate in acks]
 
     async def _publish_all(self, payloads, timeout):
-        futures = []
+        """Publish every payload, then wait for all their acks at once. The
+        publishes go out without yielding to the loop in between, so the
+        connection writes the whole batch in a few large writes; each ack
+        comes back on this connection's reply subject with the publish's token."""
+        acks = await self._acks_for(self._nc)
+        futures = {}
         try:
             for subj, data, h in payloads:
-                futures.append(await self._publish_one(subj, data, h, timeout))
-            done, pending = await asyncio.wait(futures, timeout=timeout)
-        finally:  # an unanswered publish must not hold its in-flight slot for good
-            for f in futures:
-                self._live.discard(f)
-                if not f.done():
-                    f.cancel()
-                elif not f.cancelled():
-                    f.exception()  # retrieved: the batch's answer speaks for all of them
+                token, future = acks.expect()
+                futures[token] = future
+                await self._nc.publish(subj, data, reply=acks.prefix + token, headers=h)
+            done, pending = await asyncio.wait(futures.values(), timeout=timeout)
+        finally:
+            acks.forget(futures)
         if pending:
             raise asyncio.TimeoutError(f"{len(pending)} of {len(futures)} publishes unacknowledged")
-        return [f.result() for f in futures]
+        replies = [f.result() for f in futures.values()]
+        if any(isinstance(r, dict) for r in replies):  # no stream answered: deleted?
+            await self._ensure_stream(self._js)  # made again for the sender's next try
+        return [_pub_ack(r) for r in replies]
 
-    async def _publish_one(self, subj, data, headers, timeout):
-        try:
-            future = await self._js.publish_async(subj, data, headers=headers, wait_stall=timeout)
-        except BaseException:
-            self._drop_strays()
-            raise
-        self._live.add(future)
-        return future
-
-    def _drop_strays(self):
-        """nats-py registers a publish's ack future (and takes an in-flight
-        slot) before it sends; a send that fails (the connection lost and its
-        buffer full) leaves that future to no one, and its slot taken for
-        good: enough of those and every later publish stalls. Cancel every
-        pending future that no batch of ours waits on."""
-        pending = getattr(self._js, "_publish_async_futures", {})
-        for future in list(pending.values()):
-            if future not in self._live and not future.done():
-                future.cancel()
+    async def _acks_for(self, nc):
+        """The reply subscription of connection ``nc`` (made on first use; a
+        reconnect keeps it, a new connection makes another)."""
+        if self._acks is None or self._acks.nc is not nc:
+            self._acks = _Acks(nc)
+            await self._acks.start()
+        return self._acks
 
     def _subject(self, s):
         return subject_of(self.settings.subject, s.channel, s.priority)
@@ -548,6 +541,54 @@ class JetStreamStore:
         subject = subject_of(f"{self.settings.subject}-dead", message.channel, message.priority)
         self._call(lambda: self._js.publish(subject, message.body, headers=headers))
         self.ack(message)  # term() would leave it in a work-queue stream of nats-server 2.9
+
+
+class _Acks:
+    """Publish acks of one connection: one wildcard reply subscription, and
+    the future each publish waits on, by a token counted per connection."""
+
+    def __init__(self, nc):
+        self.nc = nc
+        self.prefix = nc.new_inbox() + "."
+        self.waiting = {}
+        self._count = 0
+
+    async def start(self):
+        await self.nc.subscribe(self.prefix + "*", cb=self._on_reply)
+
+    def expect(self):
+        """(token, future) for one more publish; its reply subject is prefix + token."""
+        self._count += 1
+        token = str(self._count)
+        future = self.waiting[token] = asyncio.get_running_loop().create_future()
+        return token, future
+
+    def forget(self, tokens):
+        """Stop waiting for these publishes (answered or not)."""
+        for token in tokens:
+            self.waiting.pop(token, None)
+
+    async def _on_reply(self, msg):
+        future = self.waiting.pop(msg.subject[len(self.prefix):], None)
+        if future is not None and not future.done():
+            status = (msg.headers or {}).get("Status")
+            future.set_result(msg.data if not status else {"status": status,
+                                                          "description": msg.headers.get("Description", "")})
+
+
+def _pub_ack(reply):
+    """Whether a publish's ack says duplicate; StoreUnavailable if it is an error."""
+    if isinstance(reply, dict):  # a status from the server: 503 is "no stream answers"
+        raise StoreUnavailable(f"JetStream is not available now (status {reply['status']}: "
+                               f"{reply['description'] or 'no responders'}); try later")
+    try:
+        ack = json.loads(reply)
+    except ValueError:
+        ack = {"error": {"description": f"unreadable ack {reply[:80]!r}"}}
+    if "error" in ack:
+        what = ack["error"].get("description") or ack["error"]
+        raise StoreUnavailable(f"JetStream refused a message now ({what}); try later")
+    return ack.get("duplicate", False)
 
 
 def _message(headers, body, seq, *, attempts=0, handle=None):

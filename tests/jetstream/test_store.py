@@ -2,6 +2,7 @@
 while the cluster is down, consumers in priority order, ack and bury, and the
 receiver's HTTP answers on top of it (falcon's TestClient)."""
 
+import asyncio
 import collections
 
 import pytest
@@ -52,6 +53,42 @@ def test_publish_many_keeps_every_ack_in_flight_and_answers_in_order(store):
     assert statuses[3] == "duplicate"
     assert statuses.count("stored") == 999
     assert store.count("orders") == 1000
+
+
+def _manage(cluster, call):
+    async def run():
+        import nats
+
+        nc = await nats.connect(cluster.urls)
+        try:
+            return await call(nc.jetstream())
+        finally:
+            await nc.close()
+    return asyncio.run(run())
+
+
+def test_a_deleted_stream_is_unavailable_once_then_made_again(store, cluster):
+    assert store.publish(stage(store, "A1")) == "stored"
+    _manage(cluster, lambda js: js.delete_stream("DROPR"))
+    with pytest.raises(StoreUnavailable, match="no responders|503"):
+        store.publish_many(collections.deque([stage(store, "A2")]))
+    assert store.publish(stage(store, "A2")) == "stored"
+    assert [m.id for m in store.messages("orders")] == ["A2"]
+
+
+def test_an_error_ack_from_the_stream_is_store_unavailable(store, cluster):
+    import nats.js.api as api
+
+    assert store.publish(stage(store, "B1")) == "stored"
+
+    async def cap(js):
+        config = (await js.stream_info("DROPR")).config
+        config.max_msgs, config.discard = 1, api.DiscardPolicy.NEW
+        await js.update_stream(config)
+    _manage(cluster, cap)
+    with pytest.raises(StoreUnavailable, match="refused"):
+        store.publish_many(collections.deque([stage(store, "B2"), stage(store, "B3")]))
+    assert [m.id for m in store.messages("orders")] == ["B1"]
 
 
 def test_a_body_over_the_servers_max_payload_is_too_large(store):
