@@ -1,0 +1,257 @@
+"""The receiver side of the JetStream store, its connection, and
+:func:`open_store` (see :mod:`dropr.jetstream`)."""
+
+import asyncio
+import dataclasses
+import io
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from dropr import names
+from dropr.errors import TooLarge
+from dropr.jetstream.consumer import Consumer
+from dropr.jetstream.wire import Acks, Loop, nats_module, pub_ack, subject_of, unavailable
+from dropr.store import DUPLICATE, STORED
+
+log = logging.getLogger(__name__)
+
+#: Bodies up to this size stay in memory while staged; larger ones spill to disk.
+SPOOL_IN_MEMORY = 1 << 20
+#: Bytes of a published message's size kept for its headers under max_payload.
+HEADER_ROOM = 1024
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass
+class StagedBody:
+    """A body read from a request into a scratch file, not yet in the stream
+    (from :meth:`JetStreamStore.stage`)."""
+
+    id: str
+    channel: str
+    priority: int
+    size: int
+    client: str
+    received_at: float
+    file: object
+
+    path = None
+
+
+class JetStreamStore(Consumer):
+    """The server store on a JetStream stream, with the methods of the
+    filesystem :class:`~dropr.store.Store` that the receiver, ``dropr
+    consume`` and ``dropr store`` use. Used in receiver worker processes,
+    consumers and admin commands, each with its own connection. ``scratch``
+    is a local folder for staged bodies (``[receiver] store``)."""
+
+    def __init__(self, settings, *, scratch, clock=time.time):
+        self.settings = settings
+        self.root = Path(scratch)
+        self._clock = clock
+        self._loop = Loop()
+        self._nc = self._js = None
+        self._max_payload = None
+        self._subs = {}
+        self._held = {}
+        self._acks = None  # the reply subscription for publish acks (used on the loop only)
+        self._connecting = None
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    # -- connection -----------------------------------------------------------
+
+    def _call(self, make_coro, timeout=None):
+        """Run ``make_coro()`` on the loop once connected; JetStream faults
+        become StoreUnavailable."""
+        nats = nats_module()
+        timeout = timeout or self.settings.publish_timeout + self.settings.connect_timeout
+        try:
+            return self._loop.run(self._connected(make_coro), timeout)
+        except (nats.errors.Error, asyncio.TimeoutError, TimeoutError, OSError) as e:
+            if isinstance(e, nats.js.errors.NotFoundError):
+                raise
+            raise unavailable(e) from None
+
+    async def _connected(self, make_coro):
+        if self._nc is None or self._nc.is_closed:
+            if self._connecting is None:  # made on the loop, so no two threads race here
+                self._connecting = asyncio.Lock()
+            async with self._connecting:
+                if self._nc is None or self._nc.is_closed:
+                    await self._connect()
+        return await make_coro()
+
+    async def _connect(self):
+        nats = nats_module()
+        s = self.settings
+
+        async def quiet(e):  # reconnects are expected; callers see StoreUnavailable
+            log.debug("nats: %s", e)
+        nc = await nats.connect(list(s.servers), connect_timeout=s.connect_timeout,
+                                max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                                allow_reconnect=True, error_cb=quiet, name="dropr")
+        try:
+            js = nc.jetstream(timeout=s.publish_timeout)
+            await self._ensure_stream(js)
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc, self._js, self._max_payload = nc, js, nc.max_payload
+
+    async def _ensure_stream(self, js):
+        nats = nats_module()
+        s = self.settings
+        try:
+            info = await js.stream_info(s.stream)
+        except nats.js.errors.NotFoundError:
+            api = nats.js.api
+            await js.add_stream(api.StreamConfig(
+                name=s.stream, subjects=[f"{s.subject}.>", f"{s.subject}-dead.>"],
+                retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
+                num_replicas=s.replicas, duplicate_window=s.duplicate_window))
+            return
+        if info.config.duplicate_window and info.config.duplicate_window < s.duplicate_window:
+            log.warning("stream %s keeps ids for %g s, less than [store] duplicate_window %g s",
+                        s.stream, info.config.duplicate_window, s.duplicate_window)
+
+    def close(self):
+        """Drain and close the connection (optional: a process may just exit)."""
+        if self._nc is not None:
+            nc, self._nc = self._nc, None
+            try:
+                self._loop.run(nc.close(), 5.0)
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    # -- receiver -------------------------------------------------------------
+
+    def stage(self, channel, message_id, body, *, priority, client, limit=None):
+        """Read ``body`` (bytes or an object with ``read(n)``) into a scratch
+        file; ``TooLarge`` past ``limit`` or past what one JetStream message
+        can hold (the servers' max_payload)."""
+        names.check_name(channel, "channel")
+        names.check_id(message_id)
+        priority = names.check_priority(priority)
+        limit, why = self._limit(limit)
+        f = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=self.root / "tmp")
+        try:
+            size = _copy(body, f, limit, why)
+        except BaseException:
+            f.close()
+            raise
+        return StagedBody(message_id, channel, priority, size, client, self._clock(), f)
+
+    def _limit(self, limit):
+        if self._max_payload is None:
+            self._call(lambda: asyncio.sleep(0))  # connect, to learn max_payload
+        room = self._max_payload - HEADER_ROOM
+        if limit is None or room < limit:
+            return room, f"the JetStream servers' max_payload leaves {room} bytes per message"
+        return limit, f"message is over the limit of {limit} bytes"
+
+    def publish(self, staged, *, sync_dir=True):
+        """Publish one staged body; ``"stored"`` or ``"duplicate"``."""
+        return self.publish_many([staged])[0]
+
+    def publish_many(self, staged, *, counted=None):
+        """Publish every staged body with all acks in flight at once; their
+        statuses, in order. StoreUnavailable unless JetStream acknowledged
+        every one. The staged files are closed, whatever happens."""
+        staged, queue = list(staged), staged
+        queue.clear()  # the caller's deque: nothing in it is left to discard
+        try:
+            items = [(self._subject(s), s.file, self._headers(s)) for s in staged]
+            payloads = [(subj, _read_all(f), h) for subj, f, h in items]
+        finally:
+            for s in staged:
+                self.discard(s)
+        timeout = self.settings.publish_timeout
+        acks = self._call(lambda: self._publish_all(payloads, timeout), timeout * 2 + 5)
+        return [DUPLICATE if duplicate else STORED for duplicate in acks]
+
+    async def _publish_all(self, payloads, timeout):
+        """Publish every payload, then wait for all their acks at once. The
+        publishes go out without yielding to the loop in between, so the
+        connection writes the whole batch in a few large writes; each ack
+        comes back on this connection's reply subject with the publish's token."""
+        acks = await self._acks_for(self._nc)
+        futures = {}
+        try:
+            for subj, data, h in payloads:
+                token, future = acks.expect()
+                futures[token] = future
+                await self._nc.publish(subj, data, reply=acks.prefix + token, headers=h)
+            done, pending = await asyncio.wait(futures.values(), timeout=timeout)
+        finally:
+            acks.forget(futures)
+        if pending:
+            raise asyncio.TimeoutError(f"{len(pending)} of {len(futures)} publishes unacknowledged")
+        replies = [f.result() for f in futures.values()]
+        if any(isinstance(r, dict) for r in replies):  # no stream answered: deleted?
+            await self._ensure_stream(self._js)  # made again for the sender's next try
+        return [pub_ack(r) for r in replies]
+
+    async def _acks_for(self, nc):
+        """The reply subscription of connection ``nc`` (made on first use; a
+        reconnect keeps it, a new connection makes another)."""
+        if self._acks is None or self._acks.nc is not nc:
+            self._acks = Acks(nc)
+            await self._acks.start()
+        return self._acks
+
+    def _subject(self, s):
+        return subject_of(self.settings.subject, s.channel, s.priority)
+
+    def _headers(self, s):
+        return {"Nats-Msg-Id": s.id, "Dropr-Channel": s.channel,
+                "Dropr-Priority": str(s.priority), "Dropr-Client": s.client or "",
+                "Dropr-Received-At": f"{s.received_at:.6f}"}
+
+    def discard(self, staged):
+        """Drop a staged body that will not be published (idempotent)."""
+        staged.file.close()
+
+    def sync(self, channels):
+        """Nothing to do: an acknowledged publish is as durable as JetStream makes it."""
+
+    def free_bytes(self):
+        """Bytes free on the scratch folder's filesystem (staged bodies spill there)."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def check_writable(self):
+        """The stream answers (readiness); StoreUnavailable if not."""
+        self._call(lambda: self._js.stream_info(self.settings.stream),
+                   self.settings.connect_timeout + 2.0)
+
+
+def _copy(body, f, limit, why):
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        chunks = [body]
+    else:
+        chunks = iter(lambda: body.read(_CHUNK), b"")
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(why if "limit" in why else f"message of over {limit} bytes: {why}")
+        f.write(chunk)
+    return size
+
+
+def _read_all(f):
+    f.seek(0)
+    return f.read() if not isinstance(f, io.BytesIO) else f.getvalue()
+
+
+def open_store(config, *, clock=time.time):
+    """The server store ``config`` names in ``[store] backend``: the filesystem
+    :class:`~dropr.store.Store` at ``[receiver] store``, or a :class:`JetStreamStore`."""
+    from dropr.store import Store
+
+    if config.store.backend == "jetstream":
+        return JetStreamStore(config.store, scratch=config.receiver.store, clock=clock)
+    return Store(config.receiver.store, fsync=config.receiver.fsync, clock=clock)

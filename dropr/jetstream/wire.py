@@ -1,0 +1,151 @@
+"""The parts of the JetStream store that speak to nats-py: the asyncio loop
+each process runs it on, publish acks, subject and consumer names, and the
+shape of a message read back."""
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import threading
+
+from dropr import names
+from dropr.errors import StoreUnavailable
+
+
+def nats_module():
+    import nats  # imported in the process that uses it, after any fork
+    import nats.errors
+    import nats.js.api
+    import nats.js.errors
+    return nats
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamMessage:
+    """A message read from the stream; ``read()`` gives its body."""
+
+    id: str
+    channel: str
+    priority: int
+    client: str
+    received_at: float
+    size: int
+    seq: int
+    body: bytes
+    attempts: int = 0
+    handle: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    def read(self):
+        return self.body
+
+    def open(self):
+        """A real file (it has a descriptor, for a command's stdin) holding the body."""
+        f = tempfile.TemporaryFile()
+        f.write(self.body)
+        f.seek(0)
+        return f
+
+
+class Loop:
+    """One asyncio loop in a daemon thread, and the connection to the cluster
+    it owns; started on first use in each process."""
+
+    def __init__(self):
+        self._pid = None
+        self._lock = threading.Lock()
+        self.loop = None
+
+    def run(self, coro, timeout):
+        """Run ``coro`` on the loop; its result, or the exception it raised."""
+        loop = self._ensure()
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def _ensure(self):
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a fork copied a dead thread
+                self.loop = asyncio.new_event_loop()
+                threading.Thread(target=self.loop.run_forever, name="dropr-jetstream",
+                                 daemon=True).start()
+                self._pid = os.getpid()
+            return self.loop
+
+
+def unavailable(e):
+    what = type(e).__name__ + (f": {e}" if str(e) else "")
+    return StoreUnavailable(f"JetStream is not available now ({what}); try later")
+
+
+def subject_of(prefix, channel, priority):
+    return f"{prefix}.{channel}.{priority}"
+
+
+def durable_of(channel, priority):
+    """The durable consumer of a channel and priority (no dots allowed in it)."""
+    digest = hashlib.sha1(channel.encode()).hexdigest()[:8]
+    return f"{channel.replace('.', '_')}-{digest}-p{priority}"
+
+
+class Acks:
+    """Publish acks of one connection: one wildcard reply subscription, and
+    the future each publish waits on, by a token counted per connection."""
+
+    def __init__(self, nc):
+        self.nc = nc
+        self.prefix = nc.new_inbox() + "."
+        self.waiting = {}
+        self._count = 0
+
+    async def start(self):
+        await self.nc.subscribe(self.prefix + "*", cb=self._on_reply)
+
+    def expect(self):
+        """(token, future) for one more publish; its reply subject is prefix + token."""
+        self._count += 1
+        token = str(self._count)
+        future = self.waiting[token] = asyncio.get_running_loop().create_future()
+        return token, future
+
+    def forget(self, tokens):
+        """Stop waiting for these publishes (answered or not)."""
+        for token in tokens:
+            self.waiting.pop(token, None)
+
+    async def _on_reply(self, msg):
+        future = self.waiting.pop(msg.subject[len(self.prefix):], None)
+        if future is not None and not future.done():
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            future.set_result({"status": status, "description": headers.get("Description", "")}
+                              if status else msg.data)
+
+
+def pub_ack(reply):
+    """Whether a publish's ack says duplicate; StoreUnavailable if it is an error."""
+    if isinstance(reply, dict):  # a status from the server: 503 is "no stream answers"
+        raise StoreUnavailable(f"JetStream is not available now (status {reply['status']}: "
+                               f"{reply['description'] or 'no responders'}); try later")
+    try:
+        ack = json.loads(reply)
+    except ValueError:
+        ack = {"error": {"description": f"unreadable ack {reply[:80]!r}"}}
+    if "error" in ack:
+        what = ack["error"].get("description") or ack["error"]
+        raise StoreUnavailable(f"JetStream refused a message now ({what}); try later")
+    return ack.get("duplicate", False)
+
+
+def message_of(headers, body, seq, *, attempts=0, handle=None):
+    return StreamMessage(
+        id=headers.get("Dropr-Id") or headers.get("Nats-Msg-Id", str(seq)),
+        channel=headers.get("Dropr-Channel", ""),
+        priority=int(headers.get("Dropr-Priority", names.DEFAULT_PRIORITY)),
+        client=headers.get("Dropr-Client", ""),
+        received_at=float(headers.get("Dropr-Received-At", 0.0)), size=len(body), seq=seq,
+        body=body, attempts=attempts, handle=handle)
