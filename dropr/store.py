@@ -384,6 +384,9 @@ class Store:
                 os.unlink(dest)
         return True
 
+    def close(self):
+        """Nothing to release (the JetStream store closes its connection)."""
+
     def discard(self, staged):
         """Drop a :class:`Staged` message that will not be published (idempotent)."""
         with contextlib.suppress(FileNotFoundError):

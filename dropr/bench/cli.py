@@ -32,7 +32,7 @@ class Scenario:
 
 
 #: The scenarios, in the order they run.
-SCENARIOS = ("put", "drain", "steady", "latency", "post", "large", "waiting")
+SCENARIOS = ("put", "drain", "steady", "latency", "post", "large", "waiting", "jetstream")
 
 
 def load_scenario(name):

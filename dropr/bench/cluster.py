@@ -1,5 +1,5 @@
-"""A real NATS JetStream cluster on loopback for tests: three nats-server
-processes, each with its own store folder, stopped by pid."""
+"""A real NATS JetStream cluster on loopback, for the bench and the tests:
+three nats-server processes, each with its own store folder, stopped by pid."""
 
 import asyncio
 import shutil
@@ -7,9 +7,14 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.harness import free_port, wait_for
+from dropr.bench.procs import free_port, wait_for
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+def available():
+    """Whether nats-server is installed (Debian's package puts it in /usr/sbin)."""
+    return shutil.which(NATS_SERVER) is not None
 
 
 class Node:
@@ -75,6 +80,16 @@ class Cluster:
     def stop(self):
         for node in self.nodes:
             node.kill(signal.SIGTERM)
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
 
     def node(self, name):
         return next(n for n in self.nodes if n.name == name)

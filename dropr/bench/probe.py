@@ -6,6 +6,7 @@ JSON line on stdout. Run by :mod:`dropr.bench.procs` as
     python -m dropr.bench.probe send CONFIG
     python -m dropr.bench.probe batch CONFIG
     python -m dropr.bench.probe post URL COUNT SIZE AT
+    python -m dropr.bench.probe publish SERVERS COUNT SIZE
 
 ``AT`` is a wall-clock time to start at, so that several probes start their
 loops together once their imports are done. Times are wall-clock seconds;
@@ -134,7 +135,37 @@ def post(url, count, size, at):
     return {"started": started, "ended": time.time(), "errors": errors, "duplicates": duplicates}
 
 
-COMMANDS = {"put": put, "putfile": putfile, "send": send, "batch": batch, "post": post}
+def publish(servers, count, size, in_flight=1000):
+    """The JetStream limit beside the jetstream scenario: one nats-py client
+    publishes ``count`` bodies of ``size`` bytes with an id header each to a
+    stream of its own (replicas 3, one per server in ``servers``, comma
+    separated), keeping ``in_flight`` acks outstanding."""
+    import asyncio
+
+    import nats
+    import nats.js.api as api
+
+    async def run():
+        nc = await nats.connect(servers.split(","))
+        js = nc.jetstream(publish_async_max_pending=int(in_flight))
+        await js.add_stream(api.StreamConfig(
+            name="BENCHRAW", subjects=["benchraw.>"], num_replicas=min(3, len(servers.split(","))),
+            retention=api.RetentionPolicy.WORK_QUEUE))
+        body = os.urandom(int(size))
+        started = time.time()
+        futures = [await js.publish_async("benchraw.common.5", body, wait_stall=30,
+                                          headers={"Nats-Msg-Id": f"raw-{i}"})
+                   for i in range(int(count))]
+        acks = await asyncio.gather(*futures)
+        ended = time.time()
+        await js.delete_stream("BENCHRAW")
+        await nc.close()
+        return {"started": started, "ended": ended, "acked": len(acks)}
+    return asyncio.run(run())
+
+
+COMMANDS = {"put": put, "putfile": putfile, "send": send, "batch": batch, "post": post,
+            "publish": publish}
 
 
 def main(argv=None):

@@ -42,10 +42,10 @@ def wait_for(predicate, timeout, what, interval=0.02):
     return value
 
 
-def write_config(root, *, fsync, notify=True, senders=2, tree_receiver=False):
-    """A dropr.toml with a spool, a store and droprd's files under ``root``;
-    returns the loaded Config. No message-size limit (the large scenario),
-    no recycling of workers mid-run."""
+def write_config(root, *, fsync, notify=True, senders=2, tree_receiver=False, extra=""):
+    """A dropr.toml with a spool, a store and droprd's files under ``root``
+    (and ``extra``, more TOML); returns the loaded Config. No message-size
+    limit (the large scenario), no recycling of workers mid-run."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -73,7 +73,7 @@ status_file = "{root / 'droprd.status.json'}"
 log_file = "{root / 'droprd.log'}"
 max_messages_per_life = 0
 max_rss = 0
-"""
+""" + extra
     path = root / "dropr.toml"
     path.write_text(text)
     return config_mod.load(path)

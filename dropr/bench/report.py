@@ -12,6 +12,7 @@ FIGURES = {
     "put1": ("put, 1 producer", "msg/s", "rate"),
     "put4": ("put, 4 producers", "msg/s", "rate"),
     "drain": ("e2e drain (spool full, 1 sender)", "msg/s", "rate"),
+    "drain2": ("e2e drain (spool full, 2 senders)", "msg/s", "rate"),
     "steady": ("e2e steady (2 producers, droprd)", "msg/s", "rate"),
     "lat_p50": ("idle latency p50", "ms", "time"),
     "lat_p99": ("idle latency p99", "ms", "time"),
@@ -34,6 +35,8 @@ FIGURES = {
     "wait_batch_deep_next": ("next batch: whole, deep spool", "ms", None),
     "wait_rss_sender": ("deep spool: sender peak RSS", "MiB", None),
     "wait_rss_receiver": ("deep spool: receiver peak RSS", "MiB", None),
+    "js_drain": ("JetStream R3 e2e drain (1 sender)", "msg/s", "rate"),
+    "js_drain2": ("JetStream R3 e2e drain (2 senders)", "msg/s", "rate"),
 }
 
 
@@ -50,6 +53,9 @@ TARGETS = {
     ("put1", False): (">= raw loop", lambda v, lim: lim is not None and v >= lim),
     ("drain", False): _at_least(20_000),
     ("drain", True): _at_least(10_000),
+    ("drain2", False): _at_least(20_000),
+    ("drain2", True): _at_least(10_000),
+    ("js_drain", None): _at_least(8_000),
     ("lat_p50", None): _at_most(2, " ms"),
     ("lat_p99", None): _at_most(10, " ms"),
     ("post8", None): _at_least(3_000),

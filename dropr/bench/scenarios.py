@@ -4,12 +4,14 @@ starts what it needs, and returns {figure: (value, limit)} for one run; the
 limit is the raw loop of :mod:`dropr.bench.limit` measured in the same run."""
 
 import dataclasses
+import json
 import statistics
 import time
 
 from dropr import Client, Store
-from dropr.bench import limit, procs
-from dropr.errors import BenchError, NotFound
+from dropr.bench import cluster, limit, procs
+from dropr.errors import BenchError, NotFound, StoreUnavailable
+from dropr.jetstream import open_store
 from dropr.spool import Spool
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -64,18 +66,69 @@ def put(ctx, root, fsync):
 
 
 def drain(ctx, root, fsync):
-    """End to end, spool full then drained by one sender."""
+    """End to end, spool full then drained: by one sender, then (filled
+    again) by two at once, as droprd runs them by default."""
     config = procs.write_config(root, fsync=fsync, notify=False)
-    count = ctx.sizes.count(fsync)
-    ctx.progress.say(f"filling the spool with {count}")
-    procs.probes(("put", config.path, count, ctx.sizes.size, 0))
     with procs.Receiver(config):
-        ctx.progress.say(f"draining {count}")
-        (sent,) = procs.probes(("send", config.path))
-    _expect_stored(config, count, sent["log"])
-    rate = count / (sent["ended"] - sent["started"])
+        rates = _drains(ctx, config, ctx.sizes.count(fsync))
     ctx.progress.say("raw loop")
-    return {"drain": (rate, _raw(root, ctx.sizes, fsync))}
+    raw = _raw(root, ctx.sizes, fsync)
+    return {"drain": (rates[0], raw), "drain2": (rates[1], raw)}
+
+
+def _drains(ctx, config, count):
+    """Fill the spool with ``count`` and drain it with one ``dropr send``
+    process, then again with two; the two rates (messages/s)."""
+    rates = []
+    for senders in (1, 2):
+        ctx.progress.say(f"filling the spool with {count}")
+        procs.probes(("put", config.path, count, ctx.sizes.size, 0))
+        ctx.progress.say(f"draining {count} with {senders} sender(s)")
+        sent = procs.probes(*[("send", config.path)] * senders)
+        _expect_stored(config, count * senders, "\n".join(r["log"] for r in sent))
+        rates.append(count / _span(sent))
+    return rates
+
+
+def jetstream(ctx, root, fsync):
+    """End to end into a 3-node JetStream cluster (replicas 3) on this host,
+    as :func:`drain` does into the filesystem store; the limit beside it is
+    one nats-py client publishing with 1,000 acks in flight."""
+    if not cluster.available():
+        if not any("nats-server" in n for n in ctx.notes):
+            ctx.notes.append("jetstream: skipped, nats-server is not installed")
+        return {}
+    with cluster.Cluster(root / "nats") as nodes:
+        extra = (f'[store]\nbackend = "jetstream"\nservers = {json.dumps(nodes.urls)}\n'
+                 f"replicas = 3\n")
+        config = procs.write_config(root / "dropr", fsync=fsync, notify=False, extra=extra)
+        count = ctx.sizes.count(fsync)
+        ctx.progress.say("waiting for the stream")
+        _stream_ready(config)
+        with procs.Receiver(config):
+            rates = _drains(ctx, config, count)
+        ctx.progress.say("raw publish")
+        (raw,) = procs.probes(("publish", ",".join(nodes.urls), max(count, 10_000),
+                               ctx.sizes.size))
+    limit_ = raw["acked"] / (raw["ended"] - raw["started"])
+    return {"js_drain": (rates[0], limit_), "js_drain2": (rates[1], limit_)}
+
+
+def _stream_ready(config):
+    """Make the stream and wait until it takes messages (a new stream elects
+    its leader first)."""
+    store = open_store(config)
+
+    def writable():
+        try:
+            store.check_writable()
+            return True
+        except StoreUnavailable:
+            return False
+    try:
+        procs.wait_for(writable, 60, "the JetStream stream", interval=0.2)
+    finally:
+        store.close()
 
 
 def steady(ctx, root, fsync):
@@ -158,7 +211,11 @@ def post(ctx, root, fsync, clients=8):
 
 
 def _expect_stored(config, count, log=""):
-    stored = Store(config.receiver.store, fsync=False).count("common")
+    store = open_store(config)
+    try:
+        stored = store.count("common")
+    finally:
+        store.close()
     if stored != count:
         counts = Spool(config.client.spool, fsync=False).counts()
         raise BenchError(f"{stored} of {count} messages stored; spool: {counts}; "

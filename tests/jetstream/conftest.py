@@ -1,14 +1,12 @@
-import shutil
-
 import pytest
 
-from tests.jetstream.cluster import NATS_SERVER, Cluster
+from dropr.bench.cluster import Cluster, available
 
 pytestmark = pytest.mark.process
 
 
 def _run(root, size):
-    if not shutil.which(NATS_SERVER):
+    if not available():
         pytest.skip("nats-server is not installed (.ci/run installs it)")
     c = Cluster(root, size)
     try:
