@@ -14,8 +14,8 @@ from dropr.errors import ConfigError
 # Keys that name this running instance.
 FIXED = (("client", "spool"), ("supervisor", "pidfile"), ("supervisor", "status_file"),
          ("supervisor", "log_file"))
-# Sections every worker reads.
-WORKER_SECTIONS = ("client", "sender", "retry", "reaper", "receiver")
+# Sections every worker reads ([store]: the receiver's backend).
+WORKER_SECTIONS = ("client", "sender", "retry", "reaper", "receiver", "store")
 
 
 def load(current):

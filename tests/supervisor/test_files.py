@@ -97,6 +97,10 @@ def test_reload_refuses_bad_files_and_keys_that_need_a_restart(tmp_path):
     assert new.workers.sender == 4 and not reload.workers_affected(current, new)
     harness.write_config(tmp_path, port=8999, sections={"sender": {"wait": 0.5}})
     assert reload.workers_affected(current, reload.load(current))
+    # a new store backend reaches the receiver in the tree (switching to JetStream)
+    harness.write_config(tmp_path, port=8999, sections={"store": {
+        "backend": "jetstream", "servers": ["nats://127.0.0.1:4222"], "replicas": 1}})
+    assert reload.workers_affected(current, reload.load(current))
     path.write_text(path.read_text().replace("[sender]", "[workers]\nsenders = 3\n[sender]"))
     with pytest.raises(ConfigError, match="senders: unknown key"):
         reload.load(current)
