@@ -112,10 +112,26 @@ class JetStreamStore(Consumer):
                 name=s.stream, subjects=[f"{s.subject}.>", f"{s.subject}-dead.>"],
                 retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
                 num_replicas=s.replicas, duplicate_window=s.duplicate_window))
+            await self._leader_elected(js)
             return
         if info.config.duplicate_window and info.config.duplicate_window < s.duplicate_window:
             log.warning("stream %s keeps ids for %g s, less than [store] duplicate_window %g s",
                         s.stream, info.config.duplicate_window, s.duplicate_window)
+
+    async def _leader_elected(self, js):
+        """Wait, up to publish_timeout, until a stream just made has a leader:
+        before that a publish finds no stream (answered 503, retried later)."""
+        nats = nats_module()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_timeout
+        while loop.time() < deadline:
+            try:
+                info = await js.stream_info(self.settings.stream)
+                if info.cluster is None or info.cluster.leader:
+                    return
+            except (nats.errors.Error, asyncio.TimeoutError):
+                pass  # not answered yet: no leader
+            await asyncio.sleep(0.05)
 
     def close(self):
         """Drain and close the connection (optional: a process may just exit)."""
