@@ -75,6 +75,9 @@ class Cluster:
         for node in self.nodes:
             node.start()
         wait_for(self._meta_ready, timeout, interval=0.2, what="JetStream meta leader")
+        if len(self.nodes) > 1:
+            wait_for(self._placement_ready, timeout, interval=0.2,
+                     what=f"JetStream placing {len(self.nodes)} replicas")
         return self
 
     def stop(self):
@@ -97,6 +100,13 @@ class Cluster:
     def _meta_ready(self):
         return asyncio.run(_ask(self.urls, _account_info)) is not None
 
+    def _placement_ready(self):
+        """Every node is known to the meta leader as a JetStream peer: a
+        stream with one replica per node can be made (and is removed again).
+        Before that, making a replicated stream fails with "no suitable peers
+        for placement"."""
+        return asyncio.run(_ask(self.urls, lambda js: _probe_stream(js, len(self.nodes))))
+
     def stream_leader(self, stream):
         """The name of the node that leads ``stream`` now (None during an election)."""
         info = asyncio.run(_ask(self.urls, lambda js: js.stream_info(stream)))
@@ -115,6 +125,16 @@ class Cluster:
 
 async def _account_info(js):
     return await js.account_info()
+
+
+async def _probe_stream(js, replicas):
+    import nats.js.api as api
+
+    await js.add_stream(api.StreamConfig(name="READY-PROBE", subjects=["ready-probe"],
+                                         num_replicas=replicas,
+                                         storage=api.StorageType.MEMORY))
+    await js.delete_stream("READY-PROBE")
+    return True
 
 
 async def _ask(urls, call):
