@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
+from dropr.bench import procs
 from dropr.bench.procs import healthy
 from dropr.supervisor import daemon
+from dropr.supervisor.daemon import alive
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
 DROPRD = [sys.executable, "-m", "dropr.supervisor.cli"]
@@ -26,22 +27,7 @@ DROPRD = [sys.executable, "-m", "dropr.supervisor.cli"]
 
 def wait_for(predicate, timeout, what, interval=0.05):
     """Poll ``predicate`` until truthy; ``RuntimeError`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def alive(pid):
-    """True if ``pid`` runs and is not a zombie."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return procs.wait_for(predicate, timeout, what, interval, error=RuntimeError)
 
 
 def title(proc):

@@ -37,7 +37,7 @@ import time
 
 from dropr import backoff, names
 from dropr.errors import ConfigError, DroprError, NotFound, ValidationError
-from dropr.store import Failures, Store
+from dropr.store import Failures
 
 log = logging.getLogger(__name__)
 

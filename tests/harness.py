@@ -4,39 +4,26 @@ condition with a deadline (never sleep-and-hope)."""
 
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import sysv_ipc
 
 from dropr import config as config_mod
+from dropr.bench import procs
+from dropr.bench.procs import free_port  # noqa: F401 - the tests' one too
 from dropr.ipc import ROLES, queue_key
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it returns a truthy value; fail (AssertionError)
+    after ``timeout`` s."""
+    return procs.wait_for(predicate, timeout, what, interval, error=AssertionError)
 
 
 def _toml_value(v):

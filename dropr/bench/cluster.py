@@ -58,7 +58,7 @@ class Node:
 
 class Cluster:
     """Nodes (three by default; one runs alone) that route to each other;
-    JetStream ready once the account info is answered."""
+    started once JetStream answers and can place one replica on every node."""
 
     def __init__(self, root, size=3):
         self.nodes = [Node(f"n{i}", Path(root) / f"n{i}", self.routes, cluster_name="dropr-test")
@@ -111,7 +111,6 @@ class Cluster:
         """The name of the node that leads ``stream`` now (None during an election)."""
         info = asyncio.run(_ask(self.urls, lambda js: js.stream_info(stream)))
         return info and info.cluster and info.cluster.leader
-
 
     def settled(self, stream):
         """The stream's info once it has a leader and every replica is current

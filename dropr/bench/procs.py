@@ -32,12 +32,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout, what, interval=0.02):
-    """Poll ``predicate`` until truthy; ``BenchError`` after ``timeout`` s."""
+def wait_for(predicate, timeout, what, interval=0.02, *, error=BenchError):
+    """Poll ``predicate`` until truthy and return its value; raise ``error``
+    (an exception class) after ``timeout`` s. The tests and the chaos
+    scripts use it too, with the exception their callers expect."""
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+            raise error(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
     return value
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from dropr.errors import SpoolFull, ValidationError
 from dropr.faults import crash_point
 from dropr.spool.listing import Listing
-from dropr.spool.naming import SpoolName, parse
+from dropr.spool.naming import parse
 
 STATES = ("tmp", "queue", "active", "deferred", "sent", "dead")
 LOCK = ".lock"

@@ -23,8 +23,6 @@ import signal
 import sys
 import time
 
-import psutil
-
 from dropr import config as config_mod
 from dropr.errors import AlreadyRunning, DroprError
 from dropr.spool import Spool
@@ -102,7 +100,7 @@ def cmd_stop(args, config):
     policy = config.supervisor
     if _wait(lambda: not daemon.running_pid(path, settle=0),
              policy.stop_timeout + policy.kill_timeout + 10.0):
-        _wait(lambda: not _alive(pid), 2.0)  # it lets go of the pidfile just before exiting
+        _wait(lambda: not daemon.alive(pid), 2.0)  # it lets go of the pidfile just before exiting
         print(f"droprd stopped (pid {pid})")
         return EXIT_OK
     print(f"droprd: pid {pid} did not stop in time; killing it", file=sys.stderr)
@@ -172,13 +170,6 @@ def _running(path):
     if pid == -1:
         raise DroprError(f"{path} is locked but holds no pid")
     return pid
-
-
-def _alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _generation(config):

@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+import psutil
+
 from dropr.errors import AlreadyRunning
 
 _READY, _FAILED = "ready", "error"
@@ -55,6 +57,15 @@ class Pidfile:
     def running_pid(self):
         """The pid of the live supervisor holding this pidfile, else None."""
         return running_pid(self.path)
+
+
+def alive(pid):
+    """``pid`` runs (a zombie has exited: it only waits to be collected, and
+    where PID 1 does not reap, it may wait for good)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def running_pid(path, settle=1.0):

@@ -14,6 +14,7 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.ipc import ROLES, queue_key
+from dropr.supervisor.daemon import alive
 from tests import harness
 
 DROPRD = [sys.executable, "-m", "dropr.supervisor.cli"]
@@ -23,14 +24,6 @@ FAST = {
     "supervisor": {"tick": 0.05, "backoff_base": 0.05, "backoff_cap": 0.5,
                    "backoff_reset": 2.0, "stop_timeout": 5.0, "kill_timeout": 1.0},
 }
-
-
-def alive(pid):
-    """``pid`` runs (a zombie has exited: it only waits to be collected)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def queues_exist(spool):
