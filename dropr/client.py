@@ -18,6 +18,9 @@ from dropr.spool import Spool, SpoolName
 
 #: Seconds between looks at the backlog while put() waits for room.
 POLL = 0.05
+#: Seconds between two attempts to open the wake queue while it is missing
+#: (no daemon running): opening costs more than the put itself.
+REOPEN = 0.25
 
 
 class Backlog:
@@ -107,6 +110,7 @@ class Client:
         self._sleep = sleep
         self._monotonic = monotonic
         self._notices = None
+        self._reopen_at = 0.0
 
     def put(self, data, peer, channel="common", priority=names.DEFAULT_PRIORITY, *, ttl=None,
             timeout=None):
@@ -145,9 +149,13 @@ class Client:
         if self.config.client.notify_max == 0:
             return
         if self._notices is None:
+            now = self._monotonic()
+            if now < self._reopen_at:
+                return  # no queue a moment ago; a sender's timed wait picks the message up
+            self._reopen_at = now + REOPEN
             self._notices = Notices.open(self.spool.root)
         if self._notices is not None and not self._notices.wake(self.config.client.notify_max):
-            # The queue may have been replaced by a restarted daemon: look again next time.
+            # The queue is gone (a daemon stopped or restarted): open it afresh, soon.
             self._notices = None
 
 

@@ -76,13 +76,16 @@ class Notices:
                 queue.remove()
 
     def wake(self, max_waiting):
-        """Tell the senders there is work; never blocks. Returns True if sent."""
+        """Tell the senders there is work; never blocks. False only when the queue
+        is gone (removed by a daemon's stop or restart); a queue that already
+        holds ``max_waiting`` wake-ups, or is full, needs no other and is True."""
         try:
-            if self._wake.current_messages >= max_waiting:
-                return False
-            self._wake.send(b"", block=False, type=_TYPE)
+            if self._wake.current_messages < max_waiting:
+                self._wake.send(b"", block=False, type=_TYPE)
             return True
-        except (sysv_ipc.BusyError, sysv_ipc.ExistentialError):
+        except sysv_ipc.BusyError:
+            return True
+        except sysv_ipc.ExistentialError:
             return False
 
     def wait(self, timeout):
