@@ -1,6 +1,6 @@
 """``dropr``: the command line for producers, operators and foreground roles.
 
-    dropr put --peer NAME [--channel C] [--priority P] [--ttl S] [--timeout S] [FILE|-]
+    dropr put --peer NAME [--channel C] [--priority P] [--ttl S] [--timeout S] [FILE...|-]
     dropr send [--once]
     dropr consume --channel C [--consumer NAME] [--once] [--batch N] [--max-attempts N]
                   [--timeout S] [--poll S] -- COMMAND ARGS...
@@ -29,7 +29,7 @@ def _parser():
     p.add_argument("--config", help="config file (default: $DROPR_CONFIG, then conf/dropr.toml)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    put = sub.add_parser("put", help="spool one message; prints its id")
+    put = sub.add_parser("put", help="spool messages; prints each id")
     put.add_argument("--peer", required=True)
     put.add_argument("--channel", default="common")
     put.add_argument("--priority", type=int, default=5)
@@ -37,7 +37,9 @@ def _parser():
     put.add_argument("--timeout", type=float,
                      help="seconds to wait for room in a spool at its limits "
                           "(default: [client] put_timeout)")
-    put.add_argument("file", nargs="?", default="-", help="file to send, or - for stdin")
+    put.add_argument("file", nargs="*", default=["-"],
+                     help="files to send, one message each, made durable together; "
+                          "- (the default) for stdin")
 
     send = sub.add_parser("send", help="run one sender in the foreground")
     send.add_argument("--once", action="store_true", help="deliver what is deliverable, then exit")
@@ -113,9 +115,17 @@ def main(argv=None):
 def cmd_put(args, config):
     from dropr.client import Client
 
-    data = sys.stdin.buffer if args.file == "-" else args.file
-    print(Client(config).put(data, args.peer, args.channel, args.priority, ttl=args.ttl,
-                             timeout=args.timeout))
+    if args.file.count("-") > 1:
+        raise ValidationError("stdin (-) can be read only once")
+    bodies = [sys.stdin.buffer if f == "-" else f for f in args.file]
+    client = Client(config)
+    if len(bodies) == 1:
+        ids = [client.put(bodies[0], args.peer, args.channel, args.priority, ttl=args.ttl,
+                          timeout=args.timeout)]
+    else:
+        ids = client.put_many(bodies, peer=args.peer, channel=args.channel,
+                              priority=args.priority, ttl=args.ttl, timeout=args.timeout)
+    print("\n".join(ids))
 
 
 def cmd_send(args, config):

@@ -33,6 +33,11 @@ CRASH_POINTS = (
     "put.after_fsync",
     "put.after_rename",
     "put.after_dir_fsync",
+    # producer: Spool.put_many (Client.put_many, `dropr put FILE FILE...`)
+    "put_many.after_tmp_write",
+    "put_many.after_flush",
+    "put_many.after_rename",
+    "put_many.after_dir_fsync",
     # sender: Spool.open_active, claim, to_sent, to_deferred, mark_peer_down; Sender
     "send.after_new_active_dir",
     "send.after_claim",

@@ -3,7 +3,9 @@ leaves nothing in the spool; it wakes the senders through the real SysV queue.""
 
 import io
 import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -165,3 +167,56 @@ def test_put_without_daemon_looks_for_the_queue_at_most_every_quarter_second(con
         assert notices._wake.current_messages == 1
     finally:
         notices.remove()
+
+
+def test_put_many_spools_every_body_in_order_with_one_set_of_options(client, tmp_path):
+    src = tmp_path / "body.bin"
+    src.write_bytes(os.urandom(100_000))
+    bodies = [b"abc", src, io.BytesIO(b"xyz"), b""]
+    ids = client.put_many(bodies, peer="local", channel="bulk", priority=2, ttl=60)
+    assert len(set(ids)) == 4 and ids == sorted(ids)  # ids sort by time: the order given
+    by_id = {parse(p.name).id: p for p in client.spool.dirs["queue"].iterdir()}
+    assert [by_id[i].read_bytes() for i in ids] == [b"abc", src.read_bytes(), b"xyz", b""]
+    names = [parse(by_id[i].name) for i in ids]
+    assert {(n.peer, n.channel, n.priority) for n in names} == {("local", "bulk", 2)}
+    assert all(n.expires_ms > 0 for n in names)
+    assert os.listdir(client.spool.dirs["tmp"]) == []
+    assert client.put_many([], peer="local") == []
+
+
+def test_put_many_refused_leaves_nothing(client, tmp_path):
+    with pytest.raises(ValidationError, match="data must be"):
+        client.put_many([b"good", b"good", 12345], peer="local")
+    with pytest.raises(UnknownPeer):
+        client.put_many([b"x"], peer="nowhere")
+    with pytest.raises(FileNotFoundError):
+        client.put_many([b"x", tmp_path / "missing"], peer="local")
+    assert spool_files(tmp_path / "client") == []
+
+
+def test_put_many_on_a_full_disk_raises_spool_full_and_takes_back_the_batch(tmp_path, small_disk):
+    path = harness.write_config(tmp_path, sections={"client": {"spool": str(small_disk / "spool")}})
+    client = Client(path)
+    with pytest.raises(SpoolFull, match="is full"):
+        client.put_many([b"x" * 50_000] * 10, peer="local")
+    assert spool_files(small_disk / "spool") == []
+    assert len(client.put_many([b"y" * 1000] * 3, peer="local")) == 3
+    harness.remove_queues(small_disk / "spool")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (Debian package strace)")
+def test_put_many_with_fsync_flushes_once_for_the_batch(tmp_path):
+    # One syncfs for the batch (and one fsync of queue/), not an fsync per message.
+    path = harness.write_config(tmp_path, sections={"client": {"fsync": True, "notify_max": 0}})
+    code = ("import os, sys\nfrom dropr import Client\n"
+            "c = Client(sys.argv[1]); c.put(b'warm', peer='local')\n"
+            "os.write(1, b'BATCH')\n"
+            "c.put_many([b'x' * 1000] * 50, peer='local')\n")
+    result = subprocess.run(["strace", "-f", "-e", "trace=fsync,fdatasync,syncfs,write",
+                             sys.executable, "-c", code, str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    trace = result.stderr.split('"BATCH"', 1)[1]
+    calls = [line.split("(", 1)[0].rsplit(" ", 1)[-1] for line in trace.splitlines()
+             if "(" in line]
+    assert (calls.count("syncfs"), calls.count("fsync"), calls.count("fdatasync")) == (1, 1, 0)

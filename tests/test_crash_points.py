@@ -208,6 +208,39 @@ def test_producer_killed_at_each_step_of_put(case_for, point):
     case.assert_settled()
 
 
+#: point -> crash at its N-th hit: mid-batch where the point is met per message.
+PUT_MANY = {"put_many.after_tmp_write": 2, "put_many.after_flush": 1,
+            "put_many.after_rename": 2, "put_many.after_dir_fsync": 1}
+
+
+@pytest.mark.parametrize("point", list(PUT_MANY))
+def test_producer_killed_at_each_step_of_a_bulk_put(case_for, point, tmp_path):
+    case = case_for(point)
+    files = []
+    for i, body in enumerate(BODIES):
+        files.append(tmp_path / f"body-{i}")
+        files[-1].write_bytes(body)
+    result = case.dropr("put", "--peer", "local", "--channel", case.channel, *map(str, files),
+                        env=crash_env(point, after=PUT_MANY[point]))
+    assert result.returncode == KILLED and result.stdout == b""  # no id was ever promised
+    queued = case.spool.names("queue")
+    left = os.listdir(case.spool.dirs["tmp"])
+    # Each message whole in queue/ or only in tmp/: never in both, never cut off.
+    assert len(queued) + len(left) == {"put_many.after_tmp_write": 2}.get(point, len(BODIES))
+    assert not {str(n) for n in queued} & set(left)
+    bodies = {b for b in BODIES}
+    for name in queued:
+        body = (case.spool.dirs["queue"] / str(name)).read_bytes()
+        assert body in bodies
+        case.expected[name.id] = body
+    if point == "put_many.after_rename":
+        assert len(queued) == 2
+    elif point in ("put_many.after_tmp_write", "put_many.after_flush"):
+        assert queued == []
+    case.recover()
+    case.assert_settled()
+
+
 # -- the send path ------------------------------------------------------------
 
 #: point -> (crash at the N-th hit, whether the peer is down during the crash)
@@ -411,7 +444,7 @@ def test_worker_of_the_tree_killed_is_replaced_and_delivers_everything(
 # -- the list itself ----------------------------------------------------------
 
 def test_every_crash_point_has_a_test_and_a_row_in_the_docs():
-    tested = (set(PUT) | set(SEND) | set(STORE) | {"messages.before_answer",
+    tested = (set(PUT) | set(PUT_MANY) | set(SEND) | set(STORE) | {"messages.before_answer",
               "retry.after_requeue", "active.after_return_to_queue",
               "active.before_remove_dir", "reaper.after_unlink", "reaper.after_store_unlink"}
               | {p for p in CRASH_POINTS if p.startswith("dead.")})

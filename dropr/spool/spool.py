@@ -25,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+from dropr.durable import FsFlush
 from dropr.errors import SpoolFull, ValidationError
 from dropr.faults import crash_point
 from dropr.spool.listing import Listing
@@ -161,6 +162,69 @@ class Spool:
             fsync_dir(self._queue)
         crash_point("put.after_dir_fsync")
         return Path(queued)
+
+    def put_many(self, items):
+        """Spool each ``(data, name)`` of ``items`` with one flush for them all:
+        every body is written into ``tmp/``, the filesystem is flushed once
+        (syncfs, armed before the first write; an fsync per file where the
+        kernel cannot report write-back errors through syncfs), then each is
+        renamed into ``queue/`` and ``queue/`` is synced once. A crash leaves
+        each message whole in ``queue/`` or only in ``tmp/``, which the reaper
+        clears. On any error every message of the call is taken back (but one
+        a sender claimed in the instant between its rename and the error) and
+        the error is raised: ``SpoolFull`` for a full disk."""
+        written, queued = [], []
+        flush = FsFlush(self._tmp) if self.fsync else None
+        try:
+            for data, name in items:
+                written.append(self._write_tmp(str(name), data, fsync=flush is not None
+                                               and not flush.available))
+                crash_point("put_many.after_tmp_write")
+            if flush is not None and flush.available:
+                flush.flush()
+            crash_point("put_many.after_flush")
+            for filename in written:
+                os.rename(f"{self._tmp}/{filename}", f"{self._queue}/{filename}")
+                queued.append(filename)
+                crash_point("put_many.after_rename")
+            if self.fsync:
+                fsync_dir(self._queue)
+            crash_point("put_many.after_dir_fsync")
+        except BaseException as e:
+            self._take_back(written, queued)
+            if isinstance(e, OSError) and e.errno in _FULL:
+                raise SpoolFull(f"spool {self.root} is full: {e.strerror}") from None
+            raise
+        finally:
+            if flush is not None:
+                flush.close()
+
+    def _write_tmp(self, filename, data, *, fsync):
+        """Create ``tmp/filename`` holding ``data``; returns ``filename``. A
+        partial file is removed before the error is raised."""
+        tmp = f"{self._tmp}/{filename}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            _copy_into(fd, data)
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        return filename
+
+    def _take_back(self, written, queued):
+        """Undo a failed put_many: back out of ``queue/`` (unless already claimed),
+        then out of ``tmp/``."""
+        for filename in queued:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(f"{self._queue}/{filename}", f"{self._tmp}/{filename}")
+        for filename in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self._tmp}/{filename}")
 
     # -- listing ----------------------------------------------------------
 
