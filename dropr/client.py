@@ -14,13 +14,15 @@ from dropr import names
 from dropr.errors import QueueFull, ValidationError
 from dropr.ids import IdGenerator
 from dropr.ipc import Notices
-from dropr.spool import Spool, SpoolName
+from dropr.spool import Spool, SpoolName, spool_name
 
 #: Seconds between looks at the backlog while put() waits for room.
 POLL = 0.05
 #: Seconds between two attempts to open the wake queue while it is missing
 #: (no daemon running): opening costs more than the put itself.
 REOPEN = 0.25
+#: How many (peer, channel) pairs a Client remembers as checked.
+_CHECKED_MAX = 1024
 
 
 class Backlog:
@@ -111,6 +113,7 @@ class Client:
         self._monotonic = monotonic
         self._notices = None
         self._reopen_at = 0.0
+        self._checked = set()
 
     def put(self, data, peer, channel="common", priority=names.DEFAULT_PRIORITY, *, ttl=None,
             timeout=None):
@@ -121,17 +124,12 @@ class Client:
         room (default ``[client] put_timeout``; 0 = not at all), then raise
         ``QueueFull``. Raises ``UnknownPeer``, ``ValidationError`` or
         ``SpoolFull`` (a full disk); on any error nothing is left in the spool."""
-        self.config.peer(peer)
-        names.check_name(channel, "channel")
-        priority = names.check_priority(priority)
-        _check_seconds(ttl, "ttl")
-        timeout = self.config.client.put_timeout if timeout is None else timeout
-        _check_seconds(timeout, "timeout", zero=True)
-        self._wait_for_room(timeout)
+        priority = self._check(peer, channel, priority, ttl)
+        if self.backlog.limited:
+            self._wait_for_room(self._timeout(timeout))
         expires_ms = int((self._clock() + ttl) * 1000) if ttl is not None else 0
         message_id = self._new_id()
-        name = SpoolName(priority, message_id, peer, channel, expires_ms=expires_ms)
-        self.spool.put(data, name)
+        self.spool.put(data, spool_name(priority, message_id, peer, channel, expires_ms))
         self.backlog.added(_size_of(data))
         self._wake()
         return message_id
@@ -144,12 +142,8 @@ class Client:
         per message (``[client] fsync``). Room is waited for once, before the
         batch, which may take the spool past its limits by its own size. On any
         error none of them is left in the spool (see ``Spool.put_many``)."""
-        self.config.peer(peer)
-        names.check_name(channel, "channel")
-        priority = names.check_priority(priority)
-        _check_seconds(ttl, "ttl")
-        timeout = self.config.client.put_timeout if timeout is None else timeout
-        _check_seconds(timeout, "timeout", zero=True)
+        priority = self._check(peer, channel, priority, ttl)
+        timeout = self._timeout(timeout)
         bodies = list(bodies)
         if not bodies:
             return []
@@ -162,6 +156,27 @@ class Client:
             self.backlog.added(_size_of(data))
         self._wake()
         return [name.id for _, name in items]
+
+    def _check(self, peer, channel, priority, ttl):
+        """Refuse bad arguments of a put; returns the priority as an int. The
+        (peer, channel) pairs already checked are remembered: a producer puts
+        to the same few again and again."""
+        if (peer, channel) not in self._checked:
+            self.config.peer(peer)
+            names.check_name(channel, "channel")
+            if len(self._checked) < _CHECKED_MAX:
+                self._checked.add((peer, channel))
+        if type(priority) is not int or not 0 <= priority <= 9:
+            priority = names.check_priority(priority)
+        if ttl is not None:
+            _check_seconds(ttl, "ttl")
+        return priority
+
+    def _timeout(self, timeout):
+        if timeout is None:
+            return self.config.client.put_timeout
+        _check_seconds(timeout, "timeout", zero=True)
+        return timeout
 
     def _wait_for_room(self, timeout):
         deadline = self._monotonic() + timeout

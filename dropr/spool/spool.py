@@ -74,7 +74,9 @@ def _write_all(fd, data):
 def _copy_into(fd, data):
     """Write ``data`` (bytes, a path, or a binary file object) to ``fd``, streaming."""
     if isinstance(data, (bytes, bytearray, memoryview)):
-        _write_all(fd, data)
+        written = os.write(fd, data)
+        if written < len(data):  # rare: a signal, or a file past its first few MiB
+            _write_all(fd, memoryview(data)[written:])
     elif isinstance(data, (str, os.PathLike)):
         with open(data, "rb") as src:
             size = os.fstat(src.fileno()).st_size
@@ -134,7 +136,8 @@ class Spool:
     # -- producer ---------------------------------------------------------
 
     def put(self, data, name):
-        """Write ``data`` under ``name`` into ``tmp/``, then rename it into ``queue/``.
+        """Write ``data`` under ``name`` (a :class:`SpoolName` or its string) into
+        ``tmp/``, then rename it into ``queue/``; returns the path in ``queue/``.
 
         Raises ``SpoolFull`` on a full disk, after removing the partial file."""
         filename = str(name)
@@ -161,7 +164,7 @@ class Spool:
         if self.fsync:
             fsync_dir(self._queue)
         crash_point("put.after_dir_fsync")
-        return Path(queued)
+        return queued
 
     def put_many(self, items):
         """Spool each ``(data, name)`` of ``items`` with one flush for them all:
