@@ -2,6 +2,7 @@
 JSON line on stdout. Run by :mod:`dropr.bench.procs` as
 
     python -m dropr.bench.probe put CONFIG COUNT SIZE AT
+    python -m dropr.bench.probe putmany CONFIG COUNT SIZE BATCH AT
     python -m dropr.bench.probe putfile CONFIG PATH
     python -m dropr.bench.probe send CONFIG
     python -m dropr.bench.probe batch CONFIG
@@ -52,6 +53,20 @@ def put(config, count, size, at):
     for _ in range(int(count)):
         client.put(body, "local")
     return {"started": started, "ended": time.time(), "rss_base": base, "rss_peak": _peak()}
+
+
+def putmany(config, count, size, batch, at):
+    """Put ``count`` messages of ``size`` bytes with put_many, ``batch`` at a time."""
+    from dropr.client import Client
+
+    client = Client(config)
+    body = os.urandom(int(size))
+    count, batch = int(count), int(batch)
+    _wait_until(float(at))
+    started = time.time()
+    for done in range(0, count, batch):
+        client.put_many([body] * min(batch, count - done), peer="local")
+    return {"started": started, "ended": time.time()}
 
 
 def putfile(config, path):
@@ -164,7 +179,7 @@ def publish(servers, count, size, in_flight=1000):
     return asyncio.run(run())
 
 
-COMMANDS = {"put": put, "putfile": putfile, "send": send, "batch": batch, "post": post,
+COMMANDS = {"put": put, "putmany": putmany, "putfile": putfile, "send": send, "batch": batch, "post": post,
             "publish": publish}
 
 

@@ -44,10 +44,12 @@ def wait_for(predicate, timeout, what, interval=0.02, *, error=BenchError):
     return value
 
 
-def write_config(root, *, fsync, notify=True, senders=2, tree_receiver=False, extra=""):
+def write_config(root, *, fsync, notify=True, senders=2, tree_receiver=False, defaults=False,
+                 extra=""):
     """A dropr.toml with a spool, a store and droprd's files under ``root``
     (and ``extra``, more TOML); returns the loaded Config. No message-size
-    limit (the large scenario), no recycling of workers mid-run."""
+    limit (the large scenario), and unless ``defaults``, no recycling of
+    workers mid-run."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -73,9 +75,7 @@ receiver = {1 if tree_receiver else 0}
 pidfile = "{root / 'droprd.pid'}"
 status_file = "{root / 'droprd.status.json'}"
 log_file = "{root / 'droprd.log'}"
-max_messages_per_life = 0
-max_rss = 0
-""" + extra
+""" + ("" if defaults else "max_messages_per_life = 0\nmax_rss = 0\n") + extra
     path = root / "dropr.toml"
     path.write_text(text)
     return config_mod.load(path)
@@ -120,6 +120,40 @@ class Receiver:
         stop_group(self.proc)
 
 
+class BareApp(Receiver):
+    """The bare falcon app of :mod:`dropr.bench.bare` under gunicorn's stock
+    gthread worker, with the receiver's worker and thread counts, on a free port."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.url = f"http://127.0.0.1:{free_port()}"
+
+    def __enter__(self):
+        from dropr.receiver.serve import THREADS
+
+        argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", str(THREADS),
+                "-w", str(self.config.receiver.workers), "-b", self.url.removeprefix("http://"),
+                "dropr.bench.bare:app"]
+        log = open(self.config.path.with_name("bare.log"), "ab")
+        with log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        wait_for(lambda: self.proc.poll() is not None or _answers(self.url), 30, "the bare app")
+        if self.proc.poll() is not None:
+            raise BenchError(f"the bare app exited with {self.proc.returncode}")
+        return self
+
+
+def _answers(url):
+    """True once the bare app answers a POST."""
+    try:
+        request = urllib.request.Request(url + "/v1/channels/x/messages", data=b"x")
+        with urllib.request.urlopen(request, timeout=1) as r:
+            return r.status == 201
+    except OSError:
+        return False
+
+
 def stop_group(proc, timeout=15):
     """SIGTERM ``proc``'s process group, SIGKILL if it lingers."""
     if proc is None or proc.poll() is not None:
@@ -137,9 +171,10 @@ def stop_group(proc, timeout=15):
 class Tree:
     """The ``droprd`` tree (senders, retry scanner, reaper, receiver)."""
 
-    def __init__(self, config):
+    def __init__(self, config, *, receiver=True):
         self.config = config
         self.url = config.peer("local").url
+        self.receiver = receiver  # wait for the receiver too (one in the tree, or beside it)
 
     def _droprd(self, *args):
         return subprocess.run([*DROPRD, "--config", str(self.config.path), *args],
@@ -158,7 +193,7 @@ class Tree:
         except (OSError, ValueError, KeyError):
             return False
         running = workers and all(w["state"] == "running" for w in workers)
-        return running and healthy(self.url)
+        return running and (not self.receiver or healthy(self.url))
 
     def __exit__(self, *exc):
         result = self._droprd("stop")

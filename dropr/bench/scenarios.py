@@ -3,6 +3,7 @@ the bench process, on a fresh directory ``root`` (see :mod:`dropr.bench.fs`),
 starts what it needs, and returns {figure: (value, limit)} for one run; the
 limit is the raw loop of :mod:`dropr.bench.limit` measured in the same run."""
 
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -51,17 +52,26 @@ def _span(results):
 
 
 def put(ctx, root, fsync):
-    """put() throughput, one producer process and four at once."""
+    """put() throughput with the wake-ups on, as producers run it: one producer
+    with no droprd running, one beside a running droprd tree (its senders
+    woken by the puts; no receiver, so nothing drains and the peer is down),
+    and four producers at once. With fsync on, also put_many in batches of
+    100 against the one-by-one rate of the same run."""
     out = {}
-    for n, key in ((1, "put1"), (4, "put4")):
-        config = procs.write_config(root / f"p{n}", fsync=fsync, notify=False)
-        count = ctx.sizes.count(fsync)
-        ctx.progress.say(f"{n} producer(s), {n * count} puts")
-        results = procs.probes(*[("put", config.path, count, ctx.sizes.size, _at(n))
-                                 for _ in range(n)])
+    count = ctx.sizes.count(fsync)
+    for n, key, tree in ((1, "put1", False), (1, "put1d", True), (4, "put4", False)):
+        config = procs.write_config(root / key, fsync=fsync)
+        with procs.Tree(config, receiver=False) if tree else contextlib.nullcontext():
+            ctx.progress.say(f"{n} producer(s), {n * count} puts" + (", droprd running" * tree))
+            results = procs.probes(*[("put", config.path, count, ctx.sizes.size, _at(n))
+                                     for _ in range(n)])
         ctx.progress.say(f"raw loop x{n}")
-        raw = _raw(root / f"p{n}", ctx.sizes, fsync, n)
-        out[key] = (n * count / _span(results), raw)
+        out[key] = (n * count / _span(results), _raw(root / key, ctx.sizes, fsync, n))
+    if fsync:
+        config = procs.write_config(root / "many", fsync=fsync)
+        ctx.progress.say(f"put_many, {count} in batches of 100")
+        (result,) = procs.probes(("putmany", config.path, count, ctx.sizes.size, 100, _at(1)))
+        out["put_many100"] = (count / _span([result]), out["put1"][0])
     return out
 
 
@@ -134,7 +144,7 @@ def _stream_ready(config):
 def steady(ctx, root, fsync):
     """End to end with two producers and the droprd tree (two senders, the
     receiver) running together: from the first put to the last stored."""
-    config = procs.write_config(root, fsync=fsync, tree_receiver=True)
+    config = procs.write_config(root, fsync=fsync, tree_receiver=True, defaults=True)
     count = ctx.sizes.count(fsync) // 2 * 2
     store = Store(config.receiver.store, fsync=False)
     with procs.Tree(config):
@@ -192,7 +202,9 @@ def _latencies(ctx, client, store, count, pause=0.005):
 
 
 def post(ctx, root, fsync, clients=8):
-    """Plain POST /v1/channels/common/messages, 8 clients at once."""
+    """Plain POST /v1/channels/common/messages, 8 clients at once, against the
+    receiver and then against the bare app of :mod:`dropr.bench.bare` (the
+    limit: HTTP and falcon alone, nothing stored)."""
     config = procs.write_config(root, fsync=fsync, notify=False)
     total = ctx.sizes.posts if not fsync else max(clients, int(ctx.sizes.posts * ctx.sizes.fsync_share))
     each = max(1, total // clients)
@@ -206,8 +218,11 @@ def post(ctx, root, fsync, clients=8):
         raise BenchError(f"of {each * clients} POSTs without an Idempotency-Key, {errors} were "
                          f"not answered 200/201 and {duplicates} were answered 200 (duplicate)")
     _expect_stored(config, each * clients)
-    ctx.progress.say("raw loop")
-    return {"post8": (each * clients / _span(results), _raw(root, ctx.sizes, fsync))}
+    with procs.BareApp(config) as bare:
+        ctx.progress.say(f"bare app: {clients} clients, {each * clients} POSTs")
+        yardstick = procs.probes(*[("post", bare.url, each, ctx.sizes.size, _at(clients))
+                                   for _ in range(clients)])
+    return {"post8": (each * clients / _span(results), each * clients / _span(yardstick))}
 
 
 def _expect_stored(config, count, log=""):
