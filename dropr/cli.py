@@ -1,6 +1,7 @@
 """``dropr``: the command line for producers, operators and foreground roles.
 
     dropr put --peer NAME [--channel C] [--priority P] [--ttl S] [--timeout S] [FILE|-]
+    dropr call --peer NAME --channel C [--timeout S] [FILE|-]
     dropr send [--once]
     dropr consume --channel C [--consumer NAME] [--once] [--batch N] [--max-attempts N]
                   [--timeout S] [--poll S] -- COMMAND ARGS...
@@ -38,6 +39,13 @@ def _parser():
                      help="seconds to wait for room in a spool at its limits "
                           "(default: [client] put_timeout)")
     put.add_argument("file", nargs="?", default="-", help="file to send, or - for stdin")
+
+    call = sub.add_parser("call", help="ask a peer's responder; writes its answer to stdout")
+    call.add_argument("--peer", required=True)
+    call.add_argument("--channel", required=True)
+    call.add_argument("--timeout", type=float, help="seconds for the whole call "
+                      "(default: the peer's timeout)")
+    call.add_argument("file", nargs="?", default="-", help="the question, or - for stdin")
 
     send = sub.add_parser("send", help="run one sender in the foreground")
     send.add_argument("--once", action="store_true", help="deliver what is deliverable, then exit")
@@ -116,6 +124,15 @@ def cmd_put(args, config):
     data = sys.stdin.buffer if args.file == "-" else args.file
     print(Client(config).put(data, args.peer, args.channel, args.priority, ttl=args.ttl,
                              timeout=args.timeout))
+
+
+def cmd_call(args, config):
+    from dropr.client import Client
+
+    data = sys.stdin.buffer.read() if args.file == "-" else args.file
+    answer = Client(config).call(data, peer=args.peer, channel=args.channel, timeout=args.timeout)
+    sys.stdout.buffer.write(answer)
+    sys.stdout.buffer.flush()
 
 
 def cmd_send(args, config):
@@ -212,6 +229,7 @@ def cmd_store(args, config):
 
 _COMMANDS = {
     "put": cmd_put,
+    "call": cmd_call,
     "send": cmd_send,
     "consume": cmd_consume,
     "receiver": cmd_receiver,

@@ -107,6 +107,7 @@ class Client:
         self._sleep = sleep
         self._monotonic = monotonic
         self._notices = None
+        self._caller = None  # made by the first call()
 
     def put(self, data, peer, channel="common", priority=names.DEFAULT_PRIORITY, *, ttl=None,
             timeout=None):
@@ -131,6 +132,19 @@ class Client:
         self.backlog.added(_size_of(data))
         self._wake()
         return message_id
+
+    def call(self, data, *, peer, channel, timeout=None):
+        """Ask ``peer``'s responder for ``channel`` and return its answer (bytes):
+        a direct message, sent at once and never spooled. ``timeout`` (seconds,
+        default the peer's ``timeout``) bounds the whole call. Raises
+        ``CallFailed`` (with ``status`` and ``code``) on any answer but 200, and
+        at once when no receiver of the peer can be reached."""
+        if self._caller is None:
+            from dropr.calls import Caller
+
+            self._caller = Caller(self.config)
+        _check_seconds(timeout, "timeout")
+        return self._caller.call(data, peer=peer, channel=channel, timeout=timeout)
 
     def _wait_for_room(self, timeout):
         deadline = self._monotonic() + timeout
