@@ -7,6 +7,7 @@ the server store the config's ``[store] backend`` names (a filesystem
 
 from dropr.client import Client
 from dropr.errors import (
+    CallFailed,
     ConfigError,
     DroprError,
     PeerError,
@@ -25,6 +26,7 @@ from dropr.store import Message, Store
 __version__ = "0.1.0"
 
 __all__ = [
+    "CallFailed",
     "Client",
     "ConfigError",
     "DroprError",

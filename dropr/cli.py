@@ -1,6 +1,7 @@
 """``dropr``: the command line for producers, operators and foreground roles.
 
     dropr put --peer NAME [--channel C] [--priority P] [--ttl S] [--timeout S] [FILE...|-]
+    dropr call --peer NAME --channel C [--timeout S] [FILE|-]
     dropr send [--once]
     dropr consume --channel C [--consumer NAME] [--once] [--batch N] [--max-attempts N]
                   [--timeout S] [--poll S] -- COMMAND ARGS...
@@ -40,6 +41,13 @@ def _parser():
     put.add_argument("file", nargs="*", default=["-"],
                      help="files to send, one message each, made durable together; "
                           "- (the default) for stdin")
+
+    call = sub.add_parser("call", help="ask a peer's responder; writes its answer to stdout")
+    call.add_argument("--peer", required=True)
+    call.add_argument("--channel", required=True)
+    call.add_argument("--timeout", type=float, help="seconds for the whole call "
+                      "(default: the peer's timeout)")
+    call.add_argument("file", nargs="?", default="-", help="the question, or - for stdin")
 
     send = sub.add_parser("send", help="run one sender in the foreground")
     send.add_argument("--once", action="store_true", help="deliver what is deliverable, then exit")
@@ -126,6 +134,15 @@ def cmd_put(args, config):
         ids = client.put_many(bodies, peer=args.peer, channel=args.channel,
                               priority=args.priority, ttl=args.ttl, timeout=args.timeout)
     print("\n".join(ids))
+
+
+def cmd_call(args, config):
+    from dropr.client import Client
+
+    data = sys.stdin.buffer.read() if args.file == "-" else args.file
+    answer = Client(config).call(data, peer=args.peer, channel=args.channel, timeout=args.timeout)
+    sys.stdout.buffer.write(answer)
+    sys.stdout.buffer.flush()
 
 
 def cmd_send(args, config):
@@ -222,6 +239,7 @@ def cmd_store(args, config):
 
 _COMMANDS = {
     "put": cmd_put,
+    "call": cmd_call,
     "send": cmd_send,
     "consume": cmd_consume,
     "receiver": cmd_receiver,

@@ -114,6 +114,7 @@ class Client:
         self._notices = None
         self._reopen_at = 0.0
         self._checked = set()
+        self._caller = None  # made by the first call()
 
     def put(self, data, peer, channel="common", priority=names.DEFAULT_PRIORITY, *, ttl=None,
             timeout=None):
@@ -177,6 +178,18 @@ class Client:
             return self.config.client.put_timeout
         _check_seconds(timeout, "timeout", zero=True)
         return timeout
+    def call(self, data, *, peer, channel, timeout=None):
+        """Ask ``peer``'s responder for ``channel`` and return its answer (bytes):
+        a direct message, sent at once and never spooled. ``timeout`` (seconds,
+        default the peer's ``timeout``) bounds the whole call. Raises
+        ``CallFailed`` (with ``status`` and ``code``) on any answer but 200, and
+        at once when no receiver of the peer can be reached."""
+        if self._caller is None:
+            from dropr.calls import Caller
+
+            self._caller = Caller(self.config)
+        _check_seconds(timeout, "timeout")
+        return self._caller.call(data, peer=peer, channel=channel, timeout=timeout)
 
     def _wait_for_room(self, timeout):
         deadline = self._monotonic() + timeout

@@ -86,6 +86,23 @@ class ReceiverClientConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResponderConfig:
+    """[receiver.responders.CHANNEL]: the command that answers direct messages
+    (calls) of one channel; ``name`` is the channel."""
+
+    name: str = ""
+    command: tuple = key((), kind="command")
+    timeout: float = key(10.0, 0.01, 3600.0)
+    max_concurrent: int = key(4, 1, 1024)
+    max_reply_bytes: int = key(MiB, 1, 1 << 40)
+    content_type: str = key("application/octet-stream", kind="media_type")
+
+    @property
+    def section(self):
+        return f"receiver.responders.{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
 class SenderConfig:
     """[sender]: how the sender workers batch and wait."""
 
@@ -136,6 +153,8 @@ class ReceiverConfig:
     keyfile: Path = key("", kind="path")
     #: The [receiver.clients.NAME] tables, in file order (not a key of its own).
     clients: tuple = ()
+    #: The [receiver.responders.CHANNEL] tables, in file order (not a key of its own).
+    responders: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,10 +296,12 @@ def from_dict(data, *, path=Path("<dict>")):
     _reject_unknown(where, "", data, list(SECTIONS) + ["peers"])
     tables = {name: data.get(name, {}) for name in SECTIONS}
     clients = _pop_clients(tables)
+    responders = _pop_table(tables, "responders")
     sections = {
         name: _build(cls, tables[name], where, name, base) for name, cls in SECTIONS.items()
     }
     sections["receiver"] = _with_clients(sections["receiver"], clients, where, base)
+    sections["receiver"] = _with_responders(sections["receiver"], responders, where, base)
     peers = _build_peers(data.get("peers", {}), where, base)
     _check_window(sections["store"], sections["retry"], where)
     if not sections["client"].name:
@@ -349,11 +370,36 @@ def short_window_note(config):
 
 def _pop_clients(tables):
     """The [receiver.clients] table, taken out of ``tables["receiver"]`` (a copy)."""
+    return _pop_table(tables, "clients")
+
+
+def _pop_table(tables, name):
+    """The [receiver.NAME] table, taken out of ``tables["receiver"]`` (a copy)."""
     receiver = tables["receiver"]
-    if not isinstance(receiver, dict) or "clients" not in receiver:
+    if not isinstance(receiver, dict) or name not in receiver:
         return {}
-    tables["receiver"] = {k: v for k, v in receiver.items() if k != "clients"}
-    return receiver["clients"]
+    tables["receiver"] = {k: v for k, v in receiver.items() if k != name}
+    return receiver[name]
+
+
+def _with_responders(receiver, table, where, base):
+    """``receiver`` with its [receiver.responders.CHANNEL] tables."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [receiver.responders] must be a table of "
+                          "[receiver.responders.CHANNEL] tables")
+    responders = []
+    for channel, body in table.items():
+        try:
+            names.check_name(channel, "channel")
+        except ValidationError as e:
+            raise ConfigError(f"{where}: [receiver.responders.{channel}]: {e}") from None
+        section = f"receiver.responders.{channel}"
+        responder = _build(ResponderConfig, body, where, section, base, extra={"name": channel})
+        if not responder.command:
+            raise ConfigError(f"{where}: [{section}] command: required: the program and its "
+                              'arguments, e.g. ["./answer.sh"]')
+        responders.append(responder)
+    return dataclasses.replace(receiver, responders=tuple(responders))
 
 
 def _with_clients(receiver, table, where, base):
@@ -528,6 +574,20 @@ def _check_stream(raw, label, meta, base):
     return raw
 
 
+def _check_command(raw, label, meta, base):
+    ok = isinstance(raw, (list, tuple)) and all(isinstance(a, str) and a and "\0" not in a
+                                               for a in raw)
+    _want(ok, raw, label, "a list of strings: the program and its arguments")
+    return tuple(raw)
+
+
+def _check_media_type(raw, label, meta, base):
+    ok = (isinstance(raw, str) and 0 < len(raw) <= 255 and raw.count("/") >= 1
+          and all(" " <= c <= "~" for c in raw))
+    _want(ok, raw, label, "a media type such as \"application/json\"")
+    return raw
+
+
 def _check_level(raw, label, meta, base):
     levels = ("debug", "info", "warning", "error")
     _want(isinstance(raw, str) and raw.lower() in levels, raw, label, "one of " + ", ".join(levels))
@@ -550,4 +610,6 @@ _CHECKS = {
     "backend": _check_backend,
     "nats_urls": _check_nats_urls,
     "stream": _check_stream,
+    "command": _check_command,
+    "media_type": _check_media_type,
 }

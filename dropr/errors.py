@@ -84,6 +84,18 @@ class BatchRefused(DroprError):
         self.code = code
 
 
+class CallFailed(DroprError):
+    """A direct message (``Client.call``) got no answer from the responder:
+    ``status`` is the HTTP status (None when no HTTP answer came) and ``code``
+    the receiver's error code (``unreachable``, ``timeout`` or ``transport``
+    when no HTTP answer came)."""
+
+    def __init__(self, status, code, message):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 class Unreadable(DroprError):
     """A spooled message file cannot be read by the sender (gone, or no permission)."""
 

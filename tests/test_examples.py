@@ -38,15 +38,27 @@ def receiver(tmp_path_factory):
     harness.remove_queues(root / "client")
 
 
+#: Examples that use dropr itself: they run with this interpreter's packages,
+#: in a folder whose conf/dropr.toml is the test receiver's config.
+WITH_DROPR = {"python-call", "curl-call"}
+#: Examples that are not run but written where the receiver reads them.
+FILES = {"stock-responder", "stock-config"}
+
+
 def run(receiver, name, cwd):
     """Run README example ``name`` in ``cwd``; returns its stdout (text)."""
     language, code = examples()[name]
     code = code.replace(DOCUMENTED_ADDRESS, receiver.url.removeprefix("http://"))
+    if name in WITH_DROPR:
+        (cwd / "conf").mkdir(exist_ok=True)
+        (cwd / "conf" / "dropr.toml").write_text(receiver.config_path.read_text())
     if language == "sh":
-        command = ["sh", "-c", code]
+        command = ["sh", "-c", f'PATH="{Path(sys.executable).parent}:$PATH"\n{code}']
     elif language == "js":
         (cwd / "post.mjs").write_text(code)
         command = ["node", "post.mjs"]
+    elif language == "python" and name in WITH_DROPR:
+        command = [sys.executable, "-c", code]
     elif language == "python":
         command = [sys.executable, "-S", "-c", code]  # -S: no site-packages, stdlib alone
     else:
@@ -63,8 +75,10 @@ def stored(receiver, message_id):
 
 def test_every_example_is_marked_and_addressed_as_documented():
     found = examples()
-    assert set(found) == {"curl-post", "node-post", "python-post", "curl-batch"}
-    assert all(DOCUMENTED_ADDRESS in code for _, code in found.values())
+    assert set(found) == {"curl-post", "node-post", "python-post", "curl-batch", "curl-call",
+                          "node-call", "python-call"} | FILES
+    assert all(DOCUMENTED_ADDRESS in code for name, (_, code) in found.items()
+               if name not in FILES | {"python-call"})
 
 
 def test_curl_post_stores_then_answers_duplicate(receiver, tmp_path):
@@ -95,3 +109,31 @@ def test_curl_batch_stores_both_messages(receiver, tmp_path):
                                   "order-1236": {"status": "stored"}}}
     assert stored(receiver, "order-1235") == (b'{"order": 1235}', 2)
     assert stored(receiver, "order-1236") == (b'{"order": 1236}', 5)
+
+
+@pytest.fixture(scope="module")
+def responder(tmp_path_factory):
+    """A receiver whose config has the README's responder, next to it."""
+    root = tmp_path_factory.mktemp("calls")
+    path = harness.write_config(root)
+    script = root / "stock.sh"
+    script.write_text(examples()["stock-responder"][1])
+    script.chmod(0o755)
+    with open(path, "a") as f:
+        f.write(examples()["stock-config"][1])
+    r = harness.Receiver(path).start()
+    yield r
+    r.stop()
+    harness.remove_queues(root / "client")
+
+
+def test_python_caller_gets_the_shell_responders_answer(responder, tmp_path):
+    assert run(responder, "python-call", tmp_path).strip() == "12"
+
+
+def test_dropr_call_and_curl_get_the_shell_responders_answers(responder, tmp_path):
+    assert run(responder, "curl-call", tmp_path).split() == ["12", "0"]
+
+
+def test_node_caller_gets_the_shell_responders_answer(responder, tmp_path):
+    assert run(responder, "node-call", tmp_path).strip() == "200 12"

@@ -32,7 +32,8 @@ class Scenario:
 
 
 #: The scenarios, in the order they run.
-SCENARIOS = ("put", "drain", "steady", "latency", "post", "large", "waiting", "jetstream")
+SCENARIOS = ("put", "drain", "steady", "latency", "post", "calls", "large", "waiting",
+             "jetstream")
 
 
 def load_scenario(name):

@@ -7,6 +7,7 @@ JSON line on stdout. Run by :mod:`dropr.bench.procs` as
     python -m dropr.bench.probe send CONFIG
     python -m dropr.bench.probe batch CONFIG
     python -m dropr.bench.probe post URL COUNT SIZE AT
+    python -m dropr.bench.probe call CONFIG CHANNEL COUNT SIZE AT
     python -m dropr.bench.probe publish SERVERS COUNT SIZE
 
 ``AT`` is a wall-clock time to start at, so that several probes start their
@@ -150,6 +151,37 @@ def post(url, count, size, at):
     return {"started": started, "ended": time.time(), "errors": errors, "duplicates": duplicates}
 
 
+def call(config, channel, count, size, at):
+    """Make ``count`` calls of ``size`` bytes to peer ``local``'s responder for
+    ``channel``, one after another over one kept-alive connection; the
+    latency of each (seconds) and how many answers were not the echo."""
+    from dropr.client import Client
+
+    client = Client(config)
+    body = os.urandom(int(size))
+    wrong, seconds = 0, []
+    _wait_until(float(at))
+    started = time.time()
+    for _ in range(int(count)):
+        t = time.perf_counter()
+        wrong += client.call(body, peer="local", channel=channel) != body
+        seconds.append(time.perf_counter() - t)
+    return {"started": started, "ended": time.time(), "wrong": wrong, "seconds": seconds}
+
+
+def spawn(count):
+    """The cost of the call path's one obvious step alone: start ``cat``,
+    feed it 1 KiB, read it back, reap it; ``count`` times, seconds each."""
+    import subprocess
+
+    seconds = []
+    for _ in range(int(count)):
+        t = time.perf_counter()
+        subprocess.run(["cat"], input=b"x" * 1024, capture_output=True, start_new_session=True)
+        seconds.append(time.perf_counter() - t)
+    return {"seconds": seconds}
+
+
 def publish(servers, count, size, in_flight=1000):
     """The JetStream limit beside the jetstream scenario: one nats-py client
     publishes ``count`` bodies of ``size`` bytes with an id header each to a
@@ -179,7 +211,8 @@ def publish(servers, count, size, in_flight=1000):
     return asyncio.run(run())
 
 
-COMMANDS = {"put": put, "putmany": putmany, "putfile": putfile, "send": send, "batch": batch, "post": post,
+COMMANDS = {"call": call, "spawn": spawn, "put": put, "putmany": putmany, "putfile": putfile,
+            "send": send, "batch": batch, "post": post,
             "publish": publish}
 
 

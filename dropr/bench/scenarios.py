@@ -225,6 +225,36 @@ def post(ctx, root, fsync, clients=8):
     return {"post8": (each * clients / _span(results), each * clients / _span(yardstick))}
 
 
+def calls(ctx, root, fsync, callers=8):
+    """Direct messages: calls to a ``cat`` responder over keep-alive, from one
+    caller process and from eight at once, beside plain POSTs of the same
+    body from as many clients in the same run (the limit: the same HTTP work
+    without the responder); p50 and p99 of one caller's calls, and of
+    starting ``cat`` alone (the cost a long-lived responder would save)."""
+    extra = '[receiver.responders.bench]\ncommand = ["cat"]\nmax_concurrent = 64\n'
+    config = procs.write_config(root, fsync=fsync, notify=False, extra=extra)
+    count = max(8, ctx.sizes.posts // 8)
+    out = {}
+    with procs.Receiver(config) as receiver:
+        for n, key in ((1, "call1"), (callers, "call8")):
+            ctx.progress.say(f"{n} caller(s), {n * count} calls")
+            made = procs.probes(*[("call", config.path, "bench", count, ctx.sizes.size, _at(n))
+                                  for _ in range(n)])
+            if any(r["wrong"] for r in made):
+                raise BenchError("a call's answer was not its question")
+            ctx.progress.say(f"{n} POST client(s), {n * count} POSTs")
+            posted = procs.probes(*[("post", receiver.url, count, ctx.sizes.size, _at(n))
+                                    for _ in range(n)])
+            out[key] = (n * count / _span(made), n * count / _span(posted))
+            if n == 1:
+                ms = sorted(x * 1000 for x in made[0]["seconds"])
+    (spawned,) = procs.probes(("spawn", max(20, count // 4)))
+    spawn_ms = statistics.median(spawned["seconds"]) * 1000
+    out["call_p50"] = (statistics.median(ms), spawn_ms)
+    out["call_p99"] = (ms[min(len(ms) - 1, max(0, round(0.99 * len(ms)) - 1))], spawn_ms)
+    return out
+
+
 def _expect_stored(config, count, log=""):
     store = open_store(config)
     try:

@@ -12,6 +12,7 @@ from dropr.ids import IdGenerator
 from dropr.receiver import errors
 from dropr.receiver.auth import Authenticate, Clients
 from dropr.receiver.batch import BatchResource, meta_bytes_max
+from dropr.receiver.calls import CallError, CallsResource, Slots, handle_call_error, slots_folder
 from dropr.receiver.health import HealthResource, ReadyResource
 from dropr.receiver.limits import BodyTimeout, DiskFloor
 from dropr.receiver.messages import MessagesResource
@@ -51,11 +52,16 @@ def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None
     new_id = _locked(new_id or IdGenerator(clock=clock))
     app.add_route("/v1/channels/{channel}/messages",
                   MessagesResource(store, limits, new_id=new_id, floor=floor))
+    calls = CallsResource(limits.responders, limits, new_id=new_id,
+                          slots=Slots(slots_folder(config)), workdir=config.path.parent,
+                          metrics=metrics)
+    app.add_route("/v1/channels/{channel}/calls", calls)
     app.add_route("/v1/health", HealthResource())
     app.add_route("/v1/ready", ready)
     app.add_route("/v1/openapi.json", OpenAPIResource())
     app.add_route("/metrics", MetricsResource(metrics))
     errors.install(app)
+    app.add_error_handler(CallError, handle_call_error)
     return app
 
 

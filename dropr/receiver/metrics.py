@@ -37,6 +37,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 KNOWN_REASONS = ("invalid", "malformed", "too_large", "length_required",
                  "unsupported_media_type", "store_full")
 UNMATCHED = "unmatched"  # the route label of a request for an unknown path
+CALLS_ROUTE = "/v1/channels/{channel}/calls"
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
 
 
@@ -90,6 +91,12 @@ class Metrics:
                                 "by the error code of the answer.", ("reason",))
         for reason in KNOWN_REASONS:
             self.refusals.labels(reason)
+        self.calls = counter("calls", "Direct messages (calls), by channel and result: ok, "
+                             "failed, timeout, busy, too_large.", ("channel", "result"))
+        self.call_duration = prom.Histogram(
+            PREFIX + "call_duration_seconds", "Seconds a call took, by channel: from the "
+            "request to the responder's answer.", ("channel",), buckets=LATENCY_BUCKETS,
+            registry=registry)
         self.latency = prom.Histogram(
             PREFIX + "request_duration_seconds", "Seconds from request to answer, by route.",
             ("method", "route"), buckets=LATENCY_BUCKETS, registry=registry)
@@ -104,6 +111,12 @@ class Metrics:
         elif status == DUPLICATE:
             self.duplicates.inc()
 
+    def called(self, channel, result, seconds):
+        """Count one call of a channel that has a responder (so the channel
+        label takes only the values the config names)."""
+        self.calls.labels(channel, result).inc()
+        self.call_duration.labels(channel).observe(max(0.0, seconds))
+
     def process_request(self, req, resp):
         """Falcon middleware: note when the request came in."""
         req.context.metrics_started = self._timer()
@@ -116,8 +129,8 @@ class Metrics:
         route = req.uri_template or UNMATCHED
         if started is not None:
             self.latency.labels(method, route).observe(max(0.0, self._timer() - started))
-        if req.method != "POST":
-            return
+        if req.method != "POST" or route == CALLS_ROUTE:
+            return  # calls are counted by dropr_receiver_calls_total
         status = resp.status_code
         if status >= 400:
             self.refusals.labels(_reason(resp.media, status)).inc()
