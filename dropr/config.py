@@ -134,6 +134,7 @@ class ReceiverConfig:
     min_free_bytes: int = key(64 * MiB, 0)
     certfile: Path = key("", kind="path")
     keyfile: Path = key("", kind="path")
+    legacy_path: str = key("", kind="legacy_path")
     #: The [receiver.clients.NAME] tables, in file order (not a key of its own).
     clients: tuple = ()
 
@@ -528,6 +529,16 @@ def _check_stream(raw, label, meta, base):
     return raw
 
 
+def _check_legacy_path(raw, label, meta, base):
+    # A path of its own: not one of the API's, plain characters only.
+    ok = isinstance(raw, str) and (raw == "" or (
+        raw.startswith("/") and len(raw) <= 255 and "//" not in raw and "/../" not in raw + "/"
+        and all(c.isascii() and (c.isalnum() or c in "/._-~") for c in raw)
+        and not raw.startswith(("/v1/", "/metrics")) and raw not in ("/", "/v1")))
+    _want(ok, raw, label, 'a path such as "/server/server.php" (not under /v1/), or "" for none')
+    return raw
+
+
 def _check_level(raw, label, meta, base):
     levels = ("debug", "info", "warning", "error")
     _want(isinstance(raw, str) and raw.lower() in levels, raw, label, "one of " + ", ".join(levels))
@@ -550,4 +561,5 @@ _CHECKS = {
     "backend": _check_backend,
     "nats_urls": _check_nats_urls,
     "stream": _check_stream,
+    "legacy_path": _check_legacy_path,
 }
