@@ -29,6 +29,8 @@ class LegacySpoolWorker(Worker):
     def tick(self):
         """One pass over the PHP spool, then a wait for its next wake-up."""
         moved = self.takeover.pass_once()
+        self.note = "; ".join(f"{n} message(s) left in the PHP spool: {why}"
+                              for why, n in sorted(self.takeover.left.items()))
         if moved and self.notices is not None:
             self.notices.wake(max(1, self.config.client.notify_max))
         if not moved:

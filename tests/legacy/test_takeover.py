@@ -141,3 +141,17 @@ def test_droprd_delivers_what_a_php_producer_queues_on_its_wakeup(tmp_path, make
     assert message.read() == b"queued by PHP" and message.priority == 4
     assert os.listdir(php / "proc") == []
     assert took < 1.0, f"{took:.3f} s from the PHP put to stored"
+
+
+@pytest.mark.process
+def test_droprd_status_says_what_stays_in_the_php_spool(tmp_path, make_tree):
+    php = tmp_path / "php-spool"
+    php_file(php, b"x", url="http://elsewhere/server.php")
+    tree = make_tree({"legacy": {"spool": str(php)}, "legacy.peers": {f'"{PHP_URL}"': "local"},
+                      "workers": {"sender": 1, "legacy_spool": 1}})
+    tree.start()
+    entry = harness.wait_for(lambda: (w := tree.workers().get("legacy-spool")) and w["note"] and w,
+                             10, what="the legacy-spool worker's note")
+    assert "1 message(s) left in the PHP spool" in entry["note"]
+    assert "http://elsewhere/server.php is not in [legacy] peers" in entry["note"]
+    assert "legacy-spool: 1 message(s) left" in tree.run("status").stdout
