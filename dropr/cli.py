@@ -226,9 +226,14 @@ def cmd_store(args, config):
         print(store.count(args.channel))
     elif args.action == "ls":
         for m in store.messages(args.channel):
-            print(f"{m.priority}\t{m.id}\t{m.size}\t{m.client}\t{m.received_at:.3f}")
+            legacy = f"\t{m.legacy_id}" if m.legacy_id is not None else ""
+            print(f"{m.priority}\t{m.id}\t{m.size}\t{m.client}\t{m.received_at:.3f}{legacy}")
     elif args.action == "cat":
-        with store.get(args.channel, args.id).open() as f:
+        message = store.get(args.channel, args.id)
+        if message.legacy_id is not None:  # the body alone on stdout; this on stderr
+            print(f"dropr: {message.id}: sent by a PHP dropr client as {message.legacy_id}",
+                  file=sys.stderr)
+        with message.open() as f:
             shutil.copyfileobj(f, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     elif args.action == "ack":

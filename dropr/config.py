@@ -151,6 +151,7 @@ class ReceiverConfig:
     min_free_bytes: int = key(64 * MiB, 0)
     certfile: Path = key("", kind="path")
     keyfile: Path = key("", kind="path")
+    legacy_path: str = key("", kind="legacy_path")
     #: The [receiver.clients.NAME] tables, in file order (not a key of its own).
     clients: tuple = ()
     #: The [receiver.responders.CHANNEL] tables, in file order (not a key of its own).
@@ -183,6 +184,21 @@ class WorkersConfig:
     retry_scanner: int = key(1, 0, 1)
     reaper: int = key(1, 0, 1)
     receiver: int = key(0, 0, 1)
+    legacy_spool: int = key(0, 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LegacyConfig:
+    """[legacy]: a PHP dropr client spool that droprd takes over: its folder
+    (the PHP client's storage DSN) and, for each PHP peer URL, the
+    [peers.NAME] its messages go to."""
+
+    spool: Path = key("", kind="path")
+    peers: tuple = key((), kind="url_map")  # ((PHP peer URL, peer name), ...)
+
+    def peer_for(self, url):
+        """The [peers.NAME] that the PHP peer ``url`` maps to, or None."""
+        return dict(self.peers).get(url)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +239,7 @@ class Config:
     workers: WorkersConfig
     supervisor: SupervisorConfig
     store: StoreConfig = StoreConfig()
+    legacy: LegacyConfig = LegacyConfig()
 
     def peer(self, name):
         """The :class:`PeerConfig` called ``name``; ``UnknownPeer`` if none."""
@@ -263,6 +280,7 @@ SECTIONS = {
     "workers": WorkersConfig,
     "supervisor": SupervisorConfig,
     "store": StoreConfig,
+    "legacy": LegacyConfig,
 }
 
 
@@ -304,6 +322,7 @@ def from_dict(data, *, path=Path("<dict>")):
     sections["receiver"] = _with_responders(sections["receiver"], responders, where, base)
     peers = _build_peers(data.get("peers", {}), where, base)
     _check_window(sections["store"], sections["retry"], where)
+    _check_legacy(sections["legacy"], sections["workers"], peers, where)
     if not sections["client"].name:
         client = dataclasses.replace(sections["client"], name=_default_client_name())
         sections["client"] = client
@@ -366,6 +385,17 @@ def short_window_note(config):
     return (f"[store] duplicate_window ({store.duplicate_window:g} s) is shorter than [retry] "
             f"max_age ({retry.max_age:g} s): a message re-sent more than "
             f"{store.duplicate_window:g} s after its first upload is stored twice")
+
+
+def _check_legacy(legacy, workers, peers, where):
+    """[legacy] peers name configured peers; a takeover worker needs a spool."""
+    for url, name in legacy.peers:
+        if name not in peers:
+            raise ConfigError(f"{where}: [legacy] peers: {url!r} goes to peer {name!r}, which "
+                              f"is not configured (known: {', '.join(sorted(peers)) or 'none'})")
+    if workers.legacy_spool and not legacy.spool:
+        raise ConfigError(f"{where}: [workers] legacy_spool = 1 needs [legacy] spool: the PHP "
+                          "client spool to take over")
 
 
 def _pop_clients(tables):
@@ -588,6 +618,30 @@ def _check_media_type(raw, label, meta, base):
     return raw
 
 
+def _check_legacy_path(raw, label, meta, base):
+    # A path of its own: not one of the API's, plain characters only.
+    ok = isinstance(raw, str) and (raw == "" or (
+        raw.startswith("/") and len(raw) <= 255 and "//" not in raw and "/../" not in raw + "/"
+        and all(c.isascii() and (c.isalnum() or c in "/._-~") for c in raw)
+        and not raw.startswith(("/v1/", "/metrics")) and raw not in ("/", "/v1")))
+    _want(ok, raw, label, 'a path such as "/server/server.php" (not under /v1/), or "" for none')
+    return raw
+
+
+def _check_url_map(raw, label, meta, base):
+    if raw == ():
+        return ()
+    _want(isinstance(raw, dict), raw, label, 'a table of "PHP peer URL" = "peer name"')
+    for url, name in raw.items():
+        _want(url.startswith(("http://", "https://")) and isinstance(name, str), raw, label,
+              'a table of "PHP peer URL" = "peer name"')
+        try:
+            names.check_name(name, "peer name")
+        except ValidationError as e:
+            raise ConfigError(f"{label}: {e}") from None
+    return tuple(raw.items())
+
+
 def _check_level(raw, label, meta, base):
     levels = ("debug", "info", "warning", "error")
     _want(isinstance(raw, str) and raw.lower() in levels, raw, label, "one of " + ", ".join(levels))
@@ -612,4 +666,6 @@ _CHECKS = {
     "stream": _check_stream,
     "command": _check_command,
     "media_type": _check_media_type,
+    "url_map": _check_url_map,
+    "legacy_path": _check_legacy_path,
 }

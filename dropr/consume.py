@@ -59,8 +59,10 @@ class Outcome:
 
 
 def message_env(message, attempt):
-    """The ``DROPR_*`` variables the command sees for ``message``."""
-    return {
+    """The ``DROPR_*`` variables the command sees for ``message``;
+    ``DROPR_LEGACY_ID`` too for a message a PHP dropr client sent."""
+    legacy = getattr(message, "legacy_id", None)
+    return {**({"DROPR_LEGACY_ID": legacy} if legacy is not None else {}),
         "DROPR_ID": message.id,
         "DROPR_CHANNEL": message.channel,
         "DROPR_PRIORITY": str(message.priority),

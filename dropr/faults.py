@@ -63,6 +63,10 @@ CRASH_POINTS = (
     # reaper, and a sender starting or stopping: Spool._release_dir
     "active.after_return_to_queue",
     "active.before_remove_dir",
+    # legacy-spool worker: Takeover (a PHP client spool taken over)
+    "legacy.after_copy",
+    "legacy.after_queue",
+    "legacy.after_remove",
     # reaper: Spool.remove_older, Store.expire_done and remove_stale_tmp
     "reaper.after_unlink",
     "reaper.after_store_unlink",

@@ -58,6 +58,7 @@ class Message:
     size: int
     path: Path
     offset: int
+    legacy_id: str = None  # a PHP dropr client's own id of the message, if it came from one
 
     def read(self):
         """The whole body as bytes."""
@@ -201,12 +202,14 @@ class _Holders:
         return dirs
 
 
-def _header(message_id, channel, priority, client, received_at):
+def _header(message_id, channel, priority, client, received_at, legacy_id=None):
     """The first line of a stored file. Formatted by hand, as json.dumps would
     with these separators: id and channel are checked names that need no
     escaping (the caller checks them first), and the client is encoded once."""
+    legacy = f',"legacy_id":{json.dumps(legacy_id)}' if legacy_id is not None else ""
     return (f'DROPR1 {{"id":"{message_id}","channel":"{channel}","priority":{priority:d},'
-            f'"client":{_json_string(client)},"received_at":{float(received_at)!r}}}\n').encode()
+            f'"client":{_json_string(client)},"received_at":{float(received_at)!r}'
+            f'{legacy}}}\n').encode()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -223,7 +226,8 @@ def read_message(path):
         raise ValidationError(f"{path}: not a dropr message file")
     meta = json.loads(line[len(MAGIC):])
     return Message(meta["id"], meta["channel"], meta["priority"], meta["client"],
-                   meta["received_at"], size - len(line), Path(path), len(line))
+                   meta["received_at"], size - len(line), Path(path), len(line),
+                   meta.get("legacy_id"))
 
 
 class Store:
@@ -244,7 +248,8 @@ class Store:
 
     # -- receiver -----------------------------------------------------------
 
-    def put(self, channel, message_id, body, *, priority, client, limit=None, sync_dir=True):
+    def put(self, channel, message_id, body, *, priority, client, limit=None, sync_dir=True,
+            legacy_id=None):
         """Store ``body`` (bytes or an object with ``read(n)``) unless ``message_id``
         is already stored; returns ``"stored"`` or ``"duplicate"``.
 
@@ -253,10 +258,10 @@ class Store:
         must call :meth:`sync` for the channel before answering.
         The same as :meth:`stage` then :meth:`publish`."""
         staged = self.stage(channel, message_id, body, priority=priority, client=client,
-                            limit=limit)
+                            limit=limit, legacy_id=legacy_id)
         return self.publish(staged, sync_dir=sync_dir)
 
-    def stage(self, channel, message_id, body, *, priority, client, limit=None):
+    def stage(self, channel, message_id, body, *, priority, client, limit=None, legacy_id=None):
         """Write ``body`` (bytes or an object with ``read(n)``) into ``tmp/``, fsync-ed
         when the store syncs, and return it as a :class:`Staged` message that no
         consumer can see yet. Hand it to :meth:`publish` or :meth:`discard`.
@@ -266,7 +271,7 @@ class Store:
         names.check_name(channel, "channel")
         names.check_id(message_id)
         priority = names.check_priority(priority)
-        header = _header(message_id, channel, priority, client, self._clock())
+        header = _header(message_id, channel, priority, client, self._clock(), legacy_id)
         with _full_is_store_full(self.root):
             fd, tmp = self._create_tmp(message_id)
             try:

@@ -226,6 +226,8 @@ class Consumer:
                    "Dropr-Priority": str(message.priority), "Dropr-Client": message.client,
                    "Dropr-Received-At": f"{message.received_at:.6f}",
                    "Dropr-Reason": json.dumps(reason)}
+        if message.legacy_id is not None:
+            headers["Dropr-Legacy-Id"] = message.legacy_id
         subject = subject_of(f"{self.settings.subject}-dead", message.channel, message.priority)
         self._call(lambda: self._js.publish(subject, message.body, headers=headers))
         self.ack(message)  # term() would leave it in a work-queue stream of nats-server 2.9

@@ -37,6 +37,7 @@ class StagedBody:
     client: str
     received_at: float
     file: object
+    legacy_id: str = None
 
     path = None
 
@@ -144,7 +145,7 @@ class JetStreamStore(Consumer):
 
     # -- receiver -------------------------------------------------------------
 
-    def stage(self, channel, message_id, body, *, priority, client, limit=None):
+    def stage(self, channel, message_id, body, *, priority, client, limit=None, legacy_id=None):
         """Read ``body`` (bytes or an object with ``read(n)``) into a scratch
         file; ``TooLarge`` past ``limit`` or past what one JetStream message
         can hold (the servers' max_payload)."""
@@ -158,7 +159,8 @@ class JetStreamStore(Consumer):
         except BaseException:
             f.close()
             raise
-        return StagedBody(message_id, channel, priority, size, client, self._clock(), f)
+        return StagedBody(message_id, channel, priority, size, client, self._clock(), f,
+                          legacy_id)
 
     def _limit(self, limit):
         if self._max_payload is None:
@@ -222,9 +224,12 @@ class JetStreamStore(Consumer):
         return subject_of(self.settings.subject, s.channel, s.priority)
 
     def _headers(self, s):
-        return {"Nats-Msg-Id": s.id, "Dropr-Channel": s.channel,
-                "Dropr-Priority": str(s.priority), "Dropr-Client": s.client or "",
-                "Dropr-Received-At": f"{s.received_at:.6f}"}
+        headers = {"Nats-Msg-Id": s.id, "Dropr-Channel": s.channel,
+                   "Dropr-Priority": str(s.priority), "Dropr-Client": s.client or "",
+                   "Dropr-Received-At": f"{s.received_at:.6f}"}
+        if s.legacy_id is not None:
+            headers["Dropr-Legacy-Id"] = s.legacy_id
+        return headers
 
     def discard(self, staged):
         """Drop a staged body that will not be published (idempotent)."""

@@ -36,6 +36,7 @@ class StreamMessage:
     body: bytes
     attempts: int = 0
     handle: object = dataclasses.field(default=None, repr=False, compare=False)
+    legacy_id: str = None  # a PHP dropr client's own id of the message, if it came from one
 
     def read(self):
         return self.body
@@ -148,4 +149,5 @@ def message_of(headers, body, seq, *, attempts=0, handle=None):
         priority=int(headers.get("Dropr-Priority", names.DEFAULT_PRIORITY)),
         client=headers.get("Dropr-Client", ""),
         received_at=float(headers.get("Dropr-Received-At", 0.0)), size=len(body), seq=seq,
-        body=body, attempts=attempts, handle=handle)
+        body=body, attempts=attempts, handle=handle,
+        legacy_id=headers.get("Dropr-Legacy-Id"))

@@ -9,6 +9,7 @@ import falcon
 from falcon.media.multipart import MultipartFormHandler, MultipartParseOptions
 
 from dropr.ids import IdGenerator
+from dropr.receiver.legacy import LegacyUploadResource
 from dropr.receiver import errors
 from dropr.receiver.auth import Authenticate, Clients
 from dropr.receiver.batch import BatchResource, meta_bytes_max
@@ -41,7 +42,7 @@ def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None
     metrics = Metrics(store, min_free_bytes=limits.min_free_bytes)
     app.add_middleware(metrics)  # first in, last out: it times all the others
     clients = Clients.load(config) if clients is None else clients
-    app.add_middleware(Authenticate(clients, bind=limits.bind))  # before any byte of a body
+    app.add_middleware(Authenticate(clients, bind=limits.bind, basic_path=limits.legacy_path))  # before any byte of a body
     ready = ReadyResource(store, min_free_bytes=limits.min_free_bytes)
     store = CountingStore(store, metrics)
     app.add_middleware(BodyTimeout(limits.body_timeout))
@@ -56,6 +57,8 @@ def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None
                           slots=Slots(slots_folder(config)), workdir=config.path.parent,
                           metrics=metrics)
     app.add_route("/v1/channels/{channel}/calls", calls)
+    if limits.legacy_path:
+        app.add_route(limits.legacy_path, LegacyUploadResource(store, limits, floor=floor))
     app.add_route("/v1/health", HealthResource())
     app.add_route("/v1/ready", ready)
     app.add_route("/v1/openapi.json", OpenAPIResource())

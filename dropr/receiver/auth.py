@@ -15,6 +15,8 @@ neither the length nor the content of a token, nor which client it belongs
 to, shows in the time an answer takes.
 """
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 import hmac
@@ -92,14 +94,20 @@ class Authenticate:
     for a non-loopback client of a receiver without tokens. Open routes get
     ``req.context.client = None``. Runs in receiver worker processes."""
 
-    def __init__(self, clients, *, bind):
+    def __init__(self, clients, *, bind, basic_path=""):
         self.clients = clients
         # Over a unix socket every client is on this host (and passed its permissions).
         self.unix = bind.startswith("unix:")
+        # The PHP client's path takes 'Authorization: Basic' (NAME:TOKEN) too:
+        # curl sends it from a user:password@ in the peer's URL.
+        self.basic_path = basic_path or None
 
     def process_request(self, req, resp):
         if req.method in ("GET", "HEAD") and req.path in OPEN_ROUTES:
             identity = Identity(None)
+        elif len(self.clients) and req.path == self.basic_path and _is_basic(
+                req.get_header("Authorization")):
+            identity = self._by_basic(req.get_header("Authorization"))
         elif len(self.clients):
             identity = self._by_token(req.get_header("Authorization"))
         else:
@@ -122,11 +130,27 @@ class Authenticate:
             raise Unauthorized("unknown bearer token", error="invalid_token")
         return identity
 
+    def _by_basic(self, header):
+        try:
+            decoded = base64.b64decode(header.split()[1], validate=True).decode("utf-8")
+        except (IndexError, binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("malformed Authorization header: expected 'Basic "
+                               "base64(NAME:TOKEN)'", error="invalid_request") from None
+        name, colon, token = decoded.partition(":")
+        identity = self.clients.find(token) if colon else None
+        if identity is None or not hmac.compare_digest(identity.name.encode(), name.encode()):
+            raise Unauthorized("unknown client name and token", error="invalid_token")
+        return identity
+
     def _by_address(self, address):
         if self.unix or is_loopback(address):
             return LOCAL
         raise Forbidden("this receiver has no client tokens configured and serves "
                         "loopback clients only")
+
+
+def _is_basic(header):
+    return header is not None and header[:6].lower() == "basic "
 
 
 def check_channel(req, channel):

@@ -194,10 +194,11 @@ class CountingStore:
     def __getattr__(self, name):
         return getattr(self._store, name)
 
-    def put(self, channel, message_id, body, *, priority, client, limit=None, sync_dir=True):
+    def put(self, channel, message_id, body, *, priority, client, limit=None, sync_dir=True,
+            legacy_id=None):
         """:meth:`dropr.store.Store.put`, counted."""
         staged = self._store.stage(channel, message_id, body, priority=priority,
-                                   client=client, limit=limit)
+                                   client=client, limit=limit, legacy_id=legacy_id)
         return self.publish(staged, sync_dir=sync_dir)
 
     def publish_many(self, staged):

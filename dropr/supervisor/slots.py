@@ -23,7 +23,7 @@ THEN_FAIL = "fail"  # hung: counts as a failure, restarted with backoff
 def labels(workers):
     """The slot labels a [workers] config asks for, in start order."""
     out = [("sender", n, f"sender-{n}") for n in range(1, workers.sender + 1)]
-    for kind in ("retry_scanner", "reaper", "receiver"):
+    for kind in ("retry_scanner", "reaper", "receiver", "legacy_spool"):
         if getattr(workers, kind):
             out.append((kind, 1, kind.replace("_", "-")))
     return out
@@ -87,6 +87,7 @@ class Slot:
     then: str | None = None
     last_exit: str = ""
     error: str = ""
+    note: str = ""  # what the worker's last report says for the operator
     failed: bool = False
     reason: str = ""
     failures: collections.deque = dataclasses.field(default_factory=collections.deque)
@@ -112,6 +113,7 @@ class Slot:
         """A heartbeat report from the slot's process arrived."""
         self.last_seen, self.last_report_wall = now, now_wall
         self.handled = int(report.get("handled", self.handled))
+        self.note = str(report.get("note") or "")[:300]
         if self.state is State.STARTING:
             self.state = State.RUNNING
 

@@ -18,7 +18,7 @@ import psutil
 VERSION = 1
 
 
-KIND_ORDER = ("sender", "retry_scanner", "reaper", "receiver")
+KIND_ORDER = ("sender", "retry_scanner", "reaper", "receiver", "legacy_spool")
 
 
 def document(*, pid, state, config, started, now, generation, reload, slots):
@@ -40,7 +40,7 @@ def slot_entry(slot):
         "restarts": slot.restarts, "handled": slot.handled_before + slot.handled,
         "handled_this_life": slot.handled, "max_messages": slot.max_messages,
         "heartbeat": slot.last_report_wall or None, "last_exit": slot.last_exit,
-        "error": slot.error,
+        "error": slot.error, "note": slot.note,
     }
 
 
@@ -104,6 +104,8 @@ def render(document, counts):
     for entry in document.get("workers", []):
         if entry.get("error"):
             lines.append(f"{entry['name']}: {entry['error']}")
+        if entry.get("note"):
+            lines.append(f"{entry['name']}: {entry['note']}")
     reload = document.get("reload") or {}
     if reload.get("error"):
         lines.append(f"last reload refused: {reload['error']}")

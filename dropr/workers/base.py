@@ -62,6 +62,7 @@ class Worker:
         self.ppid = ppid if ppid is not None else os.getpid()
         self.max_messages = max_messages
         self.handled = 0
+        self.note = ""  # a short word for the operator, shown by droprd status
         self.stopping = False
         self.notices = None
         self._last_report = 0.0
@@ -150,4 +151,4 @@ class Worker:
             return
         self._last_report = now
         self.notices.report({"pid": os.getpid(), "kind": self.kind, "number": self.number,
-                             "handled": self.handled, "time": time.time()})
+                             "handled": self.handled, "time": time.time(), "note": self.note})
