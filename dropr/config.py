@@ -181,6 +181,7 @@ class SupervisorConfig:
     backoff_reset: float = key(30.0, 0.0, 86400.0)
     max_restarts: int = key(5, 0)
     restart_window: float = key(60.0, 0.0)
+    throttle_time: float = key(60.0, 0.0, 86400.0)
     heartbeat_timeout: float = key(30.0, 0.1, 86400.0)
     kill_timeout: float = key(5.0, 0.0, 3600.0)
     stop_timeout: float = key(10.0, 0.0, 3600.0)

@@ -251,7 +251,7 @@ class Arbiter:
     def _exited(self, slot, wait_status):
         self.health.forget(slot.pid)
         pid = slot.pid
-        keep = slot.exited(wait_status, self._clock(), self.config.supervisor)
+        keep = slot.exited(wait_status, self._clock(), self.config.supervisor, self._wall())
         level = logging.WARNING if slot.failed else logging.INFO
         log.log(level, "%s (pid %d) %s: now %s%s", slot.label, pid, slot.last_exit,
                 "removed" if not keep else slot.state, f" ({slot.error})" if slot.error else "")

@@ -2,7 +2,21 @@
 
 A :class:`Slot` outlives the processes that fill it: ``sender-2`` keeps its
 restart history across lives. Pure bookkeeping with no system calls, so the
-policy (backoff, flapping, planned exits) is tested with a fake clock.
+policy (backoff, throttle, fatal, planned exits) is tested with a fake clock.
+
+The policy sorts every unplanned exit into one of three kinds:
+
+- **cannot boot**: the worker said so (exit ``EXIT_BOOT_FAILED``) or exited
+  with a non-zero status of its own before its first report (bad config,
+  port in use, import error). More than ``max_restarts`` of these within
+  ``restart_window`` make the slot FATAL, with the reason in ``error``; only
+  an operator starts it again. Nothing else makes a slot FATAL.
+- **died young**: killed by a signal (or stopped for its memory) before it
+  had reported or right after. Restarted with the backoff; more than
+  ``max_restarts`` within ``restart_window`` throttle the slot: it waits
+  ``throttle_time`` (Postfix's 60 s) and is tried again, for ever.
+- **died**: it ran and then died (killed, crashed, hung). Restarted after the
+  capped exponential backoff, for ever; never FATAL.
 """
 
 import collections
@@ -11,13 +25,14 @@ import os
 
 from dropr import backoff
 from dropr.supervisor.states import ALIVE, WAITING, State
-from dropr.workers.base import EXIT_RECYCLE
+from dropr.workers.base import EXIT_BOOT_FAILED, EXIT_RECYCLE
 
 # What to do when a worker the supervisor asked to stop has exited.
 THEN_STOP = "stop"  # shutting down: leave it STOPPED
 THEN_RESTART = "restart"  # planned replacement (operator, memory): start again at once
 THEN_REMOVE = "remove"  # surplus after a reload: forget the slot
 THEN_FAIL = "fail"  # hung: counts as a failure, restarted with backoff
+THEN_FAIL_YOUNG = "fail-young"  # over max_rss right after boot: counts toward the throttle
 
 
 def labels(workers):
@@ -89,7 +104,10 @@ class Slot:
     error: str = ""
     failed: bool = False
     reason: str = ""
+    throttled_until: float = 0.0
+    throttled_until_wall: float = 0.0
     failures: collections.deque = dataclasses.field(default_factory=collections.deque)
+    early_deaths: collections.deque = dataclasses.field(default_factory=collections.deque)
 
     @property
     def alive(self):
@@ -107,6 +125,7 @@ class Slot:
         self.handled_before += self.handled
         self.handled, self.max_messages = 0, max_messages
         self.kill_at, self.then, self.error = None, None, ""
+        self.throttled_until = self.throttled_until_wall = 0.0
 
     def heard(self, report, now, now_wall):
         """A heartbeat report from the slot's process arrived."""
@@ -114,6 +133,7 @@ class Slot:
         self.handled = int(report.get("handled", self.handled))
         if self.state is State.STARTING:
             self.state = State.RUNNING
+            self.failures.clear()  # it booted: earlier boot failures no longer count
 
     def stopping(self, then, deadline, reason=""):
         """The process was sent SIGTERM; ``then`` says what follows its exit."""
@@ -136,14 +156,17 @@ class Slot:
     def revive(self, now):
         """An operator asked for a restart: forget the failures, start at once."""
         self.failures.clear()
+        self.early_deaths.clear()
         self.streak, self.restart_at, self.error = 0, now, ""
+        self.throttled_until = self.throttled_until_wall = 0.0
         if self.state is State.FATAL:
             self.state = State.BACKOFF
 
-    def exited(self, status, now, policy):
+    def exited(self, status, now, policy, now_wall=0.0):
         """The process is gone (``status`` from waitpid, None if unknown).
-        Decides the next state; returns False if the slot is to be forgotten."""
-        ran, then = bool(self.last_report_wall), self.then
+        Decides the next state; returns False if the slot is to be forgotten.
+        ``now_wall`` only dates a throttle for operators."""
+        ran, then, code = bool(self.last_report_wall), self.then, _code(status)
         self.pid, self.kill_at, self.then = None, None, None
         self.last_exit = describe_exit(status) + (f" ({self.reason})" if self.reason else "")
         self.reason = ""
@@ -152,27 +175,63 @@ class Slot:
             return False
         if then == THEN_STOP:
             self.state = State.STOPPED
-        elif then == THEN_RESTART or _code(status) == EXIT_RECYCLE:
+        elif then == THEN_RESTART or code == EXIT_RECYCLE:
             self.state, self.restart_at = State.EXITED, now
+        elif cannot_boot(code, ran) and then is None:
+            self._boot_failed(now, policy)
+        elif not ran or then == THEN_FAIL_YOUNG:
+            self._died_young(now, policy, now_wall)
         else:
-            self._failed(ran, now, policy)
+            self._back_off(now, policy, State.EXITED)
         return True
 
-    def _failed(self, ran, now, policy):
-        self.failed = True
-        self.failures.append(now)
-        while self.failures and now - self.failures[0] > policy.restart_window:
-            self.failures.popleft()
-        if len(self.failures) > policy.max_restarts:
-            self.state = State.FATAL
-            self.error = (f"exited {len(self.failures)} times within "
-                          f"{policy.restart_window:g}s ({self.last_exit})")
+    def _boot_failed(self, now, policy):
+        """Cannot boot: counts toward FATAL."""
+        if _count(self.failures, now, policy) > policy.max_restarts:
+            self.failed, self.state = True, State.FATAL
+            self.error = (f"cannot boot: exited {len(self.failures)} times within "
+                          f"{policy.restart_window:g}s before its first report ({self.last_exit})")
             return
+        self._back_off(now, policy, State.BACKOFF)
+
+    def _died_young(self, now, policy, now_wall):
+        """Died before or right after its first report: throttled when it keeps doing so."""
+        if _count(self.early_deaths, now, policy) <= policy.max_restarts:
+            self._back_off(now, policy, State.BACKOFF)
+            return
+        deaths = len(self.early_deaths)
+        self.early_deaths.clear()  # the next round of tries starts after the pause
+        self.failed, self.state = True, State.BACKOFF
+        self.restart_at = self.throttled_until = now + policy.throttle_time
+        self.throttled_until_wall = now_wall + policy.throttle_time if now_wall else 0.0
+        self.error = (f"throttled for {policy.throttle_time:g}s: died {deaths} times within "
+                      f"{policy.restart_window:g}s right after boot ({self.last_exit})")
+
+    def _back_off(self, now, policy, state):
+        """Restart after the capped exponential backoff."""
+        self.failed = True
         self.streak += 1
         wait = backoff.delay(self.streak, base=policy.backoff_base,
                              factor=policy.backoff_factor, cap=policy.backoff_cap)
-        self.state = State.EXITED if ran else State.BACKOFF
-        self.restart_at = now + wait
+        self.state, self.restart_at = state, now + wait
+
+
+def cannot_boot(code, ran):
+    """Did the worker fail to boot? It exits with ``EXIT_BOOT_FAILED`` to say
+    so; any other non-zero exit status of its own before its first report
+    means the same. A signal means it was killed (OOM killer, an operator),
+    which says nothing about whether it can boot."""
+    if code is None or code < 0:
+        return False
+    return code == EXIT_BOOT_FAILED or (not ran and code not in (0, EXIT_RECYCLE))
+
+
+def _count(times, now, policy):
+    """Add ``now`` to a window of event times; how many are within restart_window."""
+    times.append(now)
+    while times and now - times[0] > policy.restart_window:
+        times.popleft()
+    return len(times)
 
 
 def _code(status):

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 import psutil
 import pytest
@@ -261,12 +262,21 @@ def test_silent_worker_is_killed_and_replaced(make_tree):
     assert not alive(hung)
 
 
-def test_worker_over_max_rss_is_recycled_and_fresh_ones_too_fat_go_fatal(make_tree):
+def test_fresh_worker_over_max_rss_is_throttled_and_tried_again_never_fatal(make_tree):
     tree = make_tree({"workers": {"sender": 0, "retry_scanner": 0},
-                      "supervisor": {"max_rss": 1, "max_restarts": 1}})
+                      "supervisor": {"max_rss": 1, "max_restarts": 1, "throttle_time": 1.5}})
     tree.start(wait=False)
-    entry = tree.wait_state("reaper", "fatal")
-    assert "max_rss 1" in entry["last_exit"]
+    entry = harness.wait_for(lambda: (w := tree.workers().get("reaper")) and
+                             w["throttled_until"] and w, 15, what="reaper throttled")
+    assert entry["state"] == "backoff" and "max_rss 1" in entry["last_exit"]
+    assert entry["throttled_until"] > time.time() and "throttled for 1.5s" in entry["error"]
+    table = tree.run("status").stdout
+    assert "reaper: throttled until " in table
+    restarts = entry["restarts"]
+    # Tried again after the pause, and again throttled: never abandoned.
+    harness.wait_for(lambda: tree.workers()["reaper"]["restarts"] > restarts + 1, 10,
+                     what="tried again after the throttle")
+    assert tree.workers()["reaper"]["state"] != "fatal"
 
 
 def test_workers_are_recycled_after_their_message_budget(make_tree):
