@@ -265,6 +265,8 @@ def load(path=None):
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start}: {e.reason})") from None
     return from_dict(data, path=path)
 
 

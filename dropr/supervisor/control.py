@@ -11,7 +11,9 @@ into the requests folder beside the pidfile (``droprd.pid`` ->
 and then sends SIGUSR1. On SIGUSR1 the supervisor takes every file in that
 folder, so several requests arriving together are all honoured even though
 their signals merge into one. It removes each file once it has acted on it,
-which is how the command knows it was done.
+which is how the command knows it was done; a request it refuses (it is
+stopping) gets an answer file first (``<name>.answer``, JSON with ``error``),
+which the command reads and reports as a failure.
 """
 
 import contextlib
@@ -45,6 +47,15 @@ def send_request(pidfile, pid, payload, *, timeout=10.0):
             raise DroprError(f"the supervisor (pid {pid}) did not take the request "
                              f"within {timeout:g}s; see its log")
         time.sleep(0.02)
+    answer = _answer_path(folder / name)
+    with contextlib.suppress(FileNotFoundError):
+        error = json.loads(answer.read_text()).get("error", "refused")
+        answer.unlink()
+        raise DroprError(f"the supervisor (pid {pid}) refused the request: {error}")
+
+
+def _answer_path(path):
+    return path.with_suffix(".answer")
 
 
 def take_requests(pidfile):
@@ -52,7 +63,8 @@ def take_requests(pidfile):
     first; call :func:`done` on each once acted on. Unreadable ones are removed."""
     folder = requests_dir(pidfile)
     try:
-        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        names = sorted(n for n in os.listdir(folder)
+                       if not n.startswith(".") and n.endswith(".json"))
     except FileNotFoundError:
         return []
     out = []
@@ -67,6 +79,14 @@ def take_requests(pidfile):
             continue
         out.append((path, payload))
     return out
+
+
+def refuse(path, error):
+    """In the supervisor: answer a request with ``error`` (then call :func:`done`)."""
+    answer = _answer_path(path)
+    tmp = answer.with_name(f".{answer.name}")
+    tmp.write_text(json.dumps({"error": error}))
+    os.rename(tmp, answer)
 
 
 def done(path):

@@ -11,17 +11,23 @@ The policy sorts every unplanned exit into one of three kinds:
   port in use, import error). More than ``max_restarts`` of these within
   ``restart_window`` make the slot FATAL, with the reason in ``error``; only
   an operator starts it again. Nothing else makes a slot FATAL.
-- **died young**: killed by a signal (or stopped for its memory) before it
-  had reported or right after. Restarted with the backoff; more than
-  ``max_restarts`` within ``restart_window`` throttle the slot: it waits
-  ``throttle_time`` (Postfix's 60 s) and is tried again, for ever.
-- **died**: it ran and then died (killed, crashed, hung). Restarted after the
-  capped exponential backoff, for ever; never FATAL.
+- **died young**: crashed by a signal of its own (SIGSEGV, SIGABRT, ...)
+  before its first report, or stopped by the supervisor before it (silent
+  at boot) or right after it (over ``max_rss`` while young). Restarted with
+  the backoff; more than ``max_restarts`` within ``restart_window`` throttle
+  the slot: it waits ``throttle_time`` (Postfix's 60 s) and is tried again,
+  for ever.
+- **died**: it ran and then died (killed, crashed, hung), or something killed
+  it from outside (SIGKILL, SIGTERM: the OOM killer, an operator) at any
+  time. Restarted after the capped exponential backoff, for ever; never
+  FATAL, never throttled: a burst of kills delays it by ``backoff_cap`` at
+  most.
 """
 
 import collections
 import dataclasses
 import os
+import signal
 
 from dropr import backoff
 from dropr.supervisor.states import ALIVE, WAITING, State
@@ -127,6 +133,11 @@ class Slot:
         self.kill_at, self.then, self.error = None, None, ""
         self.throttled_until = self.throttled_until_wall = 0.0
 
+    def not_forked(self, error, now, policy):
+        """fork() failed (EAGAIN, ENOMEM): no process; try again after the backoff."""
+        self.last_exit = f"not started: {error}"
+        self._back_off(now, policy, State.BACKOFF)
+
     def heard(self, report, now, now_wall):
         """A heartbeat report from the slot's process arrived."""
         self.last_seen, self.last_report_wall = now, now_wall
@@ -179,10 +190,10 @@ class Slot:
             self.state, self.restart_at = State.EXITED, now
         elif cannot_boot(code, ran) and then is None:
             self._boot_failed(now, policy)
-        elif not ran or then == THEN_FAIL_YOUNG:
+        elif died_young(code, ran, then):
             self._died_young(now, policy, now_wall)
         else:
-            self._back_off(now, policy, State.EXITED)
+            self._back_off(now, policy, State.EXITED if ran else State.BACKOFF)
         return True
 
     def _boot_failed(self, now, policy):
@@ -224,6 +235,24 @@ def cannot_boot(code, ran):
     if code is None or code < 0:
         return False
     return code == EXIT_BOOT_FAILED or (not ran and code not in (0, EXIT_RECYCLE))
+
+
+#: Signals that come from outside (the OOM killer, an operator, a deploy):
+#: they say nothing about the worker.
+KILLED_FROM_OUTSIDE = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT,
+                                 signal.SIGQUIT, signal.SIGHUP})
+
+
+def died_young(code, ran, then):
+    """Did the worker die of itself right after boot? (Any unplanned exit but
+    a boot failure, a kill from outside and a death after running.)"""
+    if then == THEN_FAIL_YOUNG:
+        return True
+    if ran:
+        return False
+    if then == THEN_FAIL:  # killed by us, silent since it was forked
+        return True
+    return code is not None and code < 0 and -code not in KILLED_FROM_OUTSIDE
 
 
 def _count(times, now, policy):

@@ -23,6 +23,13 @@ class _ReportingArbiter(GunicornArbiter):
         self.dropr_worker = worker
         super().__init__(app)
 
+    def init_signals(self):
+        # A stop asked for before gunicorn had its handlers (the worker's own
+        # caught it) is passed on to gunicorn's, or it would be lost.
+        super().init_signals()
+        if self.dropr_worker.stopping:
+            os.kill(os.getpid(), self.dropr_worker.stop_signal)
+
     def manage_workers(self):
         # Called once before gunicorn's loop and then on every cycle.
         super().manage_workers()
@@ -43,6 +50,7 @@ class ReceiverWorker(Worker):
         super().__init__(config, **kwargs)
         self.app = None
         self.booted = False
+        self.stop_signal = signal.SIGTERM
 
     def open(self):
         """Build the gunicorn application (config checked, nothing bound yet)."""
@@ -59,12 +67,18 @@ class ReceiverWorker(Worker):
         if os.getppid() != self.ppid:
             os.kill(os.getpid(), signal.SIGINT)  # gunicorn's quick shutdown
 
+    def _handle_stop(self, signum, frame):
+        # Until gunicorn takes over the signals: remember which stop was asked.
+        self.stopping, self.stop_signal = True, signum
+
     def tick(self):
         """Not used: gunicorn's loop drives this worker (see run())."""
         raise NotImplementedError("the receiver worker runs gunicorn's loop")
 
     def run(self):
         """Run gunicorn's arbiter until it halts; returns the exit code."""
+        if self.stopping:
+            return EXIT_OK  # told to stop while booting: nothing to serve yet
         try:
             _ReportingArbiter(self.app, self).run()
             code = EXIT_OK

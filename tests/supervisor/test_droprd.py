@@ -312,3 +312,4 @@ def test_foreground_logs_titled_lines_to_stderr_and_stops_on_sigint(make_tree):
     assert f"dropr: supervisor[{proc.pid}] INFO" in err
     assert f"spawned sender-1 (pid {workers['sender-1']['pid']})" in err
     assert not tree.leftovers() and not tree.config.supervisor.pidfile.exists()
+

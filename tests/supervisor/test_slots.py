@@ -86,6 +86,15 @@ def test_only_an_own_exit_status_before_the_first_report_means_cannot_boot():
     assert not slots.cannot_boot(None, ran=False)  # vanished
 
 
+def test_which_deaths_count_as_dying_young():
+    assert slots.died_young(-int(signal.SIGSEGV), ran=False, then=None)
+    assert not slots.died_young(-int(signal.SIGSEGV), ran=True, then=None)
+    assert not slots.died_young(-int(signal.SIGKILL), ran=False, then=None)
+    assert slots.died_young(-int(signal.SIGKILL), ran=False, then=THEN_FAIL)  # silent at boot
+    assert not slots.died_young(-int(signal.SIGKILL), ran=True, then=THEN_FAIL)  # hung later
+    assert slots.died_young(0, ran=True, then=THEN_FAIL_YOUNG)  # over max_rss while young
+
+
 def test_worker_that_ran_and_died_is_restarted_for_ever_and_never_fatal():
     slot, now = running_slot(), 0.0
     for _ in range(1000):  # a SIGKILL every 0.5 s for over 8 minutes
@@ -134,14 +143,24 @@ def test_a_first_report_forgets_earlier_boot_failures():
     assert slot.state is not State.FATAL
 
 
-def test_killed_again_and_again_before_its_first_report_is_throttled_then_tried_again():
+def test_killed_from_outside_at_boot_again_and_again_is_never_throttled_nor_fatal():
+    slot, now = started_slot(), 0.0
+    for sig in [signal.SIGKILL, signal.SIGTERM] * 50:
+        slot.exited(killed_status(sig), now, POLICY, 5000.0 + now)
+        assert slot.state is State.BACKOFF and not slot.throttled_until
+        assert slot.restart_at - now <= POLICY.backoff_cap
+        now = slot.restart_at
+        slot.spawned(100, now, 5000.0 + now, 0)
+
+
+def test_crashing_again_and_again_before_its_first_report_is_throttled_then_tried_again():
     slot, now = started_slot(), 0.0
     for _ in range(POLICY.max_restarts):
-        slot.exited(killed_status(signal.SIGKILL), now, POLICY, 5000.0 + now)
+        slot.exited(killed_status(signal.SIGSEGV), now, POLICY, 5000.0 + now)
         assert slot.state is State.BACKOFF and not slot.throttled_until
         now = slot.restart_at
         slot.spawned(100, now, 5000.0 + now, 0)
-    slot.exited(killed_status(signal.SIGKILL), now, POLICY, 5000.0 + now)
+    slot.exited(killed_status(signal.SIGSEGV), now, POLICY, 5000.0 + now)
     assert slot.state is State.BACKOFF  # never FATAL
     assert slot.throttled_until == slot.restart_at == now + POLICY.throttle_time
     assert slot.throttled_until_wall == 5000.0 + now + POLICY.throttle_time
@@ -152,7 +171,7 @@ def test_killed_again_and_again_before_its_first_report_is_throttled_then_tried_
     slot.spawned(100, now, 5000.0 + now, 0)
     assert slot.throttled_until == 0.0 and slot.error == ""
     # A fresh round: the next deaths back off again before the next throttle.
-    slot.exited(killed_status(signal.SIGKILL), now, POLICY, 5000.0 + now)
+    slot.exited(killed_status(signal.SIGABRT), now, POLICY, 5000.0 + now)
     assert slot.state is State.BACKOFF and not slot.throttled_until
 
 
@@ -263,3 +282,14 @@ def test_reconcile_adds_missing_and_hands_back_running_surplus():
     surplus[0].stopping(THEN_REMOVE, 5.0)
     slots.reconcile(current, config_mod.WorkersConfig(sender=2))  # wanted again meanwhile
     assert current["sender-2"].then == THEN_RESTART and "reaper" in current
+
+
+def test_failed_fork_waits_for_the_backoff_and_never_turns_fatal():
+    slot, now = Slot("sender", 1, "sender-1"), 0.0
+    for n in range(20):
+        slot.not_forked(BlockingIOError(11, "Resource temporarily unavailable"), now, POLICY)
+        assert slot.state is State.BACKOFF and not slot.alive and slot.pid is None
+        assert slot.last_exit == "not started: [Errno 11] Resource temporarily unavailable"
+        assert not slot.due(now) and slot.due(slot.restart_at)
+        now = slot.restart_at
+    assert slot.restart_at - now <= POLICY.backoff_cap and slot.lives == 0
