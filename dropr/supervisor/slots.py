@@ -110,6 +110,7 @@ class Slot:
     error: str = ""
     failed: bool = False
     reason: str = ""
+    boot_error: str = ""
     throttled_until: float = 0.0
     throttled_until_wall: float = 0.0
     failures: collections.deque = dataclasses.field(default_factory=collections.deque)
@@ -130,7 +131,7 @@ class Slot:
         self.started_wall, self.last_report_wall = now_wall, 0.0
         self.handled_before += self.handled
         self.handled, self.max_messages = 0, max_messages
-        self.kill_at, self.then, self.error = None, None, ""
+        self.kill_at, self.then, self.error, self.boot_error = None, None, "", ""
         self.throttled_until = self.throttled_until_wall = 0.0
 
     def not_forked(self, error, now, policy):
@@ -139,7 +140,11 @@ class Slot:
         self._back_off(now, policy, State.BACKOFF)
 
     def heard(self, report, now, now_wall):
-        """A heartbeat report from the slot's process arrived."""
+        """A heartbeat report from the slot's process arrived (or, with
+        ``error``, its last word: why it cannot boot)."""
+        if report.get("error"):
+            self.boot_error = str(report["error"])
+            return
         self.last_seen, self.last_report_wall = now, now_wall
         self.handled = int(report.get("handled", self.handled))
         if self.state is State.STARTING:
@@ -197,11 +202,13 @@ class Slot:
         return True
 
     def _boot_failed(self, now, policy):
-        """Cannot boot: counts toward FATAL."""
-        if _count(self.failures, now, policy) > policy.max_restarts:
+        """Cannot boot: counts toward FATAL; ``error`` says why."""
+        count = _count(self.failures, now, policy)
+        why = f"{self.boot_error}; " if self.boot_error else ""
+        self.error = (f"cannot boot: {why}exited {count} times within "
+                      f"{policy.restart_window:g}s before its first report ({self.last_exit})")
+        if count > policy.max_restarts:
             self.failed, self.state = True, State.FATAL
-            self.error = (f"cannot boot: exited {len(self.failures)} times within "
-                          f"{policy.restart_window:g}s before its first report ({self.last_exit})")
             return
         self._back_off(now, policy, State.BACKOFF)
 

@@ -9,6 +9,7 @@ workers (gunicorn recycles them after ``max_messages_per_life`` requests).
 Signals go to gunicorn unchanged: SIGTERM is its graceful stop.
 """
 
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,17 @@ from dropr.workers.base import EXIT_BOOT_FAILED, EXIT_OK, Worker
 MiB = 1 << 20
 #: gunicorn halts with these when an HTTP worker cannot boot or load the app.
 GUNICORN_BOOT_ERRORS = (GunicornArbiter.WORKER_BOOT_ERROR, GunicornArbiter.APP_LOAD_ERROR)
+
+
+class _LastError(logging.Handler):
+    """Remembers gunicorn's last error line: why it could not start."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.text = ""
+
+    def emit(self, record):
+        self.text = record.getMessage()
 
 
 class _ReportingArbiter(GunicornArbiter):
@@ -130,6 +142,8 @@ class ReceiverWorker(Worker):
         """Run gunicorn's arbiter until it halts; returns the exit code."""
         if self.stopping:
             return EXIT_OK  # told to stop while booting: nothing to serve yet
+        last_error = _LastError()
+        logging.getLogger("gunicorn.error").addHandler(last_error)
         try:
             _ReportingArbiter(self.app, self).run()
             code = EXIT_OK
@@ -142,6 +156,8 @@ class ReceiverWorker(Worker):
             self.report(force=True)
         if code != EXIT_OK:
             booted = self.booted and code not in GUNICORN_BOOT_ERRORS
+            if not booted:
+                self.report_boot_error(last_error.text or f"gunicorn stopped with exit {code}")
             code = 1 if booted else EXIT_BOOT_FAILED
         sys.stderr.flush()
         return code

@@ -188,6 +188,8 @@ def test_worker_crashing_at_start_turns_fatal_while_the_rest_deliver(make_tree):
     tree.start(wait=False)
     fatal = tree.wait_state("reaper", "fatal")
     assert fatal["restarts"] == 2 and "exit 3" in fatal["error"]
+    assert "test_crash = 'reaper': failing at start on purpose" in fatal["error"]
+    assert "reaper: cannot boot: [supervisor] test_crash" in tree.run("status").stdout
     ids = put(tree, 30)
     wait_delivered(tree, ids)
     harness.wait_for(lambda: all(w["state"] == "running" for n, w in tree.workers().items()

@@ -4,6 +4,7 @@ messages they answer show as the receiver's handled count in status."""
 
 import logging
 import signal
+import socket
 import subprocess
 import sys
 
@@ -77,3 +78,20 @@ def test_receiver_workers_are_recycled_and_their_messages_show_as_handled(make_t
     harness.wait_for(lambda: tree.workers()["receiver"]["handled"] >= 40, 5,
                      what=f"the receiver's handled count\n{tree.workers()['receiver']}")
     assert "Autorestarting worker after current request" in tree.log_tail(200_000)
+
+
+@pytest.mark.process
+def test_receiver_that_cannot_bind_turns_fatal_with_gunicorns_reason(make_tree):
+    port = harness.free_port()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", port))
+    taken.listen(1)
+    try:
+        tree = make_tree({"workers": {"receiver": 1, "sender": 0, "retry_scanner": 0,
+                                      "reaper": 0}, "supervisor": {"max_restarts": 0}},
+                         port=port)
+        tree.start(wait=False)
+        entry = tree.wait_state("receiver", "fatal", timeout=30)
+        assert entry["error"].startswith(f"cannot boot: Can't connect to ('127.0.0.1', {port})")
+    finally:
+        taken.close()

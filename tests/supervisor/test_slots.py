@@ -125,10 +125,13 @@ def test_cannot_boot_turns_fatal_with_its_reason():
         assert slot.state is State.BACKOFF
         now = slot.restart_at
         slot.spawned(100, now, 1000.0 + now, 0)
+    slot.heard({"error": "[receiver] bind 127.0.0.1:80: address in use"}, now, 1000.0 + now)
+    assert slot.state is State.STARTING  # a last word, not a heartbeat
     slot.exited(exit_status(EXIT_BOOT_FAILED), now, POLICY)
     assert slot.state is State.FATAL
-    assert slot.error == (f"cannot boot: exited {POLICY.max_restarts + 1} times within 60s "
-                          "before its first report (exit 3)")
+    assert slot.error == ("cannot boot: [receiver] bind 127.0.0.1:80: address in use; exited "
+                          f"{POLICY.max_restarts + 1} times within 60s before its first report "
+                          "(exit 3)")
 
 
 def test_a_first_report_forgets_earlier_boot_failures():
