@@ -161,8 +161,9 @@ class Arbiter:
         """SIGUSR1: act on the waiting restart requests."""
         for path, request in control.take_requests(self.pidfile.path):
             if self.stopping:
-                control.refuse(path, "droprd is stopping")
-            elif request.get("action") == control.RESTART:
+                control.done(path, "droprd is stopping")
+                continue
+            if request.get("action") == control.RESTART:
                 self.restart(request.get("names") or [])
             control.done(path)
 

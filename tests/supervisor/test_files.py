@@ -51,9 +51,12 @@ def test_restart_requests_are_taken_in_order_and_bad_ones_dropped(tmp_path):
     taken = control.take_requests(pidfile)
     assert [p.name for p, _ in taken] == ["1-1.json", "4-1.json"]
     assert taken[0][1]["names"] == ["reaper"]
-    for path, _ in taken:
-        control.done(path)
-    assert sorted(os.listdir(folder)) == [".3-1.json"]
+    control.done(taken[0][0])
+    control.done(taken[1][0], "droprd is stopping")
+    assert sorted(os.listdir(folder)) == [".3-1.json", "1-1.answer", "2-1.answer", "4-1.answer"]
+    assert json.loads((folder / "1-1.answer").read_text()) == {"ok": True, "error": ""}
+    assert json.loads((folder / "4-1.answer").read_text())["error"] == "droprd is stopping"
+    assert control.take_requests(pidfile) == []  # answers are no requests
 
 
 def test_status_file_is_replaced_whole(tmp_path):
