@@ -149,7 +149,6 @@ class Slot:
         self.handled = int(report.get("handled", self.handled))
         if self.state is State.STARTING:
             self.state = State.RUNNING
-            self.failures.clear()  # it booted: earlier boot failures no longer count
 
     def stopping(self, then, deadline, reason=""):
         """The process was sent SIGTERM; ``then`` says what follows its exit."""
@@ -165,9 +164,12 @@ class Slot:
         return self.state in WAITING and now >= self.restart_at
 
     def settle(self, now, policy):
-        """Forget past failures once the process has stayed up long enough."""
+        """Forget past failures once the process has stayed up long enough
+        (a first report is not enough: the receiver reports before its HTTP
+        workers have loaded the app, and they may not)."""
         if self.state is State.RUNNING and now - self.started >= policy.backoff_reset:
             self.streak = 0
+            self.failures.clear()
 
     def revive(self, now):
         """An operator asked for a restart: forget the failures, start at once."""

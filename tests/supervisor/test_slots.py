@@ -134,16 +134,34 @@ def test_cannot_boot_turns_fatal_with_its_reason():
                           "(exit 3)")
 
 
-def test_a_first_report_forgets_earlier_boot_failures():
+def test_staying_up_forgets_earlier_boot_failures():
     slot, now = started_slot(), 0.0
     for _ in range(20):
-        for _ in range(POLICY.max_restarts):  # fails at boot, then boots once
+        for _ in range(POLICY.max_restarts):  # fails at boot, then boots and stays up
             slot.exited(exit_status(EXIT_BOOT_FAILED), now, POLICY)
             now = slot.restart_at
             slot.spawned(100, now, 1000.0 + now, 0)
         slot.heard({}, now, 1000.0 + now)
+        now += POLICY.backoff_reset
+        slot.settle(now, POLICY)
         assert slot.state is State.RUNNING
+        slot.exited(killed_status(signal.SIGKILL), now, POLICY)
+        now = slot.restart_at
+        slot.spawned(100, now, 1000.0 + now, 0)
     assert slot.state is not State.FATAL
+
+
+def test_boot_failure_said_after_a_first_report_still_turns_fatal():
+    # The receiver reports once gunicorn listens; gunicorn halts (exit 3) when
+    # its HTTP workers cannot load the app.
+    slot, now = started_slot(), 0.0
+    for _ in range(POLICY.max_restarts + 1):
+        slot.heard({}, now + 0.5, 1000.0 + now)
+        slot.exited(exit_status(EXIT_BOOT_FAILED), now + 1.0, POLICY)
+        now = slot.restart_at
+        if slot.state is not State.FATAL:
+            slot.spawned(100, now, 1000.0 + now, 0)
+    assert slot.state is State.FATAL
 
 
 def test_killed_from_outside_at_boot_again_and_again_is_never_throttled_nor_fatal():
