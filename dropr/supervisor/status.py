@@ -72,6 +72,8 @@ def add_live(document, *, sample=0.1, now=None):
     procs = {}
     for entry in document.get("workers", []):
         entry.update(rss=None, cpu=None)
+        if not entry.get("pid"):
+            continue  # psutil.Process(None) would be this very process
         with contextlib.suppress(psutil.Error, TypeError, ValueError):
             proc = psutil.Process(entry["pid"])
             proc.cpu_percent(None)

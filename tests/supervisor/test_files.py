@@ -94,6 +94,7 @@ def test_status_table_shows_live_figures(tmp_path):
     assert lines[1].split() == ["WORKER", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%",
                                 "HANDLED", "HEARTBEAT", "LAST", "EXIT"]
     assert lines[2].split()[:3] == ["sender-1", "-", "stopped"]
+    assert document["workers"][0]["rss"] is None  # no process, no figures
     assert lines[3].split()[:4] == ["reaper", str(os.getpid()), "running", "16m40s"]
     assert lines[4].split()[2:5] == ["backoff", "-", "6"] and lines[4].endswith("signal 9")
     assert "sender-1: exited 6 times" in text and text.endswith("spool: queue 5  active 0")
