@@ -207,8 +207,8 @@ class Slot:
         """Cannot boot: counts toward FATAL; ``error`` says why."""
         count = _count(self.failures, now, policy)
         why = f"{self.boot_error}; " if self.boot_error else ""
-        self.error = (f"cannot boot: {why}exited {count} times within "
-                      f"{policy.restart_window:g}s before its first report ({self.last_exit})")
+        self.error = (f"cannot boot: {why}failed to boot {count} times within "
+                      f"{policy.restart_window:g}s ({self.last_exit})")
         if count > policy.max_restarts:
             self.failed, self.state = True, State.FATAL
             return

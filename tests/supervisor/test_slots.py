@@ -129,9 +129,8 @@ def test_cannot_boot_turns_fatal_with_its_reason():
     assert slot.state is State.STARTING  # a last word, not a heartbeat
     slot.exited(exit_status(EXIT_BOOT_FAILED), now, POLICY)
     assert slot.state is State.FATAL
-    assert slot.error == ("cannot boot: [receiver] bind 127.0.0.1:80: address in use; exited "
-                          f"{POLICY.max_restarts + 1} times within 60s before its first report "
-                          "(exit 3)")
+    assert slot.error == ("cannot boot: [receiver] bind 127.0.0.1:80: address in use; failed "
+                          f"to boot {POLICY.max_restarts + 1} times within 60s (exit 3)")
 
 
 def test_staying_up_forgets_earlier_boot_failures():
