@@ -216,6 +216,7 @@ class SupervisorConfig:
     backoff_reset: float = key(30.0, 0.0, 86400.0)
     max_restarts: int = key(5, 0)
     restart_window: float = key(60.0, 0.0)
+    throttle_time: float = key(60.0, 0.0, 86400.0)
     heartbeat_timeout: float = key(30.0, 0.1, 86400.0)
     kill_timeout: float = key(5.0, 0.0, 3600.0)
     stop_timeout: float = key(10.0, 0.0, 3600.0)
@@ -301,6 +302,8 @@ def load(path=None):
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start}: {e.reason})") from None
     return from_dict(data, path=path)
 
 

@@ -13,6 +13,7 @@ sending new channels, paths or methods.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -272,3 +273,31 @@ def _folder_pid(name):
         return None
     pid = name[len(FOLDER_PREFIX):].partition("-")[0]
     return int(pid) if pid.isdigit() else None
+
+
+#: The counters whose sum is the receiver's "handled" in ``droprd status``.
+HANDLED = tuple(PREFIX + name for name in ("messages_stored", "duplicates", "messages_rejected"))
+
+
+def counter_files():
+    """In the gunicorn master: ``(pid, path)`` of this run's counter files."""
+    folder = os.environ.get(ENV_VAR)
+    if not folder:
+        return []
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
+        return [(int(e.name[8:-3]), e.path) for e in it
+                if e.name.startswith("counter_") and e.name[8:-3].isdigit()]
+    return []
+
+
+def handled_in(path):
+    """The messages answered (stored, duplicate, rejected) as counted in one
+    worker's counter file."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    try:
+        values = MmapedDict.read_all_values_from_file(path)
+        return int(sum(value for key, value, _, _ in values
+                       if json.loads(key)[0] in HANDLED))
+    except (FileNotFoundError, RuntimeError):
+        return 0

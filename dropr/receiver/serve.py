@@ -41,6 +41,11 @@ def settings(config):
         "threads": THREADS,
         "keepalive": KEEPALIVE,
         "timeout": max(1, math.ceil(rc.timeout)),
+        # Recycled as droprd recycles its workers: after max_messages_per_life
+        # requests, spread by up to recycle_jitter of it (0: never).
+        "max_requests": config.supervisor.max_messages_per_life,
+        "max_requests_jitter": round(config.supervisor.max_messages_per_life
+                                     * config.supervisor.recycle_jitter),
         "graceful_timeout": graceful,
         "preload_app": False,  # each worker builds its own app (and id generator)
         "accesslog": None,

@@ -134,6 +134,9 @@ class Arbiter:
         for name in self.SIGNALS:
             signal.signal(getattr(signal, f"SIG{name}"), self._record)
 
+    def _stop_signals(self):
+        return {getattr(signal, f"SIG{name}") for name in self.SIGNALS}
+
     def _record(self, signum, frame):
         self._signals.put_nowait(signum)
 
@@ -157,7 +160,10 @@ class Arbiter:
     def handle_usr1(self):
         """SIGUSR1: act on the waiting restart requests."""
         for path, request in control.take_requests(self.pidfile.path):
-            if request.get("action") == control.RESTART and not self.stopping:
+            if self.stopping:
+                control.done(path, "droprd is stopping")
+                continue
+            if request.get("action") == control.RESTART:
                 self.restart(request.get("names") or [])
             control.done(path)
 
@@ -169,7 +175,7 @@ class Arbiter:
         self.generation += 1
         try:
             new = reload.load(self.config)
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:  # whatever the file holds, the tree goes on
             log.error("reload refused, keeping the running config: %s", e)
             self.reload_result = {"ok": False, "error": str(e), "time": self._wall()}
             return
@@ -179,6 +185,9 @@ class Arbiter:
         if reload.workers_affected(old, new):
             log.info("worker settings changed: replacing every worker")
             self.restart([])
+        elif reload.receiver_affected(old, new) and "receiver" in self.slots:
+            log.info("receiver settings changed: replacing the receiver")
+            self.restart(["receiver"])
         log.info("reloaded %s (generation %d)", new.path, self.generation)
         self.reload_result = {"ok": True, "error": "", "time": self._wall()}
 
@@ -195,20 +204,32 @@ class Arbiter:
             return
         worker = cls(self.config, number=slot.number, ppid=os.getpid(),
                      max_messages=self._budget())
-        pid = os.fork()
+        # Signals wait, blocked, until the child has shed our handlers: one
+        # arriving in between would be taken by our handler and lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._stop_signals())
+        try:
+            pid = os.fork()
+        except OSError as e:  # EAGAIN, ENOMEM: often gone by the next try
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            slot.not_forked(e, self._clock(), self.config.supervisor)
+            log.error("%s: cannot fork (%s); trying again in %.1fs", slot.label, e,
+                      slot.restart_at - self._clock())
+            return
         if pid == 0:
-            self._become(worker)
+            self._become(worker, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         slot.spawned(pid, self._clock(), self._wall(), worker.max_messages)
         self.health.watch(pid)
         log.info("spawned %s (pid %d)", slot.label, pid)
 
-    def _become(self, worker):
+    def _become(self, worker, mask):
         """In the child: shed the supervisor's signals and descriptors, then run."""
         code = EXIT_BOOT_FAILED
         try:
             signal.set_wakeup_fd(-1)
             for name in self.SIGNALS:
                 signal.signal(getattr(signal, f"SIG{name}"), signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a waiting SIGTERM ends it here
             for fd in (*self._pipe, self.pidfile.fd):
                 if fd is not None:
                     os.close(fd)
@@ -251,7 +272,7 @@ class Arbiter:
     def _exited(self, slot, wait_status):
         self.health.forget(slot.pid)
         pid = slot.pid
-        keep = slot.exited(wait_status, self._clock(), self.config.supervisor)
+        keep = slot.exited(wait_status, self._clock(), self.config.supervisor, self._wall())
         level = logging.WARNING if slot.failed else logging.INFO
         log.log(level, "%s (pid %d) %s: now %s%s", slot.label, pid, slot.last_exit,
                 "removed" if not keep else slot.state, f" ({slot.error})" if slot.error else "")

@@ -10,8 +10,12 @@ into the requests folder beside the pidfile (``droprd.pid`` ->
 ``droprd.requests/``), by a rename so the supervisor never reads half a file,
 and then sends SIGUSR1. On SIGUSR1 the supervisor takes every file in that
 folder, so several requests arriving together are all honoured even though
-their signals merge into one. It removes each file once it has acted on it,
-which is how the command knows it was done.
+their signals merge into one. Once it has acted on a request, it leaves an
+answer beside it (``<name>.answer``: ``{"ok": true}``, or ``{"ok": false,
+"error": ...}`` for a request it refused because it is stopping) and then
+removes the request, which is how the command knows it was done. A request
+that vanished without an answer was not acted on: the supervisor stopped
+first.
 """
 
 import contextlib
@@ -45,6 +49,21 @@ def send_request(pidfile, pid, payload, *, timeout=10.0):
             raise DroprError(f"the supervisor (pid {pid}) did not take the request "
                              f"within {timeout:g}s; see its log")
         time.sleep(0.02)
+    answer = _answer_path(folder / name)
+    try:
+        said = json.loads(answer.read_text())
+    except (FileNotFoundError, ValueError):
+        raise DroprError(f"the supervisor (pid {pid}) stopped before it acted on the "
+                         "request") from None
+    with contextlib.suppress(FileNotFoundError):
+        answer.unlink()
+    if not said.get("ok"):
+        raise DroprError(f"the supervisor (pid {pid}) refused the request: "
+                         f"{said.get('error') or 'no reason given'}")
+
+
+def _answer_path(path):
+    return path.with_suffix(".answer")
 
 
 def take_requests(pidfile):
@@ -52,7 +71,8 @@ def take_requests(pidfile):
     first; call :func:`done` on each once acted on. Unreadable ones are removed."""
     folder = requests_dir(pidfile)
     try:
-        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        names = sorted(n for n in os.listdir(folder)
+                       if not n.startswith(".") and n.endswith(".json"))
     except FileNotFoundError:
         return []
     out = []
@@ -63,13 +83,18 @@ def take_requests(pidfile):
         except FileNotFoundError:
             continue
         except (ValueError, UnicodeDecodeError):
-            done(path)
+            done(path, "not a JSON request")
             continue
         out.append((path, payload))
     return out
 
 
-def done(path):
-    """In the supervisor: mark one request as handled."""
+def done(path, error=""):
+    """In the supervisor: answer one request (refused if ``error``) and remove it."""
+    answer = _answer_path(path)
+    tmp = answer.with_name(f".{answer.name}")
+    with contextlib.suppress(OSError):  # the command then says it was not acted on
+        tmp.write_text(json.dumps({"ok": not error, "error": error}))
+        os.rename(tmp, answer)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

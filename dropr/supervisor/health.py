@@ -11,7 +11,7 @@ import dataclasses
 
 import psutil
 
-from dropr.supervisor.slots import THEN_FAIL, THEN_RESTART
+from dropr.supervisor.slots import THEN_FAIL, THEN_FAIL_YOUNG, THEN_RESTART
 from dropr.supervisor.states import State
 
 MiB = 1 << 20
@@ -63,8 +63,9 @@ class Health:
         """The :class:`Verdict` on a living ``slot``, or None if it is healthy.
 
         Over ``max_rss`` is a planned recycle when the worker had been up
-        ``backoff_reset`` s, and a failure right after a start, so that a limit
-        below a fresh worker's size ends in FATAL and not in a fork storm."""
+        ``backoff_reset`` s, and a death right after boot otherwise, so that a
+        limit below a fresh worker's size ends in a throttle (see
+        :mod:`dropr.supervisor.slots`) and not in a fork storm."""
         rss = self.rss(slot.pid)
         if rss is None:
             return GONE
@@ -72,7 +73,7 @@ class Health:
             return None
         if policy.max_rss and rss > policy.max_rss * MiB:
             young = now - slot.started < policy.backoff_reset
-            return Verdict(then=THEN_FAIL if young else THEN_RESTART,
+            return Verdict(then=THEN_FAIL_YOUNG if young else THEN_RESTART,
                            why=f"RSS {rss / MiB:.0f} MiB over max_rss {policy.max_rss}")
         if now - slot.last_seen > silence_limit:
             return Verdict(then=THEN_FAIL, why=f"silent for {now - slot.last_seen:.1f}s")

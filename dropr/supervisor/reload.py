@@ -5,7 +5,8 @@ and the running tree keeps its config. The keys that name the running
 instance (the spool, whose path keys the SysV queues, and droprd's own
 files) cannot change without a stop and start. Changed worker counts are
 applied without touching the other workers; a change to any section the
-workers read replaces every worker, gracefully.
+workers read replaces every worker, gracefully; a change to a [supervisor]
+key that the receiver's gunicorn was started with replaces the receiver.
 """
 
 from dropr import config as config_mod
@@ -16,6 +17,9 @@ FIXED = (("client", "spool"), ("supervisor", "pidfile"), ("supervisor", "status_
          ("supervisor", "log_file"))
 # Sections every worker reads ([store]: the receiver's backend).
 WORKER_SECTIONS = ("client", "sender", "retry", "reaper", "receiver", "store")
+# [supervisor] keys the receiver hands to its gunicorn when it starts.
+RECEIVER_KEYS = ("stop_timeout", "log_level", "max_rss", "max_messages_per_life",
+                 "recycle_jitter", "backoff_reset")
 
 
 def load(current):
@@ -33,3 +37,8 @@ def workers_affected(old, new):
     """Does the change from ``old`` to ``new`` touch what the workers read?"""
     return dict(old.peers) != dict(new.peers) or any(
         getattr(old, s) != getattr(new, s) for s in WORKER_SECTIONS)
+
+
+def receiver_affected(old, new):
+    """Does the change touch a [supervisor] key the receiver's gunicorn reads?"""
+    return any(getattr(old.supervisor, k) != getattr(new.supervisor, k) for k in RECEIVER_KEYS)

@@ -6,10 +6,12 @@ status file with these names. The words and their meaning follow supervisord:
     STOPPED   not running: not started yet, or stopped on request
     STARTING  forked; has not reported since it booted
     RUNNING   has reported since it booted
-    BACKOFF   exited before it ever reported; waits for its restart delay
+    BACKOFF   exited before it ever reported, or right after; waits for its
+              restart delay (or, when throttled, until ``throttled_until``)
     STOPPING  asked to stop (SIGTERM); SIGKILL follows after a deadline
     EXITED    exited after it had been running; waits for its restart delay
-    FATAL     failed too often in a row; not restarted until an operator says so
+    FATAL     cannot boot (failed at start too often within a window); not
+              restarted until an operator says so
 """
 
 import enum

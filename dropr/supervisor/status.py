@@ -3,7 +3,8 @@
 The supervisor writes ``[supervisor] status_file`` each tick, atomically (a
 temporary file renamed over the old one), as JSON: its own pid, config and
 spool, the reload generation and outcome, and one entry per worker (label,
-kind, pid, state, start time, restarts, messages handled, last heartbeat).
+kind, pid, state, start time, restarts, messages handled, last heartbeat,
+last exit, error, and until when it is throttled).
 ``droprd status`` reads it and adds what only a live look can tell: each
 worker's RSS and CPU share (psutil) and the messages in each spool directory.
 """
@@ -40,7 +41,8 @@ def slot_entry(slot):
         "restarts": slot.restarts, "handled": slot.handled_before + slot.handled,
         "handled_this_life": slot.handled, "max_messages": slot.max_messages,
         "heartbeat": slot.last_report_wall or None, "last_exit": slot.last_exit,
-        "error": slot.error, "note": slot.note,
+        "error": slot.error, "throttled_until": slot.throttled_until_wall or None,
+        "note": slot.note,
     }
 
 
@@ -71,6 +73,8 @@ def add_live(document, *, sample=0.1, now=None):
     procs = {}
     for entry in document.get("workers", []):
         entry.update(rss=None, cpu=None)
+        if not entry.get("pid"):
+            continue  # psutil.Process(None) would be this very process
         with contextlib.suppress(psutil.Error, TypeError, ValueError):
             proc = psutil.Process(entry["pid"])
             proc.cpu_percent(None)
@@ -89,7 +93,8 @@ def add_live(document, *, sample=0.1, now=None):
     return document
 
 
-_COLUMNS = ("WORKER", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "HANDLED", "HEARTBEAT")
+_COLUMNS = ("WORKER", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "HANDLED", "HEARTBEAT",
+            "LAST EXIT")
 
 
 def render(document, counts):
@@ -102,7 +107,10 @@ def render(document, counts):
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     for entry in document.get("workers", []):
-        if entry.get("error"):
+        if entry.get("throttled_until"):
+            until = time.strftime("%H:%M:%S", time.localtime(entry["throttled_until"]))
+            lines.append(f"{entry['name']}: throttled until {until}: {entry.get('error', '')}")
+        elif entry.get("error"):
             lines.append(f"{entry['name']}: {entry['error']}")
         if entry.get("note"):
             lines.append(f"{entry['name']}: {entry['note']}")
@@ -116,7 +124,7 @@ def render(document, counts):
 def _row(e):
     return (e["name"], str(e["pid"] or "-"), e["state"], _age(e.get("uptime")),
             str(e["restarts"]), _size(e.get("rss")), _num(e.get("cpu")), str(e["handled"]),
-            _age(e.get("heartbeat_age")))
+            _age(e.get("heartbeat_age")), e.get("last_exit") or "-")
 
 
 def _age(seconds):

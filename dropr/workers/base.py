@@ -98,8 +98,9 @@ class Worker:
         try:
             self._crash_if_asked()
             self.open()
-        except Exception:
+        except Exception as e:
             log.exception("%s failed to start", self.title)
+            self.report_boot_error(str(e) or type(e).__name__)
             logging.shutdown()
             os._exit(EXIT_BOOT_FAILED)
         if self.report_on_boot:
@@ -143,6 +144,13 @@ class Worker:
             self.close()
             self.report(force=True)
         return code
+
+    def report_boot_error(self, text):
+        """Tell the supervisor why this worker cannot boot (just before it
+        exits with EXIT_BOOT_FAILED); status shows it."""
+        if self.notices is not None:
+            self.notices.report({"pid": os.getpid(), "kind": self.kind, "number": self.number,
+                                 "error": text[:500], "time": time.time()})
 
     def report(self, force=False):
         """Send the heartbeat and counters to the supervisor (at most once a second)."""

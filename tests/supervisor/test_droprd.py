@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 import psutil
 import pytest
@@ -187,6 +188,8 @@ def test_worker_crashing_at_start_turns_fatal_while_the_rest_deliver(make_tree):
     tree.start(wait=False)
     fatal = tree.wait_state("reaper", "fatal")
     assert fatal["restarts"] == 2 and "exit 3" in fatal["error"]
+    assert "test_crash = 'reaper': failing at start on purpose" in fatal["error"]
+    assert "reaper: cannot boot: [supervisor] test_crash" in tree.run("status").stdout
     ids = put(tree, 30)
     wait_delivered(tree, ids)
     harness.wait_for(lambda: all(w["state"] == "running" for n, w in tree.workers().items()
@@ -261,12 +264,21 @@ def test_silent_worker_is_killed_and_replaced(make_tree):
     assert not alive(hung)
 
 
-def test_worker_over_max_rss_is_recycled_and_fresh_ones_too_fat_go_fatal(make_tree):
+def test_fresh_worker_over_max_rss_is_throttled_and_tried_again_never_fatal(make_tree):
     tree = make_tree({"workers": {"sender": 0, "retry_scanner": 0},
-                      "supervisor": {"max_rss": 1, "max_restarts": 1}})
+                      "supervisor": {"max_rss": 1, "max_restarts": 1, "throttle_time": 1.5}})
     tree.start(wait=False)
-    entry = tree.wait_state("reaper", "fatal")
-    assert "max_rss 1" in entry["last_exit"]
+    entry = harness.wait_for(lambda: (w := tree.workers().get("reaper")) and
+                             w["throttled_until"] and w, 15, what="reaper throttled")
+    assert entry["state"] == "backoff" and "max_rss 1" in entry["last_exit"]
+    assert entry["throttled_until"] > time.time() and "throttled for 1.5s" in entry["error"]
+    table = tree.run("status").stdout
+    assert "reaper: throttled until " in table
+    restarts = entry["restarts"]
+    # Tried again after the pause, and again throttled: never abandoned.
+    harness.wait_for(lambda: tree.workers()["reaper"]["restarts"] > restarts + 1, 10,
+                     what="tried again after the throttle")
+    assert tree.workers()["reaper"]["state"] != "fatal"
 
 
 def test_workers_are_recycled_after_their_message_budget(make_tree):
@@ -302,3 +314,4 @@ def test_foreground_logs_titled_lines_to_stderr_and_stops_on_sigint(make_tree):
     assert f"dropr: supervisor[{proc.pid}] INFO" in err
     assert f"spawned sender-1 (pid {workers['sender-1']['pid']})" in err
     assert not tree.leftovers() and not tree.config.supervisor.pidfile.exists()
+

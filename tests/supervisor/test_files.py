@@ -6,6 +6,7 @@ import os
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -13,7 +14,8 @@ from dropr import config as config_mod
 from dropr.errors import AlreadyRunning, ConfigError
 from dropr.supervisor import control, daemon, reload, status
 from dropr.supervisor.health import Health
-from dropr.supervisor.slots import THEN_FAIL, THEN_RESTART, Slot
+from dropr.supervisor.slots import THEN_FAIL, THEN_FAIL_YOUNG, THEN_RESTART, Slot
+from dropr.supervisor.states import State
 from tests import harness
 
 
@@ -49,9 +51,12 @@ def test_restart_requests_are_taken_in_order_and_bad_ones_dropped(tmp_path):
     taken = control.take_requests(pidfile)
     assert [p.name for p, _ in taken] == ["1-1.json", "4-1.json"]
     assert taken[0][1]["names"] == ["reaper"]
-    for path, _ in taken:
-        control.done(path)
-    assert sorted(os.listdir(folder)) == [".3-1.json"]
+    control.done(taken[0][0])
+    control.done(taken[1][0], "droprd is stopping")
+    assert sorted(os.listdir(folder)) == [".3-1.json", "1-1.answer", "2-1.answer", "4-1.answer"]
+    assert json.loads((folder / "1-1.answer").read_text()) == {"ok": True, "error": ""}
+    assert json.loads((folder / "4-1.answer").read_text())["error"] == "droprd is stopping"
+    assert control.take_requests(pidfile) == []  # answers are no requests
 
 
 def test_status_file_is_replaced_whole(tmp_path):
@@ -75,18 +80,27 @@ def test_status_table_shows_live_figures(tmp_path):
     slot.spawned(os.getpid(), 0.0, 1000.0, 0)
     slot.heard({"handled": 3}, 0.0, 1990.0)
     fatal = Slot("sender", 1, "sender-1", error="exited 6 times within 60s (exit 3)")
+    throttled = Slot("sender", 2, "sender-2", state=State.BACKOFF, restarts=6,
+                     last_exit="signal 9", error="throttled for 60s: died 6 times",
+                     throttled_until_wall=time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1)))
     document = {"pid": 7, "started": 1000.0, "config": "/etc/dropr.toml",
-                "workers": [status.slot_entry(fatal), status.slot_entry(slot)]}
+                "workers": [status.slot_entry(fatal), status.slot_entry(slot),
+                            status.slot_entry(throttled)]}
     status.add_live(document, sample=0, now=2000.0)
     reaper = document["workers"][1]
     assert reaper["rss"] > 0 and reaper["uptime"] == 1000.0 and reaper["heartbeat_age"] == 10.0
     text = status.render(document, {"queue": 5, "active": 0})
     lines = text.splitlines()
     assert lines[1].split() == ["WORKER", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%",
-                                "HANDLED", "HEARTBEAT"]
+                                "HANDLED", "HEARTBEAT", "LAST", "EXIT"]
     assert lines[2].split()[:3] == ["sender-1", "-", "stopped"]
+    assert document["workers"][0]["rss"] is None  # no process, no figures
     assert lines[3].split()[:4] == ["reaper", str(os.getpid()), "running", "16m40s"]
+    assert lines[4].split()[2:5] == ["backoff", "-", "6"] and lines[4].endswith("signal 9")
     assert "sender-1: exited 6 times" in text and text.endswith("spool: queue 5  active 0")
+    assert "sender-2: throttled until 03:04:05: throttled for 60s: died 6 times" in text
+    assert document["workers"][2]["throttled_until"] == throttled.throttled_until_wall
+    assert document["workers"][0]["throttled_until"] is None
 
 
 def test_reload_refuses_bad_files_and_keys_that_need_a_restart(tmp_path):
@@ -121,7 +135,7 @@ def test_health_verdicts_on_a_real_process():
         hung = health.judge(slot, 111.0, policy, 10.0)
         assert hung.then == THEN_FAIL and hung.why == "silent for 11.0s"
         fat = config_mod.SupervisorConfig(max_rss=1, backoff_reset=30.0)
-        assert health.judge(slot, 101.0, fat, 10.0).then == THEN_FAIL  # just started
+        assert health.judge(slot, 101.0, fat, 10.0).then == THEN_FAIL_YOUNG  # just started
         assert health.judge(slot, 140.0, fat, 100.0).then == THEN_RESTART
         child.kill()
         child.wait()

@@ -5,12 +5,14 @@ import signal
 
 from dropr import config as config_mod
 from dropr.supervisor import slots
-from dropr.supervisor.slots import THEN_FAIL, THEN_REMOVE, THEN_RESTART, THEN_STOP, Slot
+from dropr.supervisor.slots import (THEN_FAIL, THEN_FAIL_YOUNG, THEN_REMOVE, THEN_RESTART,
+                                   THEN_STOP, Slot)
 from dropr.supervisor.states import State
 from dropr.workers.base import EXIT_BOOT_FAILED, EXIT_RECYCLE
 
 POLICY = config_mod.SupervisorConfig(backoff_base=1.0, backoff_factor=2.0, backoff_cap=5.0,
-                                     backoff_reset=30.0, max_restarts=3, restart_window=60.0)
+                                     backoff_reset=30.0, max_restarts=3, restart_window=60.0,
+                                     throttle_time=60.0)
 
 
 def exit_status(code):
@@ -64,6 +66,148 @@ def test_exit_before_first_report_is_backoff_after_running_is_exited():
     slot = running_slot()
     slot.exited(killed_status(signal.SIGKILL), 0.1, POLICY)
     assert slot.state is State.EXITED and slot.last_exit == "signal 9"
+
+
+def started_slot(now=0.0):
+    """A slot whose process has just been forked and has not reported yet."""
+    slot = Slot("sender", 1, "sender-1")
+    slot.spawned(100, now, 1000.0 + now, 0)
+    return slot
+
+
+def test_only_an_own_exit_status_before_the_first_report_means_cannot_boot():
+    assert slots.cannot_boot(EXIT_BOOT_FAILED, ran=False)
+    assert slots.cannot_boot(EXIT_BOOT_FAILED, ran=True)  # the worker says so itself
+    assert slots.cannot_boot(1, ran=False)
+    assert not slots.cannot_boot(1, ran=True)  # it ran, then crashed
+    assert not slots.cannot_boot(-9, ran=False)  # killed while booting
+    assert not slots.cannot_boot(0, ran=False)
+    assert not slots.cannot_boot(EXIT_RECYCLE, ran=False)
+    assert not slots.cannot_boot(None, ran=False)  # vanished
+
+
+def test_which_deaths_count_as_dying_young():
+    assert slots.died_young(-int(signal.SIGSEGV), ran=False, then=None)
+    assert not slots.died_young(-int(signal.SIGSEGV), ran=True, then=None)
+    assert not slots.died_young(-int(signal.SIGKILL), ran=False, then=None)
+    assert slots.died_young(-int(signal.SIGKILL), ran=False, then=THEN_FAIL)  # silent at boot
+    assert not slots.died_young(-int(signal.SIGKILL), ran=True, then=THEN_FAIL)  # hung later
+    assert slots.died_young(0, ran=True, then=THEN_FAIL_YOUNG)  # over max_rss while young
+
+
+def test_worker_that_ran_and_died_is_restarted_for_ever_and_never_fatal():
+    slot, now = running_slot(), 0.0
+    for _ in range(1000):  # a SIGKILL every 0.5 s for over 8 minutes
+        now += 0.5
+        assert slot.exited(killed_status(signal.SIGKILL), now, POLICY)
+        assert slot.state is State.EXITED and not slot.error
+        assert slot.restart_at - now <= POLICY.backoff_cap
+        now = max(now, slot.restart_at)
+        slot.spawned(100, now, 1000.0 + now, 0)
+        slot.heard({}, now + 0.1, 1000.1 + now)
+    assert slot.restarts == 1000 and slot.throttled_until == 0.0
+
+
+def test_crash_after_running_is_never_fatal_even_with_an_exit_status():
+    slot, now = running_slot(), 0.0
+    for _ in range(50):
+        slot.exited(exit_status(1), now, POLICY)
+        assert slot.state is State.EXITED
+        now = slot.restart_at
+        slot.spawned(100, now, 1000.0 + now, 0)
+        slot.heard({}, now, 1000.0 + now)
+
+
+def test_cannot_boot_turns_fatal_with_its_reason():
+    slot, now = started_slot(), 0.0
+    for _ in range(POLICY.max_restarts):
+        slot.exited(exit_status(EXIT_BOOT_FAILED), now, POLICY)
+        assert slot.state is State.BACKOFF
+        now = slot.restart_at
+        slot.spawned(100, now, 1000.0 + now, 0)
+    slot.heard({"error": "[receiver] bind 127.0.0.1:80: address in use"}, now, 1000.0 + now)
+    assert slot.state is State.STARTING  # a last word, not a heartbeat
+    slot.exited(exit_status(EXIT_BOOT_FAILED), now, POLICY)
+    assert slot.state is State.FATAL
+    assert slot.error == ("cannot boot: [receiver] bind 127.0.0.1:80: address in use; failed "
+                          f"to boot {POLICY.max_restarts + 1} times within 60s (exit 3)")
+
+
+def test_staying_up_forgets_earlier_boot_failures():
+    slot, now = started_slot(), 0.0
+    for _ in range(20):
+        for _ in range(POLICY.max_restarts):  # fails at boot, then boots and stays up
+            slot.exited(exit_status(EXIT_BOOT_FAILED), now, POLICY)
+            now = slot.restart_at
+            slot.spawned(100, now, 1000.0 + now, 0)
+        slot.heard({}, now, 1000.0 + now)
+        now += POLICY.backoff_reset
+        slot.settle(now, POLICY)
+        assert slot.state is State.RUNNING
+        slot.exited(killed_status(signal.SIGKILL), now, POLICY)
+        now = slot.restart_at
+        slot.spawned(100, now, 1000.0 + now, 0)
+    assert slot.state is not State.FATAL
+
+
+def test_boot_failure_said_after_a_first_report_still_turns_fatal():
+    # The receiver reports once gunicorn listens; gunicorn halts (exit 3) when
+    # its HTTP workers cannot load the app.
+    slot, now = started_slot(), 0.0
+    for _ in range(POLICY.max_restarts + 1):
+        slot.heard({}, now + 0.5, 1000.0 + now)
+        slot.exited(exit_status(EXIT_BOOT_FAILED), now + 1.0, POLICY)
+        now = slot.restart_at
+        if slot.state is not State.FATAL:
+            slot.spawned(100, now, 1000.0 + now, 0)
+    assert slot.state is State.FATAL
+
+
+def test_killed_from_outside_at_boot_again_and_again_is_never_throttled_nor_fatal():
+    slot, now = started_slot(), 0.0
+    for sig in [signal.SIGKILL, signal.SIGTERM] * 50:
+        slot.exited(killed_status(sig), now, POLICY, 5000.0 + now)
+        assert slot.state is State.BACKOFF and not slot.throttled_until
+        assert slot.restart_at - now <= POLICY.backoff_cap
+        now = slot.restart_at
+        slot.spawned(100, now, 5000.0 + now, 0)
+
+
+def test_crashing_again_and_again_before_its_first_report_is_throttled_then_tried_again():
+    slot, now = started_slot(), 0.0
+    for _ in range(POLICY.max_restarts):
+        slot.exited(killed_status(signal.SIGSEGV), now, POLICY, 5000.0 + now)
+        assert slot.state is State.BACKOFF and not slot.throttled_until
+        now = slot.restart_at
+        slot.spawned(100, now, 5000.0 + now, 0)
+    slot.exited(killed_status(signal.SIGSEGV), now, POLICY, 5000.0 + now)
+    assert slot.state is State.BACKOFF  # never FATAL
+    assert slot.throttled_until == slot.restart_at == now + POLICY.throttle_time
+    assert slot.throttled_until_wall == 5000.0 + now + POLICY.throttle_time
+    assert slot.error.startswith("throttled for 60s: died 4 times within 60s right after boot")
+    assert not slot.due(now + POLICY.throttle_time - 0.001)
+    assert slot.due(now + POLICY.throttle_time)
+    now += POLICY.throttle_time
+    slot.spawned(100, now, 5000.0 + now, 0)
+    assert slot.throttled_until == 0.0 and slot.error == ""
+    # A fresh round: the next deaths back off again before the next throttle.
+    slot.exited(killed_status(signal.SIGABRT), now, POLICY, 5000.0 + now)
+    assert slot.state is State.BACKOFF and not slot.throttled_until
+
+
+def test_young_worker_over_max_rss_is_throttled_not_fatal():
+    slot, now = running_slot(), 0.0
+    for n in range(POLICY.max_restarts + 1):
+        slot.stopping(THEN_FAIL_YOUNG, now + 1.0, "RSS 600 MiB over max_rss 512")
+        slot.exited(exit_status(0), now, POLICY, 5000.0 + now)
+        assert slot.state is State.BACKOFF and slot.failed
+        if n < POLICY.max_restarts:
+            assert not slot.throttled_until
+            now = slot.restart_at
+            slot.spawned(100, now, 5000.0 + now, 0)
+            slot.heard({}, now, 5000.0 + now)
+    assert slot.throttled_until == now + POLICY.throttle_time
+    assert "max_rss 512" in slot.error
 
 
 def test_more_than_max_restarts_within_the_window_is_fatal():
@@ -121,9 +265,9 @@ def test_what_follows_a_requested_stop():
 
 
 def test_operator_restart_revives_a_fatal_worker():
-    slot = running_slot()
+    slot = started_slot()
     for n in range(POLICY.max_restarts + 1):
-        slot.exited(exit_status(1), float(n), POLICY)
+        slot.exited(exit_status(EXIT_BOOT_FAILED), float(n), POLICY)
         if slot.state is not State.FATAL:
             slot.spawned(100, float(n), 0.0, 0)
     assert slot.state is State.FATAL
@@ -158,3 +302,14 @@ def test_reconcile_adds_missing_and_hands_back_running_surplus():
     surplus[0].stopping(THEN_REMOVE, 5.0)
     slots.reconcile(current, config_mod.WorkersConfig(sender=2))  # wanted again meanwhile
     assert current["sender-2"].then == THEN_RESTART and "reaper" in current
+
+
+def test_failed_fork_waits_for_the_backoff_and_never_turns_fatal():
+    slot, now = Slot("sender", 1, "sender-1"), 0.0
+    for n in range(20):
+        slot.not_forked(BlockingIOError(11, "Resource temporarily unavailable"), now, POLICY)
+        assert slot.state is State.BACKOFF and not slot.alive and slot.pid is None
+        assert slot.last_exit == "not started: [Errno 11] Resource temporarily unavailable"
+        assert not slot.due(now) and slot.due(slot.restart_at)
+        now = slot.restart_at
+    assert slot.restart_at - now <= POLICY.backoff_cap and slot.lives == 0
