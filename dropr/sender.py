@@ -18,6 +18,7 @@ answer causes.
 
 import concurrent.futures
 import logging
+import queue
 import random
 import signal
 import time
@@ -32,6 +33,8 @@ from dropr.transport import Transport
 log = logging.getLogger(__name__)
 
 STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+#: Batches a peer's lane holds: one on the wire and the next one claimed.
+LANE_DEPTH = 2
 
 
 class Sender:
@@ -50,9 +53,10 @@ class Sender:
         self._active = None
         self._transports = {}
         self._tokens = {}
-        self._pool = None  # the upload thread of step(), made on first use
-        self._in_flight = None  # the upload step() put on the wire
-        self._answered = []  # its answers, settled by the next step()
+        self._lanes = {}  # peer -> its upload thread for step(), made on first use
+        self._lanes_in_flight = {}  # peer -> batches in its lane, not yet collected
+        self._futures = {}  # upload in a lane -> its peer
+        self._answered = queue.SimpleQueue()  # (peer, part, results) from the lanes
 
     def open(self):
         """Read the peers' tokens, make the spool tree, return orphaned claims
@@ -75,6 +79,11 @@ class Sender:
         self._deliver_all(by_peer)
         return moved
 
+    @property
+    def busy(self):
+        """True while an upload put on the wire by :meth:`step` is unsettled."""
+        return bool(self._futures) or not self._answered.empty()
+
     def drain(self, *, stop=lambda: False):
         """Deliver batches with :meth:`step` until nothing is due or ``stop()``
         is true; returns the total claimed. Nothing is left in flight."""
@@ -82,57 +91,80 @@ class Sender:
         try:
             while True:
                 moved = self.step(claim=not stop())
-                if not moved:
-                    return total
                 total += moved
+                if not moved and not self.busy:
+                    return total
         finally:
             self.flush()
 
     def step(self, *, claim=True):
-        """One overlapped step: claim the next batch while the one before is on
-        the wire, wait for that upload, put the new batch on the wire, then
-        settle the answers of the finished one. So the receiver's work and ours
-        overlap, and each call waits for at most one upload (bounded like
-        :meth:`run_once`). One batch at a time is uploaded, in order, so the
-        peer's state is judged as in :meth:`run_once`; an answered message
-        stays in ``active/`` until it is settled, so each is in exactly one
-        directory throughout. Returns how many it claimed; 0 (nothing due, or
-        ``claim`` false) also means nothing is left in flight."""
-        moved, by_peer = self._claim() if claim else (0, {})
-        self._finish_upload()
-        finished, self._answered = self._answered, []
-        if moved:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix=self.label)
-            self._in_flight = self._pool.submit(
-                self._deliver_all, by_peer,
-                lambda *answer, into=self._answered: into.append(answer))
-        for answer in finished:
-            self._settle(*answer)
+        """One step: settle the uploads that finished, claim the next batch and
+        put each peer's share on the wire in that peer's own lane (a thread
+        with its own connection), without waiting for it.
+
+        Peers never wait for each other: a peer that hangs or is down ties up
+        its own lane only. A lane holds at most ``LANE_DEPTH`` batches (one on
+        the wire, the next claimed behind it, so claiming and uploading still
+        overlap); while it is full, that peer's messages stay in ``queue/``
+        and the claim takes the other peers' messages after them. Within a
+        lane the batches go one at a time, in order, so the peer's state is
+        judged as in :meth:`run_once`; an answered message stays in
+        ``active/`` until it is settled, so each is in exactly one directory
+        throughout. When nothing could be claimed while uploads are in
+        flight, waits up to ``[sender] wait`` for one of them to finish.
+        Returns how many it claimed."""
+        self._collect()
+        moved = 0
+        if claim:
+            full = {peer for peer, n in self._lanes_in_flight.items() if n >= LANE_DEPTH}
+            moved, by_peer = self._claim(skip_peers=full)
+            for peer, batch in by_peer.items():
+                self._submit(peer, batch)
+        if not moved and self._futures:
+            concurrent.futures.wait(self._futures, timeout=self.config.sender.wait,
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            self._collect()
         return moved
 
     def flush(self):
-        """Wait for the upload in flight, if any, and settle its answers."""
+        """Wait for every upload in flight and settle its answers."""
         try:
-            self._finish_upload()
+            concurrent.futures.wait(self._futures)
         finally:
-            finished, self._answered = self._answered, []
-            for answer in finished:
-                self._settle(*answer)
+            self._collect()
 
-    def _finish_upload(self):
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            in_flight.result()  # its errors are ours
+    def _submit(self, peer, batch):
+        """Put ``peer``'s share of a batch in that peer's lane."""
+        lane = self._lanes.get(peer)
+        if lane is None:
+            lane = self._lanes[peer] = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"{self.label}-{peer}")
+        self._lanes_in_flight[peer] = self._lanes_in_flight.get(peer, 0) + 1
+        future = lane.submit(self._deliver, peer, batch, lambda *answer: self._answered.put(answer))
+        self._futures[future] = peer
 
-    def _claim(self):
-        """Claim a batch; (how many, {peer: batch}) of those to deliver. The
-        expired and those of unknown peers go to dead/ here."""
+    def _collect(self):
+        """Settle the answers of finished uploads; an upload's error is ours."""
+        errors = []
+        for future in [f for f in self._futures if f.done()]:
+            peer = self._futures.pop(future)
+            self._lanes_in_flight[peer] -= 1
+            if future.exception() is not None:
+                errors.append(future.exception())
+        while not self._answered.empty():
+            self._settle(*self._answered.get())
+        if errors:
+            raise errors[0]
+
+    def _claim(self, skip_peers=frozenset()):
+        """Claim a batch (none of the messages of ``skip_peers``); (how many,
+        {peer: batch}) of those to deliver. The expired and those of unknown
+        peers go to dead/ here."""
         sender = self.config.sender
         now_ms = int(self._clock() * 1000)
         claimed = self.spool.claim(self._active, limit=sender.batch_messages,
-                                   max_bytes=sender.batch_bytes, now_ms=now_ms)
+                                   max_bytes=sender.batch_bytes, now_ms=now_ms,
+                                   skip_peers=skip_peers)
         by_peer = {}
         for item in claimed:
             name = item[0]
@@ -165,9 +197,9 @@ class Sender:
         try:
             self.flush()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
+            lanes, self._lanes = self._lanes, {}
+            for lane in lanes.values():
+                lane.shutdown()
             self._release()
 
     def _release(self):

@@ -252,11 +252,10 @@ def test_step_claims_the_next_batch_while_one_is_on_the_wire_and_close_settles_i
     sent = put_many(client, [b"a", b"b", b"c"])
     sender = open_sender(config)
     try:
-        assert sender.step() == 2  # on the wire, not yet settled
-        assert sender.step() == 1  # the first batch finished and settled
-        assert client.spool.count("active") == 1
+        assert sender.step() == 2  # on the wire in the peer's lane, not waited for
+        assert sender.step() == 1  # claimed behind it in the same lane
         assert client.spool.count("queue") == 0
     finally:
-        sender.close()  # finishes the upload in flight and settles it
+        sender.close()  # finishes the uploads in flight and settles them
     assert stored(config) == sent
     assert client.spool.count("active") == 0 and client.spool.count("queue") == 0

@@ -243,9 +243,10 @@ class Spool:
         os.rename(fresh, final)
         return ActiveDir(final, fd)
 
-    def claim(self, active, *, limit, max_bytes, now_ms=None):
+    def claim(self, active, *, limit, max_bytes, now_ms=None, skip_peers=frozenset()):
         """Move up to ``limit`` due messages (at most ``max_bytes``, but at least one)
         from ``queue/`` into ``active``; returns [(name, path, size)] in send order.
+        The messages of ``skip_peers`` stay in ``queue/``.
 
         Raw file names sort in send order, so only the names taken are parsed;
         anything that is not a regular file with a name dropr makes is left alone.
@@ -263,7 +264,7 @@ class Spool:
                     break
                 listing, rescanned = self._rescan(limit), True
                 continue
-            item = self._claim_one(queue, dest, filename, now_ms)
+            item = self._claim_one(queue, dest, filename, now_ms, skip_peers)
             if item is not None and claimed and total + item[2] > max_bytes:
                 break  # not moved: first in line for the next batch
             listing.advance()
@@ -278,14 +279,14 @@ class Spool:
             total += item[2]
         return claimed
 
-    def _claim_one(self, queue, dest, filename, now_ms):
+    def _claim_one(self, queue, dest, filename, now_ms, skip_peers=frozenset()):
         """(name, source path, size) of ``filename`` if it is a due message still
         in ``queue/``; None to skip it."""
         try:
             name = parse(filename)
         except ValidationError:
             return None
-        if name.due_ms > now_ms:
+        if name.due_ms > now_ms or name.peer in skip_peers:
             return None
         src = queue + "/" + filename
         try:

@@ -31,11 +31,12 @@ class SenderWorker(Worker):
         self.sender.open()
 
     def tick(self):
-        """One overlapped step (claim the next batch while the last one is on
-        the wire); when nothing was due, wait for a wake-up. A step waits for
-        at most one upload, so heartbeats and stop checks stay bounded."""
+        """One step (claim a batch and put it on the wire in its peers' lanes);
+        when nothing was due and nothing is on the wire, wait for a wake-up. A
+        step waits at most ``[sender] wait`` for an upload, so heartbeats and
+        stop checks stay bounded however long a peer takes to answer."""
         moved = self.sender.step()
-        if moved == 0 and not self.stopping:
+        if moved == 0 and not self.sender.busy and not self.stopping:
             self.sender.wait()
         return moved
 

@@ -1,0 +1,64 @@
+"""One peer's trouble holds back no other peer's messages, nor the good
+messages of the same peer: a hung peer, a peer that is down, and a message
+on a channel the token may not write, against the real receiver."""
+
+import time
+
+import pytest
+
+from dropr import config as config_mod
+from dropr.client import Client
+from dropr.sender import Sender
+from dropr.store import Store
+from tests import harness
+
+pytestmark = pytest.mark.process
+
+
+@pytest.fixture
+def two_peers(tmp_path):
+    """make(sections=None, hung=None) -> config with peers ``local`` (a real
+    receiver) and ``hung`` (``hung``'s keys, default a port that never answers)."""
+    started = []
+
+    def make(sections=None, hung=None, local=None):
+        port = harness.free_port()
+        peers = {"local": {"url": f"http://127.0.0.1:{port}", **(local or {})},
+                 "hung": {"url": listener, "connect_timeout": 1.0, "timeout": 4.0,
+                          **(hung or {})}}
+        path = harness.write_config(tmp_path, port=port, peers=peers, sections=sections)
+        receiver = harness.Receiver(path)
+        started.append(receiver)
+        receiver.start()
+        return config_mod.load(path)
+
+    with harness.hung_listener() as listener:
+        yield make
+        for receiver in started:
+            receiver.stop()
+    harness.remove_queues(tmp_path / "client")
+
+
+def stored(config, channel="common"):
+    return {m.id for m in Store(config.receiver.store, fsync=False).messages(channel)}
+
+
+def test_a_hung_peer_does_not_delay_the_messages_of_a_healthy_one(two_peers):
+    config = two_peers()
+    client = Client(config)
+    for i in range(5):
+        client.put(b"h%d" % i, "hung")
+    healthy = {client.put(b"g%d" % i, "local") for i in range(5)}
+    sender = Sender(config).open()
+    started = time.monotonic()
+    try:
+        while stored(config) != healthy and time.monotonic() - started < 10:
+            sender.step()
+        took = time.monotonic() - started
+        assert stored(config) == healthy
+        # The hung upload times out after 4 s; the healthy peer must not wait for it.
+        assert took < 2.0, f"healthy messages waited {took:.1f} s behind a hung peer"
+    finally:
+        sender.close()
+    assert {n.peer for n in client.spool.names("deferred")} == {"hung"}
+    assert client.spool.count("deferred") == 5 and client.spool.count("active") == 0
