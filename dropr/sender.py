@@ -8,6 +8,9 @@ and moves every claimed file by its result.
     peer marked down          -> deferred/ until the peer's down_until, no attempt counted
     batch refused (4xx)       -> split in halves and tried again at once;
                                  a single message -> dead/
+    batch forbidden (403)     -> split by channel and tried again at once; a
+                                 channel refused alone -> deferred/, one attempt
+                                 counted, the peer not marked down
     expired, or unknown peer  -> dead/, never sent
 
 Every move is one rename out of the sender's locked ``active/`` directory, so a
@@ -24,7 +27,7 @@ import signal
 import time
 
 from dropr import backoff
-from dropr.errors import BatchRefused, PeerError, SpoolFull, Unreadable
+from dropr.errors import BatchRefused, Forbidden, PeerError, SpoolFull, Unreadable
 from dropr.faults import crash_point
 from dropr.ipc import Notices
 from dropr.spool import Spool
@@ -231,6 +234,9 @@ class Sender:
             except BatchRefused as e:
                 pending += self._split_refused(peer, part, e)
                 continue
+            except Forbidden as e:
+                pending += self._split_forbidden(part, e)
+                continue
             except Unreadable as e:
                 pending += self._drop_unreadable(part, e)
                 continue
@@ -251,6 +257,22 @@ class Sender:
         log.debug("batch of %d to %s refused (%s): splitting", len(part), peer, error)
         middle = len(part) // 2
         return [part[middle:], part[:middle]]
+
+    def _split_forbidden(self, part, error):
+        """The sub-batches still to try after ``part`` was answered 403: one per
+        channel, in send order. A single channel refused alone waits in
+        ``deferred/`` with its messages' own backoff (a right can be granted
+        later, so they are not given up), and the peer is not marked down: the
+        other channels of the same token are fine."""
+        channels = {}
+        for item in part:
+            channels.setdefault(item[0].channel, []).append(item)
+        if len(channels) > 1:
+            return list(reversed(channels.values()))  # a stack: the first channel on top
+        log.warning("%s: %d messages deferred", error, len(part))
+        for name, path, _ in part:
+            self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
+        return []
 
     def _drop_unreadable(self, part, error):
         """The sub-batch still to try: ``part`` without the message that cannot

@@ -62,3 +62,23 @@ def test_a_hung_peer_does_not_delay_the_messages_of_a_healthy_one(two_peers):
         sender.close()
     assert {n.peer for n in client.spool.names("deferred")} == {"hung"}
     assert client.spool.count("deferred") == 5 and client.spool.count("active") == 0
+
+
+def test_a_message_on_a_forbidden_channel_does_not_hold_back_the_others(two_peers, tmp_path):
+    token = tmp_path / "c1.token"
+    token.write_text("secret-token-for-c1\n")
+    config = two_peers(
+        {"receiver.clients.c1": {"token_file": str(token), "channels": ["ok"]}},
+        local={"token_file": str(token)})
+    client = Client(config)
+    refused = client.put(b"poison", "local", channel="okk")
+    good = {client.put(b"g%d" % i, "local", channel="ok") for i in range(20)}
+    sender = Sender(config).open()
+    try:
+        assert sender.drain() == 21
+    finally:
+        sender.close()
+    assert stored(config, "ok") == good
+    deferred, = client.spool.names("deferred")
+    assert deferred.id == refused and deferred.attempts == 1
+    assert client.spool.peer_state("local") == {}  # its other channels are fine: not down
