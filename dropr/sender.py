@@ -5,7 +5,7 @@ and moves every claimed file by its result.
     rejected                  -> dead/, with the receiver's reason
     missing from the answer   -> deferred/, one attempt counted
     peer failed (PeerError)   -> deferred/ with per-message backoff; peer marked down
-    peer marked down          -> deferred/ until the peer's down_until, no attempt counted
+    peer marked down          -> deferred/ until the peer's pause ends, no attempt counted
     batch refused (4xx)       -> split in halves and tried again at once;
                                  a single message -> dead/
     batch forbidden (403)     -> split by channel and tried again at once; a
@@ -46,11 +46,13 @@ class Sender:
     :meth:`open` acquires the claim directory."""
 
     def __init__(self, config, *, label="sender-1", notices=None,
-                 clock=time.time, rand=random.random):
+                 clock=time.time, boottime=None, rand=random.random):
         self.config = config
         self.label = label
         self.notices = notices
-        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock)
+        # Wall time for what is stored (due times); the boot clock for waits.
+        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock,
+                           boottime=boottime)
         self._clock = clock
         self._rand = rand
         self._active = None
@@ -225,9 +227,10 @@ class Sender:
         while pending:
             part = pending.pop()
             state = self.spool.peer_state(peer)
-            down_until = state.get("down_until", 0)
-            if down_until > self._clock():
-                self._hold(peer, part, down_until)
+            pause = 0.0 if state.get("trial") else self.spool.peer_pause(
+                state, cap=self.config.sender.peer_backoff_cap)
+            if pause > 0:
+                self._hold(peer, part, pause)
                 continue
             try:
                 results = self._transport(peer).send(part)
@@ -245,7 +248,8 @@ class Sender:
                 continue
             crash_point("send.after_upload")
             if state:
-                self.spool.mark_peer_up(peer)
+                # The retry scanner sends all of its deferred messages at once.
+                self.spool.mark_peer_up(peer, revived=True)
                 log.info("peer %s is up again", peer)
             (settle or self._settle)(peer, part, results)
 
@@ -309,16 +313,15 @@ class Sender:
         failures = state.get("failures", 0) + 1
         sender = self.config.sender
         pause = backoff.delay(failures, base=sender.peer_backoff_base, cap=sender.peer_backoff_cap)
-        self.spool.mark_peer_down(peer, until=self._clock() + pause, failures=failures,
-                                  error=str(error))
+        self.spool.mark_peer_down(peer, pause=pause, failures=failures, error=str(error))
         down = "down" if failures == 1 else f"still down ({failures} failures in a row)"
         log.warning("%s: %s, next try in %.1f s", error, down, pause)
         for name, path, _ in part:
             self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
 
-    def _hold(self, peer, part, down_until):
+    def _hold(self, peer, part, pause):
         """Park ``part`` until its peer's pause ends; it was not tried, so no attempt counts."""
-        due_ms = int(down_until * 1000)
+        due_ms = int((self._clock() + pause) * 1000)
         for name, path, _ in part:
             self.spool.to_deferred(path, name, due_ms=due_ms, count_attempt=False)
         log.debug("held %d messages for %s: peer down", len(part), peer)

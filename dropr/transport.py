@@ -1,5 +1,5 @@
 """The HTTP side of a sender: batch uploads to one peer over a kept-alive
-pycurl handle, and a health probe.
+pycurl handle, and a readiness probe.
 
 A peer has one receiver URL or several (``urls``): the batches go round
 robin to the URLs that answer; a URL that fails is left out for a while (its
@@ -38,7 +38,7 @@ from dropr import backoff
 from dropr.errors import BatchRefused, Forbidden, PeerError, Unreadable
 
 BATCH_PATH = "/v1/batch"
-HEALTH_PATH = "/v1/health"
+READY_PATH = "/v1/ready"
 #: A peer that moves less than LOW_SPEED_BYTES per second for this long (at
 #: most the peer's timeout) is cut off; 30 s is also curl's own usual choice.
 STALL_SECONDS = 30
@@ -250,11 +250,13 @@ class Transport:
 
 
 def probe(peer, *, timeout=5.0):
-    """``GET <url>/v1/health`` of each of the peer's URLs until one answers 200:
+    """``GET <url>/v1/ready`` of each of the peer's URLs until one answers 200:
     ``(True, "")``, else ``(False, reasons)``.
 
     Used by the retry scanner to see whether a peer marked down is back: it is
-    back as soon as one of its receivers is."""
+    back as soon as one of its receivers can store messages (readiness, not
+    mere liveness: a receiver whose store is full or unwritable answers
+    ``/v1/health`` but not ``/v1/ready``)."""
     reasons = []
     for url in _urls_of(peer):
         ok, reason = _probe_url(peer, url, timeout)
@@ -267,7 +269,7 @@ def probe(peer, *, timeout=5.0):
 def _probe_url(peer, url, timeout):
     curl = _base_handle(peer, url, timeout=timeout)
     try:
-        curl.setopt(pycurl.URL, url + HEALTH_PATH)
+        curl.setopt(pycurl.URL, url + READY_PATH)
         status, body = _perform(curl, peer, url)
     except PeerError as e:
         return False, str(e)

@@ -130,7 +130,7 @@ def test_peer_down_defers_the_batch_then_holds_new_ones_until_it_is_due(env):
     config, receiver = env(start=False)
     client = Client(config, clock=clock)
     first = put_many(client, [b"1", b"2", b"3"])
-    sender = open_sender(config, clock=clock, rand=lambda: 0.5)  # jitter 0
+    sender = open_sender(config, clock=clock, boottime=clock, rand=lambda: 0.5)  # jitter 0
     try:
         assert sender.run_once() == 3
         assert {n.id: (n.attempts, n.due_ms) for n in sender.spool.names("deferred")} == {

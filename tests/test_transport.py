@@ -207,12 +207,12 @@ def test_peer_that_accepts_but_never_answers_is_cut_off_after_the_timeout(tmp_pa
     assert 0.45 <= elapsed < 2.0
 
 
-def test_probe_reports_health_and_the_reason_it_failed():
+def test_probe_reports_readiness_and_the_reason_it_failed():
     with CannedPeer([(200, b'{"status": "ok"}'), (503, b'{"error": {"code": "not_ready", '
                                                        b'"message": "starting"}}')]) as server:
         assert probe(peer_at(server.url), timeout=2.0) == (True, "")
         ok, reason = probe(peer_at(server.url), timeout=2.0)
     assert not ok and "HTTP 503 not_ready: starting" in reason
-    assert server.requests[0][0].startswith("GET /v1/health HTTP/1.1\r\n")
+    assert server.requests[0][0].startswith("GET /v1/ready HTTP/1.1\r\n")
     ok, reason = probe(peer_at(f"http://127.0.0.1:{harness.free_port()}"), timeout=1.0)
     assert not ok and "curl error 7" in reason
