@@ -22,6 +22,7 @@ Every move is one ``rename()`` (see :mod:`dropr.spool.spool`): a scanner that
 dies mid-scan leaves each message in exactly one directory.
 """
 
+import concurrent.futures
 import logging
 import os
 import time
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 #: were not made by :class:`dropr.ids.IdGenerator`; their age comes from mtime.
 _PLAUSIBLE_FROM_MS = 1_577_836_800_000
 _FUTURE_SLACK_MS = 86_400_000
+#: Seconds a scan waits for the probes in flight: a ready receiver answers well
+#: within it; a slower answer (a hung one's timeout) is acted on by a later scan.
+PROBE_WAIT = 0.25
 
 
 def format_age(seconds):
@@ -64,6 +68,8 @@ class RetryScanner:
         self.notices = notices
         self._clock = clock
         self._probe = probe
+        self._pool = None  # the probe threads, made on first use
+        self._probing = {}  # peer -> its probe in flight
 
     def open(self):
         """Make the spool tree if it is missing; returns self."""
@@ -155,7 +161,7 @@ class RetryScanner:
         ends before the next scan is probed: if it is ready, a trial batch
         goes back to queue/; the rest of its backlog waits until a sender gets
         one batch through (then all of it goes at once)."""
-        down, trials = set(), {}
+        down = set()
         for peer in self.spool.down_peers():
             if peer not in self.config.peers:
                 log.info("peer %s is no longer configured: forgetting its down marker", peer)
@@ -166,25 +172,48 @@ class RetryScanner:
                 continue  # marked up meanwhile
             down.add(peer)
             pause = self.spool.peer_pause(state, cap=self.config.sender.peer_backoff_cap)
-            if pause <= self.config.retry.interval and self._probe_peer(peer, state):
-                trials[peer] = self.config.sender.batch_messages
+            if pause <= self.config.retry.interval and peer not in self._probing:
+                self._start_probe(peer)
+        trials = self._take_probes()
         revived = set(self.spool.revived_peers())
         for peer in revived & down:
             self.spool.forget_revived(peer)  # down again already: nothing to hurry
         return down, revived - down, trials
 
-    def _probe_peer(self, peer, state):
-        """Probe ``peer``'s readiness. Ready: its marker turns to a trial (senders
-        may try it) with the same failure count and pause, so a peer that is
-        ready but refuses uploads (401, 429, 5xx, 507) is tried once per pause,
-        a pause that keeps growing. Not ready: the next, longer pause. True if
-        ready."""
+    def _start_probe(self, peer):
+        """Probe ``peer`` in a thread of its own: a peer that hangs delays no
+        scan, so no other peer's messages, by its timeouts."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max(1, len(self.config.peers)), thread_name_prefix="probe")
         config = self.config.peers[peer]
+        self._probing[peer] = self._pool.submit(self._probe, config,
+                                                timeout=config.connect_timeout)
+
+    def _take_probes(self):
+        """Wait up to PROBE_WAIT for the probes in flight, and act on those that
+        answered; {peer: trial batch size} of the peers found ready."""
+        if self._probing:
+            concurrent.futures.wait(self._probing.values(), timeout=PROBE_WAIT)
+        trials = {}
+        for peer, probe in list(self._probing.items()):
+            if probe.done():
+                del self._probing[peer]
+                if self._probed(peer, *probe.result()):
+                    trials[peer] = self.config.sender.batch_messages
+        return trials
+
+    def _probed(self, peer, ok, reason):
+        """Act on a probe of ``peer``. Ready: its marker turns to a trial
+        (senders may try it) with the same failure count and pause, so a peer
+        that is ready but refuses uploads (401, 429, 5xx, 507) is tried once
+        per pause, a pause that keeps growing. Not ready: the next, longer
+        pause. True if ready (and still marked down)."""
+        state = self.spool.peer_state(peer)
+        if not state:
+            return False  # a sender got through meanwhile
         sender = self.config.sender
-        failures = state.get("failures", 0)
-        ok, reason = self._probe(config, timeout=config.connect_timeout)
-        if not ok:
-            failures += 1
+        failures = state.get("failures", 0) + (0 if ok else 1)
         pause = backoff.delay(max(1, failures), base=sender.peer_backoff_base,
                               cap=sender.peer_backoff_cap)
         self.spool.mark_peer_down(peer, pause=pause, failures=failures, trial=ok,
@@ -194,3 +223,10 @@ class RetryScanner:
         else:
             log.debug("peer %s still down: %s", peer, reason)
         return ok
+
+    def close(self):
+        """Let go of the probes in flight (their threads end with their timeouts)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._probing.clear()

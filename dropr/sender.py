@@ -154,7 +154,7 @@ class Sender:
         for future in [f for f in self._futures if f.done()]:
             peer = self._futures.pop(future)
             self._lanes_in_flight[peer] -= 1
-            if future.exception() is not None:
+            if not future.cancelled() and future.exception() is not None:
                 errors.append(future.exception())
         while not self._answered.empty():
             self._settle(*self._answered.get())
@@ -197,8 +197,11 @@ class Sender:
 
     def close(self):
         """Return claimed-but-unfinished files to ``queue/``, release the claim
-        directory's lock and close the connections. An upload in flight is
-        finished and settled first, so its answers are not thrown away."""
+        directory's lock and close the connections. The uploads on the wire
+        are finished and settled first, so their answers are not thrown away;
+        a batch still waiting in a lane is not sent."""
+        for future in self._futures:
+            future.cancel()  # not on the wire yet: its batch goes back to queue/ below
         try:
             self.flush()
         finally:

@@ -82,3 +82,38 @@ def test_a_message_on_a_forbidden_channel_does_not_hold_back_the_others(two_peer
     deferred, = client.spool.names("deferred")
     assert deferred.id == refused and deferred.attempts == 1
     assert client.spool.peer_state("local") == {}  # its other channels are fine: not down
+
+
+def test_a_hung_peer_s_probe_does_not_hold_up_the_retry_scan(two_peers):
+    # The hung peer's probe takes its connect_timeout (3 s); the healthy peer's
+    # due message must go back to queue/ in the same scan, at once.
+    from dropr.retry import RetryScanner
+
+    config = two_peers(hung={"connect_timeout": 3.0})
+    client = Client(config)
+    due = client.put(b"m", "local")
+    name, = client.spool.names("queue")
+    client.spool.to_deferred(client.spool.dirs["queue"] / str(name), name, due_ms=1)
+    client.spool.mark_peer_down("hung", until=time.time(), failures=1, error="timeout")
+    scanner = RetryScanner(config).open()
+    try:
+        started = time.monotonic()
+        assert scanner.scan() == 1
+        assert time.monotonic() - started < 1.5
+        assert [n.id for n in client.spool.names("queue")] == [due]
+        harness.wait_for(lambda: scanner.scan() >= 0 and "curl error 28" in
+                         client.spool.peer_state("hung").get("error", ""), 10,
+                         what="the hung probe's timeout recorded")
+        assert client.spool.peer_state("hung")["failures"] == 2
+    finally:
+        scanner.close()
+
+
+def test_a_sender_may_stay_silent_while_it_fails_over_across_every_url(tmp_path):
+    # Stopping, it finishes the upload on the wire, which may try all 3 URLs.
+    from dropr.workers.sender import SenderWorker
+
+    urls = [f"http://127.0.0.1:{harness.free_port()}" for _ in range(3)]
+    config = config_mod.load(harness.write_config(tmp_path, peers={
+        "p": {"urls": urls, "connect_timeout": 1.0, "timeout": 10.0}}))
+    assert SenderWorker.max_silence(config) >= 3 * (1.0 + 10.0)

@@ -246,7 +246,7 @@ def test_dropr_send_delivers_until_sigterm_then_exits_cleanly(env):
     assert client.spool.count("active") == 0 and client.spool.count("queue") == 0
 
 
-def test_step_claims_the_next_batch_while_one_is_on_the_wire_and_close_settles_it(env):
+def test_step_claims_the_next_batch_while_one_is_on_the_wire_and_flush_settles_it(env):
     config, _ = env({"sender": {"batch_messages": 2}})
     client = Client(config)
     sent = put_many(client, [b"a", b"b", b"c"])
@@ -255,7 +255,8 @@ def test_step_claims_the_next_batch_while_one_is_on_the_wire_and_close_settles_i
         assert sender.step() == 2  # on the wire in the peer's lane, not waited for
         assert sender.step() == 1  # claimed behind it in the same lane
         assert client.spool.count("queue") == 0
+        sender.flush()  # finishes the uploads in flight and settles them
     finally:
-        sender.close()  # finishes the uploads in flight and settles them
+        sender.close()
     assert stored(config) == sent
     assert client.spool.count("active") == 0 and client.spool.count("queue") == 0

@@ -18,9 +18,12 @@ class SenderWorker(Worker):
 
     @classmethod
     def max_silence(cls, config):
-        """A sender reports between batches, and one upload may block for the
-        peer's connect_timeout + timeout: allow the slowest peer that long."""
-        uploads = [p.connect_timeout + p.timeout for p in config.peers.values()]
+        """A sender's loop waits at most ``[sender] wait`` for an upload, but when
+        it stops or is recycled it finishes the uploads on the wire: one per
+        peer at once, each of which may try every URL of its peer for up to
+        connect_timeout + timeout. Allow the slowest peer that long."""
+        uploads = [len(p.urls or (p.url,)) * (p.connect_timeout + p.timeout)
+                   for p in config.peers.values()]
         return max(uploads, default=0.0) + config.sender.wait + _MARGIN
 
     def open(self):
