@@ -106,6 +106,14 @@ class Notices:
                     time.sleep(max(0.0, deadline - time.monotonic()))
                     return False
 
+    def woken(self):
+        """True if a wake-up is waiting (taken, with the rest of its burst);
+        never blocks."""
+        if self._take(self._wake) is None:
+            return False
+        self._drain(self._wake)
+        return True
+
     def _wait_on(self, queue, timeout):
         """One wait on ``queue``; ExistentialError if it was removed."""
         if self._take(queue) is not None:

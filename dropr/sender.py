@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
 #: Batches a peer's lane holds: one on the wire and the next one claimed.
 LANE_DEPTH = 2
+#: Seconds between looks for a wake-up while waiting for a lane.
+LANE_POLL = 0.05
 
 
 class Sender:
@@ -116,8 +118,8 @@ class Sender:
         judged as in :meth:`run_once`; an answered message stays in
         ``active/`` until it is settled, so each is in exactly one directory
         throughout. When nothing could be claimed while uploads are in
-        flight, waits up to ``[sender] wait`` for one of them to finish.
-        Returns how many it claimed."""
+        flight, waits up to ``[sender] wait`` for one of them to finish or
+        for a producer's wake-up. Returns how many it claimed."""
         self._collect()
         moved = 0
         if claim:
@@ -126,10 +128,20 @@ class Sender:
             for peer, batch in by_peer.items():
                 self._submit(peer, batch)
         if not moved and self._futures:
-            concurrent.futures.wait(self._futures, timeout=self.config.sender.wait,
-                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            self._wait_for_lanes()
             self._collect()
         return moved
+
+    def _wait_for_lanes(self):
+        """Wait up to ``[sender] wait`` for an upload to finish, but no longer
+        than until a producer's wake-up: a peer that takes long to answer must
+        not make the messages put meanwhile for others wait."""
+        deadline = time.monotonic() + self.config.sender.wait
+        while (left := deadline - time.monotonic()) > 0:
+            done, _ = concurrent.futures.wait(self._futures, timeout=min(LANE_POLL, left),
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            if done or (self.notices is not None and self.notices.woken()):
+                return
 
     def flush(self):
         """Wait for every upload in flight and settle its answers."""

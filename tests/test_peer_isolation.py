@@ -2,6 +2,7 @@
 messages of the same peer: a hung peer, a peer that is down, and a message
 on a channel the token may not write, against the real receiver."""
 
+import threading
 import time
 
 import pytest
@@ -117,3 +118,50 @@ def test_a_sender_may_stay_silent_while_it_fails_over_across_every_url(tmp_path)
     config = config_mod.load(harness.write_config(tmp_path, peers={
         "p": {"urls": urls, "connect_timeout": 1.0, "timeout": 10.0}}))
     assert SenderWorker.max_silence(config) >= 3 * (1.0 + 10.0)
+
+
+def test_a_message_put_while_a_hung_upload_is_in_flight_goes_at_once(two_peers, tmp_path):
+    from dropr.ipc import Notices
+
+    config = two_peers({"sender": {"wait": 3.0}})
+    notices = Notices.replace(config.client.spool)
+    client = Client(config)
+    client.put(b"h", "hung")
+    sender = Sender(config, notices=notices).open()
+    try:
+        assert sender.step() == 1 and sender.busy  # on the wire to the hung peer
+        put = {}
+        # Put while the sender waits for the hung lane (up to [sender] wait, 3 s).
+        timer = threading.Timer(0.3, lambda: put.update(
+            id=client.put(b"g", "local"), at=time.monotonic()))
+        timer.start()
+        deadline = time.monotonic() + 5
+        while not (put and put["id"] in stored(config)) and time.monotonic() < deadline:
+            sender.step()
+        timer.join()
+        took = time.monotonic() - put["at"]
+        assert put["id"] in stored(config) and took < 1.0, f"took {took:.1f} s"
+    finally:
+        sender.close()
+        notices.remove()
+
+
+def test_a_down_peer_s_backlog_stays_deferred_while_its_probe_fails(two_peers):
+    # Nothing listens on the peer's port: each probe fails, so its 50 due
+    # messages must stay in deferred/, not be requeued to be held again.
+    from dropr.retry import RetryScanner
+
+    config = two_peers(hung={"url": f"http://127.0.0.1:{harness.free_port()}"})
+    client = Client(config)
+    for i in range(50):
+        client.put(b"d%d" % i, "hung")
+    for name in client.spool.names("queue"):
+        client.spool.to_deferred(client.spool.dirs["queue"] / str(name), name, due_ms=1)
+    client.spool.mark_peer_down("hung", until=time.time(), failures=1, error="refused")
+    scanner = RetryScanner(config).open()
+    try:
+        assert scanner.scan() == 0
+    finally:
+        scanner.close()
+    assert client.spool.count("deferred") == 50 and client.spool.count("queue") == 0
+    assert client.spool.peer_state("hung")["failures"] == 2
