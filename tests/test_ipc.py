@@ -55,7 +55,7 @@ def test_dropr_send_does_not_spin_after_droprd_removes_its_queues(tmp_path):
         before = sum(me.cpu_times()[:2])
         time.sleep(2.0)  # the measuring window
         used = sum(me.cpu_times()[:2]) - before
-        assert used < 0.1, f"dropr send used {used:.2f} s of CPU in 2 s with its queue removed"
+        assert used < 0.2, f"dropr send used {used:.2f} s of CPU in 2 s with its queue removed"
     finally:
         harness.with_group(proc.pid, signal.SIGKILL)
         proc.wait()

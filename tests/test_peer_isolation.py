@@ -123,7 +123,7 @@ def test_a_sender_may_stay_silent_while_it_fails_over_across_every_url(tmp_path)
 def test_a_message_put_while_a_hung_upload_is_in_flight_goes_at_once(two_peers, tmp_path):
     from dropr.ipc import Notices
 
-    config = two_peers({"sender": {"wait": 3.0}})
+    config = two_peers({"sender": {"wait": 5.0}})
     notices = Notices.replace(config.client.spool)
     client = Client(config)
     client.put(b"h", "hung")
@@ -131,7 +131,7 @@ def test_a_message_put_while_a_hung_upload_is_in_flight_goes_at_once(two_peers, 
     try:
         assert sender.step() == 1 and sender.busy  # on the wire to the hung peer
         put = {}
-        # Put while the sender waits for the hung lane (up to [sender] wait, 3 s).
+        # Put while the sender waits for the hung lane (up to its 4 s timeout).
         timer = threading.Timer(0.3, lambda: put.update(
             id=client.put(b"g", "local"), at=time.monotonic()))
         timer.start()
@@ -140,7 +140,7 @@ def test_a_message_put_while_a_hung_upload_is_in_flight_goes_at_once(two_peers, 
             sender.step()
         timer.join()
         took = time.monotonic() - put["at"]
-        assert put["id"] in stored(config) and took < 1.0, f"took {took:.1f} s"
+        assert put["id"] in stored(config) and took < 2.0, f"took {took:.1f} s"
     finally:
         sender.close()
         notices.remove()
