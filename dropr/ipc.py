@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 
 import sysv_ipc
 
@@ -90,24 +91,61 @@ class Notices:
 
     def wait(self, timeout):
         """Block until a wake-up arrives or ``timeout`` seconds pass; True if woken.
-        Extra wake-ups already queued are drained, so one burst is one wake."""
-        if self._take(self._wake) is not None:
-            self._drain(self._wake)
+        Extra wake-ups already queued are drained, so one burst is one wake.
+
+        A queue removed meanwhile (droprd stopped or restarted) is opened again
+        by its key; while none exists the wait is a plain sleep. Without this,
+        every wait on a removed queue would return at once (a busy loop), and a
+        queue made anew by a restarted droprd would never be heard."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                return self._wait_on(self._wake, left)
+            except sysv_ipc.ExistentialError:
+                if not self._reopen():
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                    return False
+
+    def woken(self):
+        """True if a wake-up is waiting (taken, with the rest of its burst);
+        never blocks."""
+        if self._take(self._wake) is None:
+            return False
+        self._drain(self._wake)
+        return True
+
+    def _wait_on(self, queue, timeout):
+        """One wait on ``queue``; ExistentialError if it was removed."""
+        if self._take(queue) is not None:
+            self._drain(queue)
             return True
         old = signal.signal(signal.SIGALRM, _ignore_alarm)
         # Repeating: if it fires before receive() starts blocking, the next one still ends it.
         signal.setitimer(signal.ITIMER_REAL, timeout, timeout)
         try:
-            self._wake.receive(type=_TYPE)
+            queue.receive(type=_TYPE)
             woken = True
+        except sysv_ipc.ExistentialError:
+            raise
         except sysv_ipc.Error:
-            woken = False  # interrupted by the timer, or the queue was removed
+            woken = False  # interrupted by the timer
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
         if woken:
-            self._drain(self._wake)
+            self._drain(queue)
         return woken
+
+    def _reopen(self):
+        """Open the queues of the same keys again; False if they do not exist."""
+        queues = [_open_queue(key, False) for key in self.keys]
+        if None in queues:
+            return False
+        self._wake, self._reports = queues
+        return True
 
     def report(self, payload):
         """Send one JSON report to the supervisor; never blocks. True if sent."""

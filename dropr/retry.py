@@ -8,14 +8,21 @@ expired and too-old messages (``dead/``), leaves the messages of a peer that is
 marked down where they are, and moves the due ones back to ``queue/`` with
 their attempt count kept, so that their backoff keeps growing.
 
-Before that it probes the peers marked down whose marker runs out soon: a peer
-that answers its health check is marked up and *all* of its deferred messages
-go back at once, whatever their own due times, so delivery resumes at once.
+Before that it probes the readiness (``GET /v1/ready``) of the peers marked
+down whose pause runs out soon. A peer that is not ready gets its next, longer
+pause. A ready one is put on trial: its oldest batch of deferred messages goes
+back to ``queue/``, the rest of its backlog stays (no whole backlog is
+requeued, only to be held again ahead of other peers' messages), and its
+failure count is kept, so a peer that is ready but refuses uploads is retried
+once per growing pause. As soon as a sender gets a batch through to a peer
+that was down (after a probe or on its own), *all* of that peer's deferred
+messages go back at once, whatever their own due times, in send order.
 
 Every move is one ``rename()`` (see :mod:`dropr.spool.spool`): a scanner that
 dies mid-scan leaves each message in exactly one directory.
 """
 
+import concurrent.futures
 import logging
 import os
 import time
@@ -30,6 +37,9 @@ log = logging.getLogger(__name__)
 #: were not made by :class:`dropr.ids.IdGenerator`; their age comes from mtime.
 _PLAUSIBLE_FROM_MS = 1_577_836_800_000
 _FUTURE_SLACK_MS = 86_400_000
+#: Seconds a scan waits for the probes in flight: a ready receiver answers well
+#: within it; a slower answer (a hung one's timeout) is acted on by a later scan.
+PROBE_WAIT = 0.25
 
 
 def format_age(seconds):
@@ -49,14 +59,17 @@ class RetryScanner:
     droprd (:class:`dropr.workers.retry_scanner.RetryScannerWorker`), or in any
     process that calls :meth:`scan`."""
 
-    def __init__(self, config, *, notices=None, clock=time.time, probe=transport.probe):
+    def __init__(self, config, *, notices=None, clock=time.time, boottime=None,
+                 probe=transport.probe):
         self.config = config
-        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock)
+        # Wall time for what is stored (due times, ages); the boot clock for waits.
+        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock,
+                           boottime=boottime)
         self.notices = notices
         self._clock = clock
         self._probe = probe
-        #: peer -> (failed probes in a row, time before which not to probe again)
-        self._probe_backoff = {}
+        self._pool = None  # the probe threads, made on first use
+        self._probing = {}  # peer -> its probe in flight
 
     def open(self):
         """Make the spool tree if it is missing; returns self."""
@@ -66,16 +79,21 @@ class RetryScanner:
     def scan(self):
         """One pass: probe, then judge every deferred message; returns how many moved."""
         now = self._clock()
-        down, revived = self._check_peers(now)
+        down, revived, trials = self._check_peers()
         requeued = dead = 0
         for name in self.spool.names("deferred"):
-            outcome = self._judge(name, now, down, revived)
+            outcome = self._judge(name, now, down, revived, trials)
             if not outcome or not self._apply(outcome, name):
                 continue
             if outcome == "requeue":
                 requeued += 1
             else:
                 dead += 1
+        for peer in revived:
+            self.spool.forget_revived(peer)  # after the moves: a crash before redoes them
+        for peer, left in trials.items():
+            if left == self.config.sender.batch_messages:
+                self.spool.mark_peer_up(peer)  # ready, and nothing of it waits: simply up
         if requeued or dead:
             log.info("retry scan: %d back to queue, %d given up", requeued, dead)
         if requeued and self.notices is not None:
@@ -84,7 +102,7 @@ class RetryScanner:
 
     # -- messages -------------------------------------------------------------
 
-    def _judge(self, name, now, down, revived):
+    def _judge(self, name, now, down, revived, trials):
         """What to do with deferred ``name``: None (leave it), "requeue", or a reason."""
         now_ms = int(now * 1000)
         if name.expires_ms and name.expires_ms <= now_ms:
@@ -94,9 +112,18 @@ class RetryScanner:
             return f"undelivered after {name.attempts} attempts in {format_age(age)}: too old"
         if name.peer in revived:
             return "requeue"
-        if down.get(name.peer, 0) > now:
+        if trials.get(name.peer, 0) > 0:
+            trials[name.peer] -= 1  # names come in send order: the first of the backlog
+            return "requeue"
+        if name.peer in down:
             return None
-        return "requeue" if name.due_ms <= now_ms else None
+        # A due time further ahead than any backoff: the wall clock was stepped back.
+        due = name.due_ms <= now_ms or name.due_ms > now_ms + self._longest_wait_ms()
+        return "requeue" if due else None
+
+    def _longest_wait_ms(self):
+        retry, sender = self.config.retry, self.config.sender
+        return 1000 * (max(retry.cap * (1 + retry.jitter), sender.peer_backoff_cap) + 1)
 
     def _age(self, name, now):
         """Seconds since ``name`` was made: from its id, else from the file's mtime."""
@@ -128,44 +155,78 @@ class RetryScanner:
 
     # -- peers ----------------------------------------------------------------
 
-    def _check_peers(self, now):
-        """({peer: down_until} of peers still down, {peers found up by a probe})."""
-        down, revived = {}, set()
+    def _check_peers(self):
+        """(peers marked down, peers a sender found up again, {peer: how many
+        of its oldest messages to requeue as a trial}). A down peer whose pause
+        ends before the next scan is probed: if it is ready, a trial batch
+        goes back to queue/; the rest of its backlog waits until a sender gets
+        one batch through (then all of it goes at once)."""
+        down = set()
         for peer in self.spool.down_peers():
             if peer not in self.config.peers:
                 log.info("peer %s is no longer configured: forgetting its down marker", peer)
                 self.spool.mark_peer_up(peer)
                 continue
-            until = self.spool.peer_state(peer).get("down_until", 0)
-            if self._should_probe(peer, until, now) and self._probe_peer(peer, now):
-                revived.add(peer)
-            else:
-                down[peer] = until
-        for gone in set(self._probe_backoff) - set(down):
-            del self._probe_backoff[gone]  # marked up by a sender meanwhile
-        return down, revived
+            state = self.spool.peer_state(peer)
+            if not state:
+                continue  # marked up meanwhile
+            down.add(peer)
+            pause = self.spool.peer_pause(state, cap=self.config.sender.peer_backoff_cap)
+            if pause <= self.config.retry.interval and peer not in self._probing:
+                self._start_probe(peer)
+        trials = self._take_probes()
+        revived = set(self.spool.revived_peers())
+        for peer in revived & down:
+            self.spool.forget_revived(peer)  # down again already: nothing to hurry
+        return down, revived - down, trials
 
-    def _should_probe(self, peer, until, now):
-        """Probe when the marker runs out before the next scan, unless a probe
-        failed recently (a marker nobody extends would be probed every scan)."""
-        if until > now + self.config.retry.interval:
-            return False
-        _, not_before = self._probe_backoff.get(peer, (0, 0.0))
-        return now >= not_before
-
-    def _probe_peer(self, peer, now):
-        """Probe ``peer``; on success mark it up. True if it answered."""
+    def _start_probe(self, peer):
+        """Probe ``peer`` in a thread of its own: a peer that hangs delays no
+        scan, so no other peer's messages, by its timeouts."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max(1, len(self.config.peers)), thread_name_prefix="probe")
         config = self.config.peers[peer]
-        ok, reason = self._probe(config, timeout=config.connect_timeout)
-        if ok:
-            self._probe_backoff.pop(peer, None)
-            self.spool.mark_peer_up(peer)
-            log.info("peer %s answers its health check again: marked up", peer)
-            return True
-        failures = self._probe_backoff.get(peer, (0, 0.0))[0] + 1
-        wait = backoff.delay(failures, base=self.config.sender.peer_backoff_base,
-                             cap=self.config.sender.peer_backoff_cap)
-        self._probe_backoff[peer] = (failures, now + wait)
-        log.debug("peer %s still down: %s", peer, reason)
-        return False
+        self._probing[peer] = self._pool.submit(self._probe, config,
+                                                timeout=config.connect_timeout)
 
+    def _take_probes(self):
+        """Wait up to PROBE_WAIT for the probes in flight, and act on those that
+        answered; {peer: trial batch size} of the peers found ready."""
+        if self._probing:
+            concurrent.futures.wait(self._probing.values(), timeout=PROBE_WAIT)
+        trials = {}
+        for peer, probe in list(self._probing.items()):
+            if probe.done():
+                del self._probing[peer]
+                if self._probed(peer, *probe.result()):
+                    trials[peer] = self.config.sender.batch_messages
+        return trials
+
+    def _probed(self, peer, ok, reason):
+        """Act on a probe of ``peer``. Ready: its marker turns to a trial
+        (senders may try it) with the same failure count and pause, so a peer
+        that is ready but refuses uploads (401, 429, 5xx, 507) is tried once
+        per pause, a pause that keeps growing. Not ready: the next, longer
+        pause. True if ready (and still marked down)."""
+        state = self.spool.peer_state(peer)
+        if not state:
+            return False  # a sender got through meanwhile
+        sender = self.config.sender
+        failures = state.get("failures", 0) + (0 if ok else 1)
+        pause = backoff.delay(max(1, failures), base=sender.peer_backoff_base,
+                              cap=sender.peer_backoff_cap)
+        self.spool.mark_peer_down(peer, pause=pause, failures=failures, trial=ok,
+                                  error=state.get("error", "") if ok else reason)
+        if ok:
+            log.info("peer %s is ready again: trying one batch", peer)
+        else:
+            log.debug("peer %s still down: %s", peer, reason)
+        return ok
+
+    def close(self):
+        """Let go of the probes in flight (their threads end with their timeouts)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._probing.clear()

@@ -5,9 +5,12 @@ and moves every claimed file by its result.
     rejected                  -> dead/, with the receiver's reason
     missing from the answer   -> deferred/, one attempt counted
     peer failed (PeerError)   -> deferred/ with per-message backoff; peer marked down
-    peer marked down          -> deferred/ until the peer's down_until, no attempt counted
+    peer marked down          -> deferred/ until the peer's pause ends, no attempt counted
     batch refused (4xx)       -> split in halves and tried again at once;
                                  a single message -> dead/
+    batch forbidden (403)     -> split by channel and tried again at once; a
+                                 channel refused alone -> deferred/, one attempt
+                                 counted, the peer not marked down
     expired, or unknown peer  -> dead/, never sent
 
 Every move is one rename out of the sender's locked ``active/`` directory, so a
@@ -18,12 +21,13 @@ answer causes.
 
 import concurrent.futures
 import logging
+import queue
 import random
 import signal
 import time
 
 from dropr import backoff
-from dropr.errors import BatchRefused, PeerError, SpoolFull, Unreadable
+from dropr.errors import BatchRefused, Forbidden, PeerError, SpoolFull, Unreadable
 from dropr.faults import crash_point
 from dropr.ipc import Notices
 from dropr.spool import Spool
@@ -32,6 +36,10 @@ from dropr.transport import Transport
 log = logging.getLogger(__name__)
 
 STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+#: Batches a peer's lane holds: one on the wire and the next one claimed.
+LANE_DEPTH = 2
+#: Seconds between looks for a wake-up while waiting for a lane.
+LANE_POLL = 0.05
 
 
 class Sender:
@@ -40,19 +48,22 @@ class Sender:
     :meth:`open` acquires the claim directory."""
 
     def __init__(self, config, *, label="sender-1", notices=None,
-                 clock=time.time, rand=random.random):
+                 clock=time.time, boottime=None, rand=random.random):
         self.config = config
         self.label = label
         self.notices = notices
-        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock)
+        # Wall time for what is stored (due times); the boot clock for waits.
+        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock,
+                           boottime=boottime)
         self._clock = clock
         self._rand = rand
         self._active = None
         self._transports = {}
         self._tokens = {}
-        self._pool = None  # the upload thread of step(), made on first use
-        self._in_flight = None  # the upload step() put on the wire
-        self._answered = []  # its answers, settled by the next step()
+        self._lanes = {}  # peer -> its upload thread for step(), made on first use
+        self._lanes_in_flight = {}  # peer -> batches in its lane, not yet collected
+        self._futures = {}  # upload in a lane -> its peer
+        self._answered = queue.SimpleQueue()  # (peer, part, results) from the lanes
 
     def open(self):
         """Read the peers' tokens, make the spool tree, return orphaned claims
@@ -75,6 +86,11 @@ class Sender:
         self._deliver_all(by_peer)
         return moved
 
+    @property
+    def busy(self):
+        """True while an upload put on the wire by :meth:`step` is unsettled."""
+        return bool(self._futures) or not self._answered.empty()
+
     def drain(self, *, stop=lambda: False):
         """Deliver batches with :meth:`step` until nothing is due or ``stop()``
         is true; returns the total claimed. Nothing is left in flight."""
@@ -82,57 +98,90 @@ class Sender:
         try:
             while True:
                 moved = self.step(claim=not stop())
-                if not moved:
-                    return total
                 total += moved
+                if not moved and not self.busy:
+                    return total
         finally:
             self.flush()
 
     def step(self, *, claim=True):
-        """One overlapped step: claim the next batch while the one before is on
-        the wire, wait for that upload, put the new batch on the wire, then
-        settle the answers of the finished one. So the receiver's work and ours
-        overlap, and each call waits for at most one upload (bounded like
-        :meth:`run_once`). One batch at a time is uploaded, in order, so the
-        peer's state is judged as in :meth:`run_once`; an answered message
-        stays in ``active/`` until it is settled, so each is in exactly one
-        directory throughout. Returns how many it claimed; 0 (nothing due, or
-        ``claim`` false) also means nothing is left in flight."""
-        moved, by_peer = self._claim() if claim else (0, {})
-        self._finish_upload()
-        finished, self._answered = self._answered, []
-        if moved:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix=self.label)
-            self._in_flight = self._pool.submit(
-                self._deliver_all, by_peer,
-                lambda *answer, into=self._answered: into.append(answer))
-        for answer in finished:
-            self._settle(*answer)
+        """One step: settle the uploads that finished, claim the next batch and
+        put each peer's share on the wire in that peer's own lane (a thread
+        with its own connection), without waiting for it.
+
+        Peers never wait for each other: a peer that hangs or is down ties up
+        its own lane only. A lane holds at most ``LANE_DEPTH`` batches (one on
+        the wire, the next claimed behind it, so claiming and uploading still
+        overlap); while it is full, that peer's messages stay in ``queue/``
+        and the claim takes the other peers' messages after them. Within a
+        lane the batches go one at a time, in order, so the peer's state is
+        judged as in :meth:`run_once`; an answered message stays in
+        ``active/`` until it is settled, so each is in exactly one directory
+        throughout. When nothing could be claimed while uploads are in
+        flight, waits up to ``[sender] wait`` for one of them to finish or
+        for a producer's wake-up. Returns how many it claimed."""
+        self._collect()
+        moved = 0
+        if claim:
+            full = {peer for peer, n in self._lanes_in_flight.items() if n >= LANE_DEPTH}
+            moved, by_peer = self._claim(skip_peers=full)
+            for peer, batch in by_peer.items():
+                self._submit(peer, batch)
+        if not moved and self._futures:
+            self._wait_for_lanes()
+            self._collect()
         return moved
 
+    def _wait_for_lanes(self):
+        """Wait up to ``[sender] wait`` for an upload to finish, but no longer
+        than until a producer's wake-up: a peer that takes long to answer must
+        not make the messages put meanwhile for others wait."""
+        deadline = time.monotonic() + self.config.sender.wait
+        while (left := deadline - time.monotonic()) > 0:
+            done, _ = concurrent.futures.wait(self._futures, timeout=min(LANE_POLL, left),
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            if done or (self.notices is not None and self.notices.woken()):
+                return
+
     def flush(self):
-        """Wait for the upload in flight, if any, and settle its answers."""
+        """Wait for every upload in flight and settle its answers."""
         try:
-            self._finish_upload()
+            concurrent.futures.wait(self._futures)
         finally:
-            finished, self._answered = self._answered, []
-            for answer in finished:
-                self._settle(*answer)
+            self._collect()
 
-    def _finish_upload(self):
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            in_flight.result()  # its errors are ours
+    def _submit(self, peer, batch):
+        """Put ``peer``'s share of a batch in that peer's lane."""
+        lane = self._lanes.get(peer)
+        if lane is None:
+            lane = self._lanes[peer] = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"{self.label}-{peer}")
+        self._lanes_in_flight[peer] = self._lanes_in_flight.get(peer, 0) + 1
+        future = lane.submit(self._deliver, peer, batch, lambda *answer: self._answered.put(answer))
+        self._futures[future] = peer
 
-    def _claim(self):
-        """Claim a batch; (how many, {peer: batch}) of those to deliver. The
-        expired and those of unknown peers go to dead/ here."""
+    def _collect(self):
+        """Settle the answers of finished uploads; an upload's error is ours."""
+        errors = []
+        for future in [f for f in self._futures if f.done()]:
+            peer = self._futures.pop(future)
+            self._lanes_in_flight[peer] -= 1
+            if not future.cancelled() and future.exception() is not None:
+                errors.append(future.exception())
+        while not self._answered.empty():
+            self._settle(*self._answered.get())
+        if errors:
+            raise errors[0]
+
+    def _claim(self, skip_peers=frozenset()):
+        """Claim a batch (none of the messages of ``skip_peers``); (how many,
+        {peer: batch}) of those to deliver. The expired and those of unknown
+        peers go to dead/ here."""
         sender = self.config.sender
         now_ms = int(self._clock() * 1000)
         claimed = self.spool.claim(self._active, limit=sender.batch_messages,
-                                   max_bytes=sender.batch_bytes, now_ms=now_ms)
+                                   max_bytes=sender.batch_bytes, now_ms=now_ms,
+                                   skip_peers=skip_peers)
         by_peer = {}
         for item in claimed:
             name = item[0]
@@ -160,14 +209,17 @@ class Sender:
 
     def close(self):
         """Return claimed-but-unfinished files to ``queue/``, release the claim
-        directory's lock and close the connections. An upload in flight is
-        finished and settled first, so its answers are not thrown away."""
+        directory's lock and close the connections. The uploads on the wire
+        are finished and settled first, so their answers are not thrown away;
+        a batch still waiting in a lane is not sent."""
+        for future in self._futures:
+            future.cancel()  # not on the wire yet: its batch goes back to queue/ below
         try:
             self.flush()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
+            lanes, self._lanes = self._lanes, {}
+            for lane in lanes.values():
+                lane.shutdown()
             self._release()
 
     def _release(self):
@@ -190,14 +242,18 @@ class Sender:
         while pending:
             part = pending.pop()
             state = self.spool.peer_state(peer)
-            down_until = state.get("down_until", 0)
-            if down_until > self._clock():
-                self._hold(peer, part, down_until)
+            pause = 0.0 if state.get("trial") else self.spool.peer_pause(
+                state, cap=self.config.sender.peer_backoff_cap)
+            if pause > 0:
+                self._hold(peer, part, pause)
                 continue
             try:
                 results = self._transport(peer).send(part)
             except BatchRefused as e:
                 pending += self._split_refused(peer, part, e)
+                continue
+            except Forbidden as e:
+                pending += self._split_forbidden(part, e)
                 continue
             except Unreadable as e:
                 pending += self._drop_unreadable(part, e)
@@ -207,7 +263,8 @@ class Sender:
                 continue
             crash_point("send.after_upload")
             if state:
-                self.spool.mark_peer_up(peer)
+                # The retry scanner sends all of its deferred messages at once.
+                self.spool.mark_peer_up(peer, revived=True)
                 log.info("peer %s is up again", peer)
             (settle or self._settle)(peer, part, results)
 
@@ -219,6 +276,22 @@ class Sender:
         log.debug("batch of %d to %s refused (%s): splitting", len(part), peer, error)
         middle = len(part) // 2
         return [part[middle:], part[:middle]]
+
+    def _split_forbidden(self, part, error):
+        """The sub-batches still to try after ``part`` was answered 403: one per
+        channel, in send order. A single channel refused alone waits in
+        ``deferred/`` with its messages' own backoff (a right can be granted
+        later, so they are not given up), and the peer is not marked down: the
+        other channels of the same token are fine."""
+        channels = {}
+        for item in part:
+            channels.setdefault(item[0].channel, []).append(item)
+        if len(channels) > 1:
+            return list(reversed(channels.values()))  # a stack: the first channel on top
+        log.warning("%s: %d messages deferred", error, len(part))
+        for name, path, _ in part:
+            self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
+        return []
 
     def _drop_unreadable(self, part, error):
         """The sub-batch still to try: ``part`` without the message that cannot
@@ -255,16 +328,15 @@ class Sender:
         failures = state.get("failures", 0) + 1
         sender = self.config.sender
         pause = backoff.delay(failures, base=sender.peer_backoff_base, cap=sender.peer_backoff_cap)
-        self.spool.mark_peer_down(peer, until=self._clock() + pause, failures=failures,
-                                  error=str(error))
+        self.spool.mark_peer_down(peer, pause=pause, failures=failures, error=str(error))
         down = "down" if failures == 1 else f"still down ({failures} failures in a row)"
         log.warning("%s: %s, next try in %.1f s", error, down, pause)
         for name, path, _ in part:
             self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
 
-    def _hold(self, peer, part, down_until):
+    def _hold(self, peer, part, pause):
         """Park ``part`` until its peer's pause ends; it was not tried, so no attempt counts."""
-        due_ms = int(down_until * 1000)
+        due_ms = int((self._clock() + pause) * 1000)
         for name, path, _ in part:
             self.spool.to_deferred(path, name, due_ms=due_ms, count_attempt=False)
         log.debug("held %d messages for %s: peer down", len(part), peer)

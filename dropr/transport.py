@@ -1,5 +1,5 @@
 """The HTTP side of a sender: batch uploads to one peer over a kept-alive
-pycurl handle, and a health probe.
+pycurl handle, and a readiness probe.
 
 A peer has one receiver URL or several (``urls``): the batches go round
 robin to the URLs that answer; a URL that fails is left out for a while (its
@@ -14,8 +14,10 @@ The answer sorts into three outcomes the sender handles differently:
 - 200: a result per message id (``stored``, ``duplicate`` or ``rejected``);
 - :class:`~dropr.errors.BatchRefused`: 400, 411, 413, 415 or 422 — the
   receiver refused what this batch contains; permanent for the batch as sent;
+- :class:`~dropr.errors.Forbidden`: 403 — this client may not write (to a
+  channel of) this batch; the sender tries again one channel at a time;
 - :class:`~dropr.errors.PeerError`: anything else (connection failure,
-  timeout, 5xx, and the other 4xx: 401/403 are a token to fix, 404/405 a
+  timeout, 5xx, and the other 4xx: 401 is a token to fix, 404/405 a
   wrong URL, 408/429 a busy peer); the messages wait in ``deferred/`` for the
   operator or the peer, rather than being given up because of a config slip.
 
@@ -33,10 +35,10 @@ import time
 import pycurl
 
 from dropr import backoff
-from dropr.errors import BatchRefused, PeerError, Unreadable
+from dropr.errors import BatchRefused, Forbidden, PeerError, Unreadable
 
 BATCH_PATH = "/v1/batch"
-HEALTH_PATH = "/v1/health"
+READY_PATH = "/v1/ready"
 #: A peer that moves less than LOW_SPEED_BYTES per second for this long (at
 #: most the peer's timeout) is cut off; 30 s is also curl's own usual choice.
 STALL_SECONDS = 30
@@ -161,7 +163,8 @@ class Transport:
         ``channel`` and ``priority``); returns ``{id: {"status": ..., ...}}``.
 
         Tries the peer's URLs in turn until one answers. Raises ``PeerError``
-        (every URL failed: try later), ``BatchRefused`` (4xx, permanent), or
+        (every URL failed: try later), ``BatchRefused`` (4xx, permanent),
+        ``Forbidden`` (403: a channel this client may not write), or
         ``Unreadable`` before anything is sent if a message file cannot be opened."""
         errors = []
         for url in self._order():
@@ -221,6 +224,9 @@ class Transport:
         code, message = _error_of(body)
         if status in _REFUSING_4XX:
             raise BatchRefused(status, code, message)
+        if status == 403:
+            # The client's right to a channel: the same answer from every URL.
+            raise Forbidden(f"peer {self.peer.name} ({url}): HTTP 403 {code}: {message}")
         raise PeerError(f"peer {self.peer.name} ({url}): HTTP {status} {code}: {message}")
 
     def _handle(self, url):
@@ -244,11 +250,13 @@ class Transport:
 
 
 def probe(peer, *, timeout=5.0):
-    """``GET <url>/v1/health`` of each of the peer's URLs until one answers 200:
+    """``GET <url>/v1/ready`` of each of the peer's URLs until one answers 200:
     ``(True, "")``, else ``(False, reasons)``.
 
     Used by the retry scanner to see whether a peer marked down is back: it is
-    back as soon as one of its receivers is."""
+    back as soon as one of its receivers can store messages (readiness, not
+    mere liveness: a receiver whose store is full or unwritable answers
+    ``/v1/health`` but not ``/v1/ready``)."""
     reasons = []
     for url in _urls_of(peer):
         ok, reason = _probe_url(peer, url, timeout)
@@ -261,7 +269,7 @@ def probe(peer, *, timeout=5.0):
 def _probe_url(peer, url, timeout):
     curl = _base_handle(peer, url, timeout=timeout)
     try:
-        curl.setopt(pycurl.URL, url + HEALTH_PATH)
+        curl.setopt(pycurl.URL, url + READY_PATH)
         status, body = _perform(curl, peer, url)
     except PeerError as e:
         return False, str(e)

@@ -2,8 +2,10 @@
 folder, free loopback ports, the receiver under gunicorn, and waiting for a
 condition with a deadline (never sleep-and-hope)."""
 
+import contextlib
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -189,3 +191,16 @@ def stop_worker(pid, timeout=1.0, sig=signal.SIGTERM):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise
+
+
+@contextlib.contextmanager
+def hung_listener():
+    """A loopback port whose connections are accepted (by the kernel) and never
+    answered, as by a hung receiver; yields its ``http://`` URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()

@@ -146,7 +146,10 @@ class Case:
         assert os.listdir(store.root / "tmp") == []
         assert os.listdir(self.spool.dirs["tmp"]) == []
         assert os.listdir(self.spool.dirs["active"]) == []
-        assert [p for p in os.listdir(self.spool.peers_dir) if p.startswith(".")] == []
+        # A sender that got through to a peer marked down leaves a note for the
+        # next retry scan (to requeue the rest of its backlog): not a leftover.
+        assert [p for p in os.listdir(self.spool.peers_dir)
+                if p.startswith(".") and not p.startswith(".revived-")] == []
         counts = self.spool.counts()
         assert counts == {"queue": 0, "active": 0, "deferred": 0, "sent": 0,
                           "dead": len(dead)}, counts

@@ -51,7 +51,8 @@ def setup(tmp_path):
     peers = {"local": {"url": f"http://127.0.0.1:{harness.free_port()}", "connect_timeout": 1.0},
              "other": {"url": f"http://127.0.0.1:{harness.free_port()}"}}
     path = harness.write_config(tmp_path, peers=peers,
-                                sections={"retry": {"max_age": 3600.0, "interval": 1.0}})
+                                sections={"retry": {"max_age": 3600.0, "interval": 1.0},
+                                          "sender": {"peer_backoff_cap": 600.0}})
     config = config_mod.load(path)
     spool = Spool(config.client.spool, fsync=False).create()
     notices = Notices.replace(spool.root)
@@ -128,8 +129,8 @@ def test_messages_of_a_down_peer_are_left_alone_and_stale_markers_go(setup):
     config, spool, notices = setup
     probes = Probes(False)
     scanner = RetryScanner(config, notices=notices, clock=Clock(), probe=probes).open()
-    spool.mark_peer_down("other", until=T + 100, failures=3, error="refused")
-    spool.mark_peer_down("retired", until=T + 100, failures=1, error="refused")
+    spool.mark_peer_down("other", pause=100, failures=3, error="refused")
+    spool.mark_peer_down("retired", pause=100, failures=1, error="refused")
     mine = defer(spool, new_id(), peer="local", due_ms=T_MS - 1)
     theirs = defer(spool, new_id(), peer="other", due_ms=T_MS - 1)
     assert scanner.scan() == 1
@@ -139,39 +140,55 @@ def test_messages_of_a_down_peer_are_left_alone_and_stale_markers_go(setup):
     assert spool.down_peers() == ["other"]  # "retired" is no longer configured
 
 
-def test_probe_success_marks_peer_up_and_requeues_all_its_messages(config_path, receiver):
+def test_a_ready_peer_gets_one_trial_batch_then_all_once_a_sender_gets_through(
+        config_path, receiver):
     config = config_mod.load(config_path)
+    config = dataclasses.replace(config, sender=dataclasses.replace(config.sender,
+                                                                    batch_messages=8))
     spool = Spool(config.client.spool, fsync=False).create()
     notices = Notices.replace(spool.root)
     try:
         now = time.time()
-        spool.mark_peer_down("local", until=now + 0.05, failures=4, error="refused")
+        spool.mark_peer_down("local", pause=0.05, failures=4, error="refused")
         far = int(now * 1000) + 3_600_000
-        names = [defer(spool, new_id(now), attempts=5, due_ms=far) for _ in range(20)]
+        names = sorted(defer(spool, new_id(now), attempts=5, due_ms=far) for _ in range(20))
         probes = Probes()  # the real probe, against the real receiver
         scanner = RetryScanner(config, notices=notices, probe=probes).open()
-        assert scanner.scan() == 20
-        assert probes.peers == ["local"] and spool.down_peers() == []
-        assert spool.names("queue") == sorted(n.replace(due_ms=0) for n in names)
+        assert scanner.scan() == 8
+        assert probes.peers == ["local"] and woken(notices)
+        assert spool.names("queue") == [n.replace(due_ms=0) for n in names[:8]]
         assert {n.attempts for n in spool.names("queue")} == {5}
-        assert spool.names("deferred") == [] and woken(notices)
+        state = spool.peer_state("local")
+        assert state["trial"] and state["failures"] == 4  # the backoff is kept
+        assert scanner.scan() == 0  # on trial: no second batch, no second probe
+        assert probes.peers == ["local"]
+
+        spool.mark_peer_up("local", revived=True)  # as a sender does when a batch gets through
+        assert scanner.scan() == 12
+        assert spool.names("deferred") == [] and spool.revived_peers() == []
+        assert spool.names("queue") == [n.replace(due_ms=0) for n in names]
     finally:
         notices.remove()
 
 
-def test_probe_failure_keeps_peer_down_and_does_not_probe_every_scan(setup):
+def test_probe_failure_keeps_peer_down_with_a_longer_pause(setup):
     config, spool, notices = setup  # nothing listens on local's port
     clock = Clock(time.time())
     probes = Probes()  # the real probe: connection refused
-    scanner = RetryScanner(config, notices=notices, clock=clock, probe=probes).open()
-    spool.mark_peer_down("local", until=clock.now - 1, failures=2, error="refused")
-    waiting = defer(spool, new_id(clock.now), attempts=2, due_ms=int(clock.now * 1000) + 60_000)
+    scanner = RetryScanner(config, notices=notices, clock=clock, boottime=clock,
+                           probe=probes).open()
+    scanner.spool.mark_peer_down("local", pause=-1, failures=5, error="refused")
+    waiting = defer(spool, new_id(clock.now), attempts=2, due_ms=int(clock.now * 1000) - 1)
     assert scanner.scan() == 0
     assert probes.peers == ["local"] and spool.down_peers() == ["local"]
     assert spool.names("deferred") == [waiting] and not woken(notices)
+    state = spool.peer_state("local")
+    assert state["failures"] == 6 and "curl error 7" in state["error"]
+    pause = config.sender.peer_backoff_base * 2 ** 5
+    assert scanner.spool.peer_pause(state, cap=600) == pytest.approx(pause)
     scanner.scan()
-    assert probes.peers == ["local"]  # failed just now: not again at once
-    clock.now += config.sender.peer_backoff_cap + 1
+    assert probes.peers == ["local"]  # failed just now: not again before its pause ends
+    clock.now += pause
     scanner.scan()
     assert probes.peers == ["local", "local"]
 

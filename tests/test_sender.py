@@ -130,7 +130,7 @@ def test_peer_down_defers_the_batch_then_holds_new_ones_until_it_is_due(env):
     config, receiver = env(start=False)
     client = Client(config, clock=clock)
     first = put_many(client, [b"1", b"2", b"3"])
-    sender = open_sender(config, clock=clock, rand=lambda: 0.5)  # jitter 0
+    sender = open_sender(config, clock=clock, boottime=clock, rand=lambda: 0.5)  # jitter 0
     try:
         assert sender.run_once() == 3
         assert {n.id: (n.attempts, n.due_ms) for n in sender.spool.names("deferred")} == {
@@ -246,17 +246,17 @@ def test_dropr_send_delivers_until_sigterm_then_exits_cleanly(env):
     assert client.spool.count("active") == 0 and client.spool.count("queue") == 0
 
 
-def test_step_claims_the_next_batch_while_one_is_on_the_wire_and_close_settles_it(env):
+def test_step_claims_the_next_batch_while_one_is_on_the_wire_and_flush_settles_it(env):
     config, _ = env({"sender": {"batch_messages": 2}})
     client = Client(config)
     sent = put_many(client, [b"a", b"b", b"c"])
     sender = open_sender(config)
     try:
-        assert sender.step() == 2  # on the wire, not yet settled
-        assert sender.step() == 1  # the first batch finished and settled
-        assert client.spool.count("active") == 1
+        assert sender.step() == 2  # on the wire in the peer's lane, not waited for
+        assert sender.step() == 1  # claimed behind it in the same lane
         assert client.spool.count("queue") == 0
+        sender.flush()  # finishes the uploads in flight and settles them
     finally:
-        sender.close()  # finishes the upload in flight and settles it
+        sender.close()
     assert stored(config) == sent
     assert client.spool.count("active") == 0 and client.spool.count("queue") == 0

@@ -121,7 +121,6 @@ def test_token_from_a_file(producer, https, pki, tmp_path):
     ({"ca_file": "wrong_ca", "token": SHOP_TOKEN}, "(curl error 60)"),
     ({"ca_file": "ca", "token": "not-the-token"}, "HTTP 401 unauthorized"),
     ({"ca_file": "ca"}, "HTTP 401 unauthorized"),
-    ({"ca_file": "ca", "token": SHOP_TOKEN, "channel": "audit"}, "HTTP 403 forbidden"),
 ])
 def test_wrong_ca_or_token_defers_and_marks_the_peer_down(producer, https, pki, peer, error):
     channel = peer.pop("channel", "orders")
@@ -136,6 +135,14 @@ def test_wrong_ca_or_token_defers_and_marks_the_peer_down(producer, https, pki, 
     for mid in ids:
         with pytest.raises(NotFound):
             server_store(https).get(channel, mid)
+
+
+def test_a_channel_the_token_may_not_write_defers_its_messages_alone(producer, https, pki):
+    path, spool = producer(ca_file=str(pki["ca"]), token=SHOP_TOKEN)
+    put_three(path, "audit")
+    harness.run_dropr(path, "send", "--once")
+    assert (spool.count("queue"), spool.count("deferred"), spool.count("dead")) == (0, 3, 0)
+    assert spool.peer_state("tls") == {}  # the token's other channels are fine
 
 
 def test_curl_with_the_ca_and_the_token(https, pki):

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from dropr.config import PeerConfig
-from dropr.errors import BatchRefused, PeerError, Unreadable
+from dropr.errors import BatchRefused, Forbidden, PeerError, Unreadable
 from dropr.spool import SpoolName
 from dropr.transport import Transport, probe
 from tests import harness
@@ -142,12 +142,23 @@ def test_one_connection_is_kept_alive_across_batches(tmp_path):
     assert len(peer.requests) == 3 and peer.connections == 1
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 507, 408, 429, 401, 403, 404, 405])
+@pytest.mark.parametrize("status", [500, 502, 503, 507, 408, 429, 401, 404, 405])
 def test_transient_answers_raise_peer_error(tmp_path, status):
     body = json.dumps({"error": {"code": "busy", "message": "try later"}}).encode()
     with CannedPeer([(status, body)]) as peer:
         with pytest.raises(PeerError, match=f"HTTP {status} busy: try later"):
             Transport(peer_at(peer.url), client="c").send(make_batch(tmp_path, [b"m"]))
+
+
+def test_403_raises_forbidden_and_is_not_tried_at_the_next_url(tmp_path):
+    body = json.dumps({"error": {"code": "forbidden", "message": "not channel x"}}).encode()
+    with CannedPeer([(403, body)]) as a, CannedPeer([(200, b'{"results": {}}')]) as b:
+        peer = PeerConfig(name="p", url=a.url, urls=(a.url, b.url))
+        transport = Transport(peer, client="c")
+        with pytest.raises(Forbidden, match="HTTP 403 forbidden: not channel x") as info:
+            transport.send(make_batch(tmp_path, [b"m"]))
+    assert not isinstance(info.value, PeerError)
+    assert b.requests == [] and transport.down_urls() == {}
 
 
 @pytest.mark.parametrize("status", [400, 411, 413, 415, 422])
@@ -196,12 +207,12 @@ def test_peer_that_accepts_but_never_answers_is_cut_off_after_the_timeout(tmp_pa
     assert 0.45 <= elapsed < 2.0
 
 
-def test_probe_reports_health_and_the_reason_it_failed():
+def test_probe_reports_readiness_and_the_reason_it_failed():
     with CannedPeer([(200, b'{"status": "ok"}'), (503, b'{"error": {"code": "not_ready", '
                                                        b'"message": "starting"}}')]) as server:
         assert probe(peer_at(server.url), timeout=2.0) == (True, "")
         ok, reason = probe(peer_at(server.url), timeout=2.0)
     assert not ok and "HTTP 503 not_ready: starting" in reason
-    assert server.requests[0][0].startswith("GET /v1/health HTTP/1.1\r\n")
+    assert server.requests[0][0].startswith("GET /v1/ready HTTP/1.1\r\n")
     ok, reason = probe(peer_at(f"http://127.0.0.1:{harness.free_port()}"), timeout=1.0)
     assert not ok and "curl error 7" in reason

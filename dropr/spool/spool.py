@@ -6,7 +6,8 @@
     deferred/          waiting for its next attempt (due time in the name)
     sent/              acknowledged by the receiver, kept for the retention time
     dead/              given up; ``<name>.reason`` beside each says why
-    peers/             one small JSON file per peer that is marked down
+    peers/             one small JSON file per peer that is marked down, and a
+                       ``.revived-<peer>`` note per peer a sender found up again
 
 This module alone knows the layout. Every state change of a message is one
 ``rename()`` inside one filesystem, so at every instant each message is in
@@ -35,11 +36,28 @@ STATES = ("tmp", "queue", "active", "deferred", "sent", "dead")
 LOCK = ".lock"
 REASON_SUFFIX = ".reason"
 _NEW_PREFIX = ".new-"
+_REVIVED_PREFIX = ".revived-"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 #: A claim listing keeps the first max(_KEEP_BATCHES * limit, _KEEP_MIN) names.
 _KEEP_BATCHES = 100
 _KEEP_MIN = 10_000
+
+
+def _boottime():
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _read_boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""  # no /proc: every marker is judged by its wall time, bounded
+
+
+#: This boot's id: a boot-clock time stored by another boot means nothing here.
+_BOOT_ID = _read_boot_id()
 
 
 def fsync_dir(path):
@@ -118,11 +136,14 @@ class Spool:
     """The client spool at ``root``; used by producers, senders, the retry scanner,
     the reaper and the admin commands, each in its own process."""
 
-    def __init__(self, root, *, fsync=True, clock=time.time, monotonic=time.monotonic):
+    def __init__(self, root, *, fsync=True, clock=time.time, monotonic=time.monotonic,
+                 boottime=None):
         self.root = Path(root)
         self.fsync = fsync
         self._clock = clock
         self._monotonic = monotonic
+        self._boottime = boottime or _boottime
+        self._boot_id = _BOOT_ID
         self._listing = None  # a sender's claim listing, kept between claims
         self.dirs = {state: self.root / state for state in STATES}
         self._tmp, self._queue = str(self.dirs["tmp"]), str(self.dirs["queue"])
@@ -310,9 +331,10 @@ class Spool:
         os.rename(fresh, final)
         return ActiveDir(final, fd)
 
-    def claim(self, active, *, limit, max_bytes, now_ms=None):
+    def claim(self, active, *, limit, max_bytes, now_ms=None, skip_peers=frozenset()):
         """Move up to ``limit`` due messages (at most ``max_bytes``, but at least one)
         from ``queue/`` into ``active``; returns [(name, path, size)] in send order.
+        The messages of ``skip_peers`` stay in ``queue/``.
 
         Raw file names sort in send order, so only the names taken are parsed;
         anything that is not a regular file with a name dropr makes is left alone.
@@ -330,7 +352,7 @@ class Spool:
                     break
                 listing, rescanned = self._rescan(limit), True
                 continue
-            item = self._claim_one(queue, dest, filename, now_ms)
+            item = self._claim_one(queue, dest, filename, now_ms, skip_peers)
             if item is not None and claimed and total + item[2] > max_bytes:
                 break  # not moved: first in line for the next batch
             listing.advance()
@@ -345,14 +367,14 @@ class Spool:
             total += item[2]
         return claimed
 
-    def _claim_one(self, queue, dest, filename, now_ms):
+    def _claim_one(self, queue, dest, filename, now_ms, skip_peers=frozenset()):
         """(name, source path, size) of ``filename`` if it is a due message still
         in ``queue/``; None to skip it."""
         try:
             name = parse(filename)
         except ValidationError:
             return None
-        if name.due_ms > now_ms:
+        if name.due_ms > now_ms or name.peer in skip_peers:
             return None
         src = queue + "/" + filename
         try:
@@ -507,21 +529,46 @@ class Spool:
     # -- peers ------------------------------------------------------------
 
     def peer_state(self, peer):
-        """The down-state of ``peer``: a dict with ``down_until`` (s), ``failures``,
-        ``error``; an empty dict when it is up."""
+        """The down-state of ``peer``: a dict with ``down_until`` (wall-clock s,
+        for people), ``failures``, ``error``, ``trial`` (a probe found it ready:
+        senders may try it), and the pause on the boot clock (see
+        :meth:`peer_pause`); an empty dict when it is up."""
         try:
             return json.loads((self.peers_dir / peer).read_text())
         except (FileNotFoundError, ValueError):
             return {}
 
-    def mark_peer_down(self, peer, *, until, failures, error):
-        """Record that ``peer`` failed, so no sender tries it before ``until``.
-        False if the disk had no room for the record."""
+    def peer_pause(self, state, *, cap):
+        """Seconds left of the pause in a :meth:`peer_state` (0 when over).
+
+        Waits run on the boot clock (``CLOCK_BOOTTIME``: never stepped, and
+        running on through a suspend), which every process of one boot shares.
+        A marker from an earlier boot (or an older dropr) has only its wall
+        time, trusted no further than ``cap`` s ahead (the longest pause
+        there is): a wall clock stepped back cannot stretch a pause."""
+        if not state:
+            return 0.0
+        if state.get("boot_id") == self._boot_id and "down_until_boot" in state:
+            left = state["down_until_boot"] - self._boottime()
+        else:
+            left = state.get("down_until", 0) - self._clock()
+        return max(0.0, min(left, cap))
+
+    def mark_peer_down(self, peer, *, failures, error, pause=None, until=None, trial=False):
+        """Record that ``peer`` failed, so no sender tries it for ``pause`` s
+        (or until wall-clock ``until``); ``trial``: a probe found it ready, so
+        senders may try it, while the retry scanner still holds back its
+        backlog. False if the disk had no room for the record."""
+        now = self._clock()
+        pause = (until - now) if pause is None else pause
+        record = {"down_until": now + pause, "failures": failures, "error": error,
+                  "boot_id": self._boot_id, "down_until_boot": self._boottime() + pause}
+        if trial:
+            record["trial"] = True
         # Written in tmp/, where the reaper removes what a crash leaves behind.
         tmp = self.dirs["tmp"] / f".peer-{peer}.{os.getpid()}"
         try:
-            self._write_note(tmp, json.dumps({"down_until": until, "failures": failures,
-                                              "error": error}))
+            self._write_note(tmp, json.dumps(record))
         except SpoolFull:
             return False  # a full disk: the marker is advice, the messages wait all the same
         crash_point("send.after_mark_down_write")
@@ -529,10 +576,31 @@ class Spool:
         crash_point("send.after_mark_down")
         return True
 
-    def mark_peer_up(self, peer):
-        """Forget that ``peer`` was down."""
-        with contextlib.suppress(FileNotFoundError):
+    def mark_peer_up(self, peer, *, revived=False):
+        """Forget that ``peer`` was down. ``revived``: it was found up by a
+        sender, so leave a note for the retry scanner to send all of the peer's
+        deferred messages at once (see :meth:`revived_peers`)."""
+        try:
             (self.peers_dir / peer).unlink()
+        except FileNotFoundError:
+            return
+        if revived:
+            # After the unlink: a crash between the two costs only the early requeue.
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.peers_dir / (_REVIVED_PREFIX + peer),
+                                 os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
+
+    def revived_peers(self):
+        """Peers a sender found up again since the retry scanner last looked."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(p.name.removeprefix(_REVIVED_PREFIX) for p in self.peers_dir.iterdir()
+                          if p.name.startswith(_REVIVED_PREFIX))
+        return []
+
+    def forget_revived(self, peer):
+        """The retry scanner has requeued ``peer``'s messages: drop its note."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.peers_dir / (_REVIVED_PREFIX + peer)).unlink()
 
     def down_peers(self):
         """Names of the peers currently recorded as down."""

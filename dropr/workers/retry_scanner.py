@@ -10,8 +10,6 @@ from dropr.workers.base import Worker
 #: Longest uninterrupted sleep between ticks: bounds how late a stop request,
 #: a vanished supervisor or a due heartbeat is noticed.
 PAUSE_STEP = 0.05
-#: Slack on top of the longest silence a scan can cause (listing, renames).
-_MARGIN = 10.0
 
 
 def pause(worker, seconds, *, clock=time.monotonic):
@@ -39,12 +37,6 @@ class RetryScannerWorker(Worker):
         self._probe = probe
         self.scanner = None
 
-    @classmethod
-    def max_silence(cls, config):
-        """One scan may probe every peer marked down, each for up to its
-        connect_timeout, before the worker reports again: allow all of them."""
-        return sum(p.connect_timeout for p in config.peers.values()) + _MARGIN
-
     def open(self):
         """In the child: the scanner, waking senders through this worker's notices."""
         self.scanner = RetryScanner(self.config, notices=self.notices, clock=self._clock,
@@ -55,3 +47,8 @@ class RetryScannerWorker(Worker):
         moved = self.scanner.scan()
         pause(self, self.config.retry.interval)
         return moved
+
+    def close(self):
+        """Let go of the probes in flight."""
+        if self.scanner is not None:
+            self.scanner.close()

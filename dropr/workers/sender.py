@@ -18,9 +18,12 @@ class SenderWorker(Worker):
 
     @classmethod
     def max_silence(cls, config):
-        """A sender reports between batches, and one upload may block for the
-        peer's connect_timeout + timeout: allow the slowest peer that long."""
-        uploads = [p.connect_timeout + p.timeout for p in config.peers.values()]
+        """A sender's loop waits at most ``[sender] wait`` for an upload, but when
+        it stops or is recycled it finishes the uploads on the wire: one per
+        peer at once, each of which may try every URL of its peer for up to
+        connect_timeout + timeout. Allow the slowest peer that long."""
+        uploads = [len(p.urls or (p.url,)) * (p.connect_timeout + p.timeout)
+                   for p in config.peers.values()]
         return max(uploads, default=0.0) + config.sender.wait + _MARGIN
 
     def open(self):
@@ -31,11 +34,12 @@ class SenderWorker(Worker):
         self.sender.open()
 
     def tick(self):
-        """One overlapped step (claim the next batch while the last one is on
-        the wire); when nothing was due, wait for a wake-up. A step waits for
-        at most one upload, so heartbeats and stop checks stay bounded."""
+        """One step (claim a batch and put it on the wire in its peers' lanes);
+        when nothing was due and nothing is on the wire, wait for a wake-up. A
+        step waits at most ``[sender] wait`` for an upload, so heartbeats and
+        stop checks stay bounded however long a peer takes to answer."""
         moved = self.sender.step()
-        if moved == 0 and not self.stopping:
+        if moved == 0 and not self.sender.busy and not self.stopping:
             self.sender.wait()
         return moved
 
