@@ -141,7 +141,8 @@ def cmd_receiver(args, config):
 def _spool(config):
     from dropr.spool import Spool
 
-    return Spool(config.client.spool, fsync=config.client.fsync).create()
+    return Spool(config.client.spool, fsync=config.client.fsync,
+                 group=config.client.group).create()
 
 
 def cmd_spool(args, config):

@@ -50,6 +50,7 @@ class ClientConfig:
     max_messages: int = key(0, 0)
     max_bytes: int = key(0, 0)
     put_timeout: float = key(0.0, 0.0, 86400.0)
+    group: str = key("", kind="group")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,6 +459,15 @@ def _check_path(raw, label, meta, base):
     return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
+def _check_group(raw, label, meta, base):
+    # A POSIX portable user/group name; whether the group exists is checked
+    # where the spool is made (a producer's host need not know it).
+    ok = isinstance(raw, str) and len(raw) <= 32 and all(
+        c.isascii() and (c.isalnum() or c in "._-") for c in raw) and not raw.startswith("-")
+    _want(ok, raw, label, "a group name (letters, digits, '.', '_', '-')")
+    return raw
+
+
 def _check_name(raw, label, meta, base):
     _want(isinstance(raw, str), raw, label, "a string")
     if raw:
@@ -541,6 +551,7 @@ _CHECKS = {
     "str": _check_str,
     "path": _check_path,
     "name": _check_name,
+    "group": _check_group,
     "names": _check_names,
     "token": _check_token,
     "url": _check_url,

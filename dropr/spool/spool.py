@@ -20,15 +20,20 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
-from dropr.errors import SpoolFull, ValidationError
+from dropr.errors import NotAMessage, SpoolFull, ValidationError
 from dropr.faults import crash_point
+from dropr.spool import perms
 from dropr.spool.listing import Listing
 from dropr.spool.naming import parse
+
+log = logging.getLogger(__name__)
 
 STATES = ("tmp", "queue", "active", "deferred", "sent", "dead")
 LOCK = ".lock"
@@ -36,6 +41,8 @@ REASON_SUFFIX = ".reason"
 _NEW_PREFIX = ".new-"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+#: How a message file is opened: never through a symlink, never blocking on a FIFO.
+_OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: A claim listing keeps the first max(_KEEP_BATCHES * limit, _KEEP_MIN) names.
 _KEEP_BATCHES = 100
 _KEEP_MIN = 10_000
@@ -90,6 +97,40 @@ def _copy_into(fd, data):
         raise ValidationError(f"data must be bytes, a path or a binary file, not {type(data).__name__}")
 
 
+def is_message_file(st):
+    """True if ``st`` (an ``lstat``/``fstat`` result) is a regular file with one
+    link: a symlink, a folder, a FIFO or a second name of another file (a hard
+    link a producer made to a file it may not read) is never taken for a message."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
+def open_message(path):
+    """(fd, size) of the message file ``path``, opened without following a
+    symlink and checked on the open descriptor; the caller reads from that fd
+    and closes it. NotAMessage for anything but a regular file with one link."""
+    try:
+        fd = os.open(path, _OPEN_MESSAGE)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotAMessage(f"{path} is a symlink, not a message") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not is_message_file(st):
+            raise NotAMessage(f"{path} is not a regular file with one link")
+        os.set_blocking(fd, True)
+        return fd, st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_message(path):
+    """NotAMessage unless ``path`` (not followed) is a regular file with one link."""
+    if not is_message_file(os.lstat(path)):
+        raise NotAMessage(f"{path} is not a regular file with one link: not moved")
+
+
 class LockedDir:
     """A directory whose ``.lock`` this process holds with ``flock`` for as long
     as it lives: a sender's claim directory, or a consumer's work folder in the
@@ -115,9 +156,10 @@ class Spool:
     """The client spool at ``root``; used by producers, senders, the retry scanner,
     the reaper and the admin commands, each in its own process."""
 
-    def __init__(self, root, *, fsync=True, clock=time.time, monotonic=time.monotonic):
+    def __init__(self, root, *, fsync=True, group="", clock=time.time, monotonic=time.monotonic):
         self.root = Path(root)
         self.fsync = fsync
+        self.group = group  # [client] group: producers of other users ("" = none)
         self._clock = clock
         self._monotonic = monotonic
         self._listing = None  # a sender's claim listing, kept between claims
@@ -125,9 +167,23 @@ class Spool:
         self._tmp, self._queue = str(self.dirs["tmp"]), str(self.dirs["queue"])
         self.peers_dir = self.root / "peers"
 
-    def create(self):
-        """Make the directory tree (idempotent); returns self."""
-        make_dirs(self.root, (*self.dirs.values(), self.peers_dir), fsync=self.fsync)
+    def create(self, *, producer=False, strict=False):
+        """Make the directory tree (idempotent); returns self.
+
+        With a ``group`` the folders get the modes of :mod:`dropr.spool.perms`
+        (where this user owns them; ``strict``: DroprError for any it cannot
+        fix), and a ``producer`` makes nothing, it only checks that it can put.
+        AccessDenied, naming the folder and the permission, if this user lacks one."""
+        try:
+            if self.group and producer:
+                perms.reach(self, self.group)
+            elif self.group:
+                perms.prepare(self, self.group, strict=strict)
+            else:
+                make_dirs(self.root, (*self.dirs.values(), self.peers_dir), fsync=self.fsync)
+        except PermissionError as e:
+            raise perms.denied(e.filename or self.root, "write and search (wx)",
+                               self.group) from None
         return self
 
     # -- producer ---------------------------------------------------------
@@ -152,10 +208,13 @@ class Spool:
             os.rename(tmp, queued)
             crash_point("put.after_rename")
         except BaseException as e:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(tmp)
             if isinstance(e, OSError) and e.errno in _FULL:
                 raise SpoolFull(f"spool {self.root} is full: {e.strerror}") from None
+            if isinstance(e, PermissionError):
+                folder = self._tmp if e.filename == tmp and e.filename2 is None else self._queue
+                raise perms.denied(folder, "write and search (wx)", self.group) from None
             raise
         if self.fsync:
             fsync_dir(self._queue)
@@ -274,9 +333,25 @@ class Spool:
             except FileNotFoundError:
                 continue  # another sender claimed it first
             crash_point("send.after_claim")
-            claimed.append((item[0], Path(dest, filename), item[2]))
-            total += item[2]
+            size = self._claimed_size(dest + "/" + filename, item[1])
+            if size is None:
+                continue
+            claimed.append((item[0], Path(dest, filename), size))
+            total += size
         return claimed
+
+    def _claimed_size(self, path, back):
+        """The size of the claimed ``path``, looked at again now that it is in
+        our claim folder, where no producer can swap it any more (the look
+        before the rename can be raced). Anything but a regular file with one
+        link goes back to ``back`` in ``queue/``, where claims skip it; None."""
+        st = os.lstat(path)
+        if is_message_file(st):
+            return st.st_size
+        log.warning("spool: %s is not a regular file with one link: not sent, left in queue/",
+                    back)
+        os.rename(path, back)
+        return None
 
     def _claim_one(self, queue, dest, filename, now_ms):
         """(name, source path, size) of ``filename`` if it is a due message still
@@ -289,9 +364,10 @@ class Spool:
             return None
         src = queue + "/" + filename
         try:
-            return name, src, os.stat(src).st_size
+            st = os.lstat(src)
         except FileNotFoundError:
             return None  # another sender claimed it first
+        return (name, src, st.st_size) if is_message_file(st) else None
 
     def _listing_for(self, limit):
         """(listing, True if just made): the kept one while it is fresh."""
@@ -329,6 +405,7 @@ class Spool:
     def to_dead(self, path, name, reason):
         """Give up on a message: its reason first, then the message, into ``dead/``.
         ``SpoolFull`` if the disk has no room for the reason; the message stays put."""
+        _check_message(path)
         dead = self.dirs["dead"] / str(name)
         note = self.dirs["tmp"] / (f".reason-{os.getpid()}-" + str(name))
         self._write_note(note, reason.rstrip("\n") + "\n")
@@ -344,6 +421,7 @@ class Spool:
         """Move ``name`` from ``state`` (deferred or dead) back into ``queue/``."""
         src = self.dirs[state] / str(name)
         new = name.replace(**changes) if changes else name
+        _check_message(src)
         os.rename(src, self.dirs["queue"] / str(new))
         crash_point("retry.after_requeue")
         if state == "dead":
@@ -474,9 +552,18 @@ class Spool:
         return []
 
     def _write_note(self, path, text):
-        """Write a small file; ``SpoolFull`` (and no file) on a full disk."""
+        """Write a small file; ``SpoolFull`` (and no file) on a full disk.
+        Made afresh (O_EXCL), so that nothing a producer put at that name in
+        ``tmp/`` (a symlink to a file of ours) is followed or overwritten."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         try:
-            path.write_text(text)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644)
+            try:
+                _write_all(fd, text.encode())
+            finally:
+                os.close(fd)
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
