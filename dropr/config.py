@@ -135,6 +135,7 @@ class ReceiverConfig:
     min_free_bytes: int = key(64 * MiB, 0)
     certfile: Path = key("", kind="path")
     keyfile: Path = key("", kind="path")
+    group: str = key("", kind="group")
     #: The [receiver.clients.NAME] tables, in file order (not a key of its own).
     clients: tuple = ()
 

@@ -251,3 +251,49 @@ def test_droprd_start_names_a_folder_it_cannot_fix_and_how(shared):
     assert f"chown {DAEMON}:{GROUP} {spool / 'tmp'} && chmod 3730 {spool / 'tmp'}" in start.stderr
     assert _droprd(DAEMON, shared, "status").returncode == 3  # not running
     assert stat.S_IMODE((spool / "tmp").stat().st_mode) == 0o755  # nothing half-done
+
+
+@pytest.fixture
+def store_config(shared):
+    """``shared`` with [receiver] group set: consumer accounts in GROUP."""
+    text = shared.read_text().replace("[receiver]\n", f'[receiver]\ngroup = "{GROUP}"\n', 1)
+    shared.write_text(text)
+    return shared
+
+
+def _store_as_receiver(config, *bodies):
+    """Store ``bodies`` in channel common as the receiver's user; their ids."""
+    script = f"""
+from dropr import config as c
+from dropr.jetstream import open_store
+store = open_store(c.load({str(config)!r}))
+for i, body in enumerate({list(bodies)!r}):
+    store.put("common", f"m{{i}}", body.encode(), priority=5, client="test")
+"""
+    result = _python(DAEMON, "-c", script)
+    assert result.returncode == 0, result.stderr
+    return [f"m{i}" for i in range(len(bodies))]
+
+
+def test_consumer_account_reads_and_acks_but_cannot_touch_bodies_being_received(store_config):
+    first, second = _store_as_receiver(store_config, "one", "two")
+    assert _dropr(MEMBER_B, store_config, "store", "cat", "common", first).stdout == "one"
+    ack = _dropr(MEMBER_B, store_config, "store", "ack", "common", first)
+    assert ack.returncode == 0, ack.stderr
+    consume = _dropr(MEMBER_B, store_config, "consume", "--channel", "common", "--once",
+                     "--", "cat")
+    assert consume.returncode == 0, consume.stderr
+    assert _dropr(DAEMON, store_config, "store", "count", "common").stdout.strip() == "0"
+    store = store_config.parent / "server"
+    assert stat.S_IMODE((store / "tmp").stat().st_mode) == 0o3730
+    listing = _python(MEMBER_B, "-c", f"import os; os.listdir({str(store / 'tmp')!r})")
+    assert listing.returncode == 1 and "PermissionError" in listing.stderr
+
+
+def test_store_command_of_a_user_outside_the_group_names_what_it_lacks(store_config):
+    _store_as_receiver(store_config, "one")
+    result = _dropr(OUTSIDER, store_config, "store", "ls", "common")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    store = store_config.parent / "server"
+    assert f"{store}: permission denied: user {OUTSIDER}" in result.stderr
+    assert f"members of group {GROUP} have it ([receiver] group" in result.stderr

@@ -51,12 +51,12 @@ _NO_ID = 0xFFFFFFFF
 _R, _W = 4, 2
 
 
-def group_id(name):
-    """The gid of group ``name``; ConfigError naming ``[client] group`` if none."""
+def group_id(name, key="[client] group"):
+    """The gid of group ``name``; ConfigError naming ``key`` if there is none."""
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        raise ConfigError(f"[client] group: no group named {name!r} on this host") from None
+        raise ConfigError(f"{key}: no group named {name!r} on this host") from None
 
 
 def default_acl(reader_uid):
@@ -182,6 +182,42 @@ def _fix_acl(path, uid, problems):
     return [f"{path}: default ACL user:{_name_of_user(uid)}:r for producers' files"]
 
 
+def share(root, modes, group, *, key):
+    """A tree shared by its owner with the members of ``group`` (the server
+    store with ``[receiver] group``): this process makes its new folders and
+    files the group's (umask 007; the setgid folders give them the group), and
+    sets ``modes`` ({relative folder: mode}, "" = ``root``) and the group on
+    the folders it owns, and on their sub-folders (channels, consumers) the
+    mode of their parent less its sticky bit. Folders of other owners are
+    left as they are, with a warning."""
+    gid, uid = group_id(group, key), os.geteuid()
+    os.umask(0o007)
+    problems, changes = [], []
+    for rel, mode in modes.items():
+        top = Path(root, rel)
+        folders = [top] + (sorted(_subfolders(top, depth=2)) if rel and rel != "tmp" else [])
+        for path in folders:
+            want = mode if path == top else mode & ~stat.S_ISVTX
+            if os.path.isdir(path):
+                changes += _fix(path, want, gid, uid, group, problems)
+    for change in changes:
+        log.info("store: %s", change)
+    for problem in problems:
+        log.warning("store: %s", problem)
+
+
+def _subfolders(top, depth):
+    try:
+        entries = [e for e in os.scandir(top) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, PermissionError):
+        return []
+    found = [Path(e.path) for e in entries]
+    if depth > 1:
+        for e in entries:
+            found += _subfolders(e.path, depth - 1)
+    return found
+
+
 def reach(spool, group):
     """A producer's check (it never makes or changes folders in a shared spool):
     it can search the root and write into ``tmp/`` and ``queue/``."""
@@ -195,14 +231,28 @@ def reach(spool, group):
             raise denied(path, what, group)
 
 
-def denied(path, what, group):
+def denied(path, what, group, key="[client] group"):
     """The AccessDenied for ``path``, with what to do about it."""
     path = Path(path)
     for folder in list(reversed(path.parents))[1:]:
         if not os.access(folder, os.X_OK, effective_ids=True):
             path, what = folder, "search (x)"
             break
-    hint = ("members of group {g} have it ([client] group = \"{g}\"; README: Users and "
-            "permissions)".format(g=group) if group else
-            "producers of another user need [client] group (README: Users and permissions)")
+    if group:
+        hint = (f"members of group {group} have it ({key} = \"{group}\"; README: Users and "
+                "permissions)")
+    else:
+        hint = f"users other than the owner need {key} (README: Users and permissions)"
     return AccessDenied(path, what, hint)
+
+
+def explain(error, group, key):
+    """AccessDenied for a PermissionError of any file operation: the folder on
+    the way that cannot be searched, else the file that cannot be read, else
+    the folder that cannot be written."""
+    path = Path(error.filename or ".")
+    if os.path.lexists(path) and not os.access(path, os.R_OK, effective_ids=True):
+        return denied(path, "read (r)", group, key)
+    if not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
+        return denied(path.parent, "write and search (wx)", group, key)
+    return denied(path, "read and write", group, key)
