@@ -297,3 +297,14 @@ def test_store_command_of_a_user_outside_the_group_names_what_it_lacks(store_con
     store = store_config.parent / "server"
     assert f"{store}: permission denied: user {OUTSIDER}" in result.stderr
     assert f"members of group {GROUP} have it ([receiver] group" in result.stderr
+
+
+def test_member_under_spool_limits_gets_a_clear_error_not_a_bare_permission_error(shared):
+    _spool_made_by_its_owner(shared)
+    limited = shared.with_name("limited.toml")
+    limited.write_text(shared.read_text().replace("[client]\n", "[client]\nmax_messages = 10\n", 1))
+    limited.chmod(0o644)
+    result = _dropr(MEMBER_A, limited, "put", "--peer", "local", input="x")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "queue: permission denied" in result.stderr
+    assert "read (r), to count the backlog for [client] max_messages" in result.stderr

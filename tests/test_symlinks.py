@@ -121,12 +121,14 @@ def test_claim_takes_no_symlink_fifo_or_second_link(tmp_path):
     assert sorted(p.name for p in queue.iterdir()) == sorted(str(n) for n in names)
 
 
-def test_open_message_refuses_a_symlink_and_a_fifo_without_blocking(tmp_path):
+def test_open_message_refuses_a_symlink_a_fifo_and_a_second_link_without_blocking(tmp_path):
     target = tmp_path / "private"
     target.write_bytes(SECRET)
     (tmp_path / "link").symlink_to(target)
     os.mkfifo(tmp_path / "fifo")
-    for name in ("link", "fifo"):
+    (tmp_path / "other").write_bytes(SECRET)
+    os.link(tmp_path / "other", tmp_path / "second")
+    for name in ("link", "fifo", "second"):
         with pytest.raises(NotAMessage):
             open_message(tmp_path / name)
     fd, size = open_message(target)

@@ -126,9 +126,10 @@ def open_message(path):
 
 
 def _check_message(path):
-    """NotAMessage unless ``path`` (not followed) is a regular file with one link."""
-    if not is_message_file(os.lstat(path)):
-        raise NotAMessage(f"{path} is not a regular file with one link: not moved")
+    """NotAMessage unless ``path`` (not followed) is a regular file. (A second
+    link does no harm to a move; only reading one is refused.)"""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise NotAMessage(f"{path} is not a regular file: not moved")
 
 
 class LockedDir:
@@ -242,14 +243,19 @@ class Spool:
         ``with_bytes``, which costs a ``stat()`` per file."""
         messages = size = 0
         for state in ("queue", "deferred"):
-            with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs[state]) as it:
-                for entry in it:
-                    if entry.name.startswith("."):
-                        continue
-                    messages += 1
-                    if with_bytes:
-                        with contextlib.suppress(FileNotFoundError):
-                            size += entry.stat(follow_symlinks=False).st_size
+            try:
+                with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs[state]) as it:
+                    for entry in it:
+                        if entry.name.startswith("."):
+                            continue
+                        messages += 1
+                        if with_bytes:
+                            with contextlib.suppress(FileNotFoundError):
+                                size += entry.stat(follow_symlinks=False).st_size
+            except PermissionError:
+                # A producer of a shared spool may not list it ([client] group).
+                raise perms.denied(self.dirs[state], "read (r), to count the backlog for "
+                                   "[client] max_messages and max_bytes,", self.group) from None
         return messages, size
 
     def count(self, state):
