@@ -308,3 +308,31 @@ def test_member_under_spool_limits_gets_a_clear_error_not_a_bare_permission_erro
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "queue: permission denied" in result.stderr
     assert "read (r), to count the backlog for [client] max_messages" in result.stderr
+
+
+def test_droprd_start_as_a_user_outside_the_group_says_so(shared):
+    other = shared.with_name("outsider.toml")
+    other.write_text(shared.read_text().replace(str(shared.parent / "client"),
+                                                str(shared.parent / "client2")))
+    other.chmod(0o644)
+    os.chmod(shared.parent, 0o777)
+    try:
+        result = _droprd(OUTSIDER, other, "start")
+    finally:
+        os.chmod(shared.parent, 0o755)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{OUTSIDER} is not a member (as root: usermod -a -G {GROUP} {OUTSIDER})" in result.stderr
+
+
+def test_member_wakes_the_senders_but_cannot_read_their_reports(shared):
+    from dropr.ipc import Notices
+
+    spool = _spool_made_by_its_owner(shared)
+    notices = Notices.replace(spool, gid=grp.getgrnam(GROUP).gr_gid)  # as droprd start makes them
+    put = _dropr(MEMBER_A, shared, "put", "--peer", "local", input="x")
+    assert put.returncode == 0, put.stderr
+    assert sysv_ipc.MessageQueue(queue_key(spool, "wake")).current_messages == 1
+    notices.report({"worker": "sender-1"})
+    script = (f"import sysv_ipc; q = sysv_ipc.MessageQueue({queue_key(spool, 'report')}); "
+              "q.receive(block=False)")
+    assert "PermissionsError" in _python(MEMBER_A, "-c", script).stderr

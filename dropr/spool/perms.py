@@ -96,10 +96,12 @@ def prepare(spool, group, *, strict):
     start``) a DroprError lists each with the commands that fix it; otherwise
     a warning. Returns the list of changes made."""
     gid, uid = group_id(group), os.geteuid()
+    if not strict and os.path.isdir(spool.root) and os.stat(spool.root).st_uid != uid:
+        return []  # another user's spool (root looking with `dropr spool ls`): not ours to judge
     changes, problems = [], []
     for path, mode in layout(spool):
         if not os.path.lexists(path):
-            _make(path, mode, gid)
+            _make(path, mode, gid, group)
             changes.append(f"made {path}")
             continue
         changes += _fix(path, mode, gid, uid, group, problems)
@@ -115,9 +117,14 @@ def prepare(spool, group, *, strict):
     return changes
 
 
-def _make(path, mode, gid):
+def _make(path, mode, gid, group):
     os.mkdir(path, 0o700)
-    os.chown(path, -1, gid)
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        user = _name_of_user(os.geteuid())
+        raise DroprError(f"{path}: cannot give it to group {group}: {user} is not a member "
+                         f"(as root: usermod -a -G {group} {user})") from None
     os.chmod(path, mode)  # after chown, which may clear the setgid bit; not under the umask
 
 
