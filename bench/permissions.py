@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dropr.spool import Spool, SpoolName, perms  # noqa: E402
-from dropr.spool.spool import open_message  # noqa: E402
+from dropr.spool.files import open_message  # noqa: E402
 
 READER = 65534
 CAP_DAC_READ_SEARCH = 2

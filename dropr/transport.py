@@ -10,7 +10,7 @@ A batch is ``POST <url>/v1/batch``, multipart as the wire protocol fixes it:
 a JSON ``meta`` part, then one part per message whose body is streamed from
 the spool file in chunks, so no message is ever read whole into memory. Each
 file is opened without following a symlink and checked on its descriptor
-(:func:`~dropr.spool.spool.open_message`), and its part reads from that very
+(:func:`~dropr.spool.files.open_message`), and its part reads from that very
 descriptor: a name swapped meanwhile cannot make the sender upload another file.
 The answer sorts into three outcomes the sender handles differently:
 
@@ -37,7 +37,7 @@ import pycurl
 
 from dropr import backoff
 from dropr.errors import BatchRefused, NotAMessage, PeerError, Unreadable
-from dropr.spool.spool import open_message
+from dropr.spool.files import open_message
 
 BATCH_PATH = "/v1/batch"
 HEALTH_PATH = "/v1/health"

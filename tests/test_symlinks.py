@@ -4,7 +4,6 @@ only droprd's user may read. Claim, upload, dead-letter and requeue take a
 regular file with one link, or nothing."""
 
 import ctypes
-import errno
 import os
 import time
 
@@ -15,9 +14,8 @@ from dropr.client import Client
 from dropr.errors import NotAMessage
 from dropr.sender import Sender
 from dropr.spool import Spool, SpoolName
-from dropr.spool.spool import open_message
+from dropr.spool.files import open_message
 from dropr.store import Store
-from tests import harness
 
 SECRET = b"token-only-droprd-may-read"
 AT_FDCWD, RENAME_EXCHANGE = -100, 2

@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import shutil
-import stat
 import time
 from pathlib import Path
 
-from dropr.errors import NotAMessage, SpoolFull, ValidationError
+from dropr.errors import SpoolFull, ValidationError
 from dropr.faults import crash_point
 from dropr.spool import perms
+from dropr.spool.files import check_message, is_message_file
 from dropr.spool.listing import Listing
 from dropr.spool.naming import parse
 
@@ -41,8 +41,6 @@ REASON_SUFFIX = ".reason"
 _NEW_PREFIX = ".new-"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
-#: How a message file is opened: never through a symlink, never blocking on a FIFO.
-_OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: A claim listing keeps the first max(_KEEP_BATCHES * limit, _KEEP_MIN) names.
 _KEEP_BATCHES = 100
 _KEEP_MIN = 10_000
@@ -95,41 +93,6 @@ def _copy_into(fd, data):
             _write_all(fd, chunk)
     else:
         raise ValidationError(f"data must be bytes, a path or a binary file, not {type(data).__name__}")
-
-
-def is_message_file(st):
-    """True if ``st`` (an ``lstat``/``fstat`` result) is a regular file with one
-    link: a symlink, a folder, a FIFO or a second name of another file (a hard
-    link a producer made to a file it may not read) is never taken for a message."""
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
-
-
-def open_message(path):
-    """(fd, size) of the message file ``path``, opened without following a
-    symlink and checked on the open descriptor; the caller reads from that fd
-    and closes it. NotAMessage for anything but a regular file with one link."""
-    try:
-        fd = os.open(path, _OPEN_MESSAGE)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise NotAMessage(f"{path} is a symlink, not a message") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not is_message_file(st):
-            raise NotAMessage(f"{path} is not a regular file with one link")
-        os.set_blocking(fd, True)
-        return fd, st.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _check_message(path):
-    """NotAMessage unless ``path`` (not followed) is a regular file. (A second
-    link does no harm to a move; only reading one is refused.)"""
-    if not stat.S_ISREG(os.lstat(path).st_mode):
-        raise NotAMessage(f"{path} is not a regular file: not moved")
 
 
 class LockedDir:
@@ -411,7 +374,7 @@ class Spool:
     def to_dead(self, path, name, reason):
         """Give up on a message: its reason first, then the message, into ``dead/``.
         ``SpoolFull`` if the disk has no room for the reason; the message stays put."""
-        _check_message(path)
+        check_message(path)
         dead = self.dirs["dead"] / str(name)
         note = self.dirs["tmp"] / (f".reason-{os.getpid()}-" + str(name))
         self._write_note(note, reason.rstrip("\n") + "\n")
@@ -427,7 +390,7 @@ class Spool:
         """Move ``name`` from ``state`` (deferred or dead) back into ``queue/``."""
         src = self.dirs[state] / str(name)
         new = name.replace(**changes) if changes else name
-        _check_message(src)
+        check_message(src)
         os.rename(src, self.dirs["queue"] / str(new))
         crash_point("retry.after_requeue")
         if state == "dead":
