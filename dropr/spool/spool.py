@@ -95,6 +95,20 @@ def _copy_into(fd, data):
         raise ValidationError(f"data must be bytes, a path or a binary file, not {type(data).__name__}")
 
 
+def _create_afresh(path, tries=5):
+    """A new file at ``path`` (O_EXCL, O_NOFOLLOW), whatever was there removed;
+    a few tries, in case a producer keeps putting something there."""
+    for _ in range(tries - 1):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with contextlib.suppress(FileExistsError):
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o644)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
 class LockedDir:
     """A directory whose ``.lock`` this process holds with ``flock`` for as long
     as it lives: a sender's claim directory, or a consumer's work folder in the
@@ -524,11 +538,8 @@ class Spool:
         """Write a small file; ``SpoolFull`` (and no file) on a full disk.
         Made afresh (O_EXCL), so that nothing a producer put at that name in
         ``tmp/`` (a symlink to a file of ours) is followed or overwritten."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o644)
+            fd = _create_afresh(path)
             try:
                 _write_all(fd, text.encode())
             finally:
