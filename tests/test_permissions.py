@@ -235,6 +235,9 @@ def test_droprd_start_fixes_the_modes_of_a_spool_its_user_owns(shared):
     try:
         assert start.returncode == 0, start.stderr
         assert stat.S_IMODE((spool / "queue").stat().st_mode) == 0o3730
+        was = grp.getgrgid(pwd.getpwnam(DAEMON).pw_gid).gr_name
+        assert f"fixed {spool / 'queue'}: mode 0755 group {was} -> mode 3730 group {GROUP}" \
+            in start.stderr
         assert _dropr(MEMBER_A, shared, "put", "--peer", "local", input="x").returncode == 0
     finally:
         _droprd(DAEMON, shared, "stop")

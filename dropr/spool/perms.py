@@ -102,13 +102,13 @@ def prepare(spool, group, *, strict):
     for path, mode in layout(spool):
         if not os.path.lexists(path):
             _make(path, mode, gid, group)
-            changes.append(f"made {path}")
+            log.info("spool: made %s", path)
             continue
         changes += _fix(path, mode, gid, uid, group, problems)
     if uid != 0:  # root reads every file anyway
         changes += _fix_acl(spool.dirs["tmp"], uid, problems)
-    for change in changes:
-        log.info("spool: %s", change)
+    for change in changes:  # a warning: the operator should know the spool was changed
+        log.warning("spool: fixed %s", change)
     if problems and strict:
         raise DroprError(f"spool {spool.root} is not set up for [client] group = {group!r}:\n  "
                          + "\n  ".join(problems))
