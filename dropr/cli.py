@@ -107,17 +107,32 @@ def main(argv=None):
         args.argv = raw[raw.index("bench") + 1:]
         return bench_main(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    config = None
     try:
         config = config_mod.load(args.config)
         return _COMMANDS[args.command](args, config) or EXIT_OK
     except ValidationError as e:
         print(f"dropr: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except PermissionError as e:
+        print(f"dropr: {_explain(e, args.command, config)}", file=sys.stderr)
+        return EXIT_ERROR
     except (DroprError, OSError) as e:
         print(f"dropr: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _explain(error, command, config):
+    """A PermissionError said as what this user lacks where (README: Users and permissions)."""
+    from dropr.spool import perms
+
+    if config is None:
+        return error
+    if command in ("consume", "store", "receiver"):
+        return perms.explain(error, config.receiver.group, "[receiver] group")
+    return perms.explain(error, config.client.group, "[client] group")
 
 
 def cmd_put(args, config):
@@ -168,7 +183,8 @@ def cmd_receiver(args, config):
 def _spool(config):
     from dropr.spool import Spool
 
-    return Spool(config.client.spool, fsync=config.client.fsync).create()
+    return Spool(config.client.spool, fsync=config.client.fsync,
+                 group=config.client.group).create()
 
 
 def cmd_spool(args, config):

@@ -104,7 +104,8 @@ class Client:
         if config is None or not isinstance(config, config_mod.Config):
             config = config_mod.load(config)
         self.config = config
-        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock).create()
+        self.spool = Spool(config.client.spool, fsync=config.client.fsync,
+                           group=config.client.group, clock=clock).create(producer=True)
         self.backlog = Backlog(self.spool, max_messages=config.client.max_messages,
                                max_bytes=config.client.max_bytes, clock=monotonic)
         self._new_id = new_id or IdGenerator(clock=clock)

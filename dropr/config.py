@@ -50,6 +50,7 @@ class ClientConfig:
     max_messages: int = key(0, 0)
     max_bytes: int = key(0, 0)
     put_timeout: float = key(0.0, 0.0, 86400.0)
+    group: str = key("", kind="group")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +153,7 @@ class ReceiverConfig:
     certfile: Path = key("", kind="path")
     keyfile: Path = key("", kind="path")
     legacy_path: str = key("", kind="legacy_path")
+    group: str = key("", kind="group")
     #: The [receiver.clients.NAME] tables, in file order (not a key of its own).
     clients: tuple = ()
     #: The [receiver.responders.CHANNEL] tables, in file order (not a key of its own).
@@ -537,6 +539,15 @@ def _check_path(raw, label, meta, base):
     return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
+def _check_group(raw, label, meta, base):
+    # A POSIX portable user/group name; whether the group exists is checked
+    # where the spool is made (a producer's host need not know it).
+    ok = isinstance(raw, str) and len(raw) <= 32 and all(
+        c.isascii() and (c.isalnum() or c in "._-") for c in raw) and not raw.startswith("-")
+    _want(ok, raw, label, "a group name (letters, digits, '.', '_', '-')")
+    return raw
+
+
 def _check_name(raw, label, meta, base):
     _want(isinstance(raw, str), raw, label, "a string")
     if raw:
@@ -658,6 +669,7 @@ _CHECKS = {
     "str": _check_str,
     "path": _check_path,
     "name": _check_name,
+    "group": _check_group,
     "names": _check_names,
     "token": _check_token,
     "url": _check_url,

@@ -104,6 +104,23 @@ class Unreadable(DroprError):
         self.message_id = message_id
 
 
+class AccessDenied(DroprError):
+    """This user lacks a permission on a spool or store folder: ``folder`` and
+    the ``permission`` missing are named, with what to do about it."""
+
+    def __init__(self, folder, permission, hint=""):
+        user = _user_name()
+        text = f"{folder}: permission denied: {user} needs {permission} permission here"
+        super().__init__(f"{text}; {hint}" if hint else text)
+        self.folder = folder
+        self.permission = permission
+
+
+class NotAMessage(DroprError):
+    """A spool entry that is not a regular file with one link (a symlink, a
+    folder, a FIFO, a hard link): never read, uploaded or moved as a message."""
+
+
 class NotFound(DroprError):
     """No message, channel or process of that name."""
 
@@ -118,3 +135,14 @@ class NotRunning(DroprError):
 
 class BenchError(DroprError):
     """``dropr bench`` cannot set up what it measures on, or a scenario failed."""
+
+
+def _user_name():
+    import os
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

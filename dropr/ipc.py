@@ -38,8 +38,12 @@ def _ignore_alarm(signum, frame):
 
 
 def _open_queue(key, create):
+    # An existing queue is opened asking for no rights: a producer may send
+    # wake-ups but not read reports, and each operation checks its own right.
     try:
-        return sysv_ipc.MessageQueue(key, sysv_ipc.IPC_CREAT if create else 0, mode=0o660)
+        if create:
+            return sysv_ipc.MessageQueue(key, sysv_ipc.IPC_CREAT, mode=0o660)
+        return sysv_ipc.MessageQueue(key, 0, mode=0)
     except sysv_ipc.ExistentialError:
         return None
 
@@ -61,14 +65,21 @@ class Notices:
         return cls(*queues)
 
     @classmethod
-    def replace(cls, spool_root):
-        """Remove the queues left by an earlier run and make fresh ones."""
+    def replace(cls, spool_root, *, gid=None):
+        """Remove the queues left by an earlier run and make fresh ones. With
+        ``gid`` (the producers' group, ``[client] group``) that group may send
+        wake-ups (and see how many wait), and the report queue is ours alone."""
         for role in ROLES:
             old = _open_queue(queue_key(spool_root, role), False)
             if old is not None:
                 with contextlib.suppress(sysv_ipc.ExistentialError):
                     old.remove()
-        return cls.open(spool_root, create=True)
+        notices = cls.open(spool_root, create=True)
+        if gid is not None:
+            notices._wake.gid = gid
+            notices._wake.mode = 0o660
+            notices._reports.mode = 0o600
+        return notices
 
     def remove(self):
         """Remove both queues from the system (idempotent)."""
@@ -86,6 +97,8 @@ class Notices:
             return True
         except sysv_ipc.BusyError:
             return True
+        except sysv_ipc.PermissionsError:
+            return True  # no right to wake: the senders find the message by their timeout
         except sysv_ipc.ExistentialError:
             return False
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from dropr import names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
 from dropr.faults import crash_point
+from dropr.spool import perms
 from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
 
 MAGIC = b"DROPR1 "
@@ -44,6 +45,11 @@ HEADER_MAX = 4096
 STORED, DUPLICATE = "stored", "duplicate"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+#: With ``[receiver] group``: members (consumer accounts) may pass the root,
+#: claim, read, ack, retry and bury (the rest), and write their failure notes
+#: into ``tmp/`` but neither list it nor touch the bodies being received there.
+SHARED_MODES = {"": 0o2750, "tmp": 0o3730, "queue": 0o2770, "work": 0o2770, "done": 0o2770,
+                "dead": 0o2770, "retry": 0o2770}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +240,7 @@ class Store:
     """The filesystem store at ``root``. Used by receiver workers, consumers,
     the reaper and the admin commands, each in its own process."""
 
-    def __init__(self, root, *, fsync=True, clock=time.time):
+    def __init__(self, root, *, fsync=True, group="", clock=time.time):
         self.root = Path(root)
         self._root = str(self.root)  # the receiver's hot path joins plain strings, not Paths
         self.fsync = fsync
@@ -245,6 +251,8 @@ class Store:
         self._pid = os.getpid()
         make_dirs(self.root, [self.root / sub for sub in ("tmp", "queue", "work", "done", "dead")],
                   fsync=fsync)
+        if group:
+            perms.share(self.root, SHARED_MODES, group, key="[receiver] group")
 
     # -- receiver -----------------------------------------------------------
 

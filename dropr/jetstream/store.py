@@ -275,4 +275,5 @@ def open_store(config, *, clock=time.time):
 
     if config.store.backend == "jetstream":
         return JetStreamStore(config.store, scratch=config.receiver.store, clock=clock)
-    return Store(config.receiver.store, fsync=config.receiver.fsync, clock=clock)
+    return Store(config.receiver.store, fsync=config.receiver.fsync, group=config.receiver.group,
+                 clock=clock)

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,8 +30,12 @@ from pathlib import Path
 from dropr.durable import FsFlush
 from dropr.errors import SpoolFull, ValidationError
 from dropr.faults import crash_point
+from dropr.spool import perms
+from dropr.spool.files import check_message, is_message_file
 from dropr.spool.listing import Listing
 from dropr.spool.naming import parse
+
+log = logging.getLogger(__name__)
 
 STATES = ("tmp", "queue", "active", "deferred", "sent", "dead")
 LOCK = ".lock"
@@ -111,6 +116,20 @@ def _copy_into(fd, data):
         raise ValidationError(f"data must be bytes, a path or a binary file, not {type(data).__name__}")
 
 
+def _create_afresh(path, tries=5):
+    """A new file at ``path`` (O_EXCL, O_NOFOLLOW), whatever was there removed;
+    a few tries, in case a producer keeps putting something there."""
+    for _ in range(tries - 1):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with contextlib.suppress(FileExistsError):
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o644)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
 class LockedDir:
     """A directory whose ``.lock`` this process holds with ``flock`` for as long
     as it lives: a sender's claim directory, or a consumer's work folder in the
@@ -136,10 +155,11 @@ class Spool:
     """The client spool at ``root``; used by producers, senders, the retry scanner,
     the reaper and the admin commands, each in its own process."""
 
-    def __init__(self, root, *, fsync=True, clock=time.time, monotonic=time.monotonic,
+    def __init__(self, root, *, fsync=True, group="", clock=time.time, monotonic=time.monotonic,
                  boottime=None):
         self.root = Path(root)
         self.fsync = fsync
+        self.group = group  # [client] group: producers of other users ("" = none)
         self._clock = clock
         self._monotonic = monotonic
         self._boottime = boottime or _boottime
@@ -149,9 +169,23 @@ class Spool:
         self._tmp, self._queue = str(self.dirs["tmp"]), str(self.dirs["queue"])
         self.peers_dir = self.root / "peers"
 
-    def create(self):
-        """Make the directory tree (idempotent); returns self."""
-        make_dirs(self.root, (*self.dirs.values(), self.peers_dir), fsync=self.fsync)
+    def create(self, *, producer=False, strict=False):
+        """Make the directory tree (idempotent); returns self.
+
+        With a ``group`` the folders get the modes of :mod:`dropr.spool.perms`
+        (where this user owns them; ``strict``: DroprError for any it cannot
+        fix), and a ``producer`` makes nothing, it only checks that it can put.
+        AccessDenied, naming the folder and the permission, if this user lacks one."""
+        try:
+            if self.group and producer:
+                perms.reach(self, self.group)
+            elif self.group:
+                perms.prepare(self, self.group, strict=strict)
+            else:
+                make_dirs(self.root, (*self.dirs.values(), self.peers_dir), fsync=self.fsync)
+        except PermissionError as e:
+            raise perms.denied(e.filename or self.root, "write and search (wx)",
+                               self.group) from None
         return self
 
     # -- producer ---------------------------------------------------------
@@ -177,10 +211,13 @@ class Spool:
             os.rename(tmp, queued)
             crash_point("put.after_rename")
         except BaseException as e:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(tmp)
             if isinstance(e, OSError) and e.errno in _FULL:
                 raise SpoolFull(f"spool {self.root} is full: {e.strerror}") from None
+            if isinstance(e, PermissionError):
+                folder = self._tmp if e.filename == tmp and e.filename2 is None else self._queue
+                raise perms.denied(folder, "write and search (wx)", self.group) from None
             raise
         if self.fsync:
             fsync_dir(self._queue)
@@ -218,6 +255,9 @@ class Spool:
             self._take_back(written, queued)
             if isinstance(e, OSError) and e.errno in _FULL:
                 raise SpoolFull(f"spool {self.root} is full: {e.strerror}") from None
+            if isinstance(e, PermissionError):
+                folder = self._queue if e.filename2 is not None else self._tmp
+                raise perms.denied(folder, "write and search (wx)", self.group) from None
             raise
         finally:
             if flush is not None:
@@ -244,10 +284,10 @@ class Spool:
         """Undo a failed put_many: back out of ``queue/`` (unless already claimed),
         then out of ``tmp/``."""
         for filename in queued:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.rename(f"{self._queue}/{filename}", f"{self._tmp}/{filename}")
         for filename in written:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(f"{self._tmp}/{filename}")
 
     # -- listing ----------------------------------------------------------
@@ -271,14 +311,19 @@ class Spool:
         ``with_bytes``, which costs a ``stat()`` per file."""
         messages = size = 0
         for state in ("queue", "deferred"):
-            with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs[state]) as it:
-                for entry in it:
-                    if entry.name.startswith("."):
-                        continue
-                    messages += 1
-                    if with_bytes:
-                        with contextlib.suppress(FileNotFoundError):
-                            size += entry.stat(follow_symlinks=False).st_size
+            try:
+                with contextlib.suppress(FileNotFoundError), os.scandir(self.dirs[state]) as it:
+                    for entry in it:
+                        if entry.name.startswith("."):
+                            continue
+                        messages += 1
+                        if with_bytes:
+                            with contextlib.suppress(FileNotFoundError):
+                                size += entry.stat(follow_symlinks=False).st_size
+            except PermissionError:
+                # A producer of a shared spool may not list it ([client] group).
+                raise perms.denied(self.dirs[state], "read (r), to count the backlog for "
+                                   "[client] max_messages and max_bytes,", self.group) from None
         return messages, size
 
     def count(self, state):
@@ -363,9 +408,25 @@ class Spool:
             except FileNotFoundError:
                 continue  # another sender claimed it first
             crash_point("send.after_claim")
-            claimed.append((item[0], Path(dest, filename), item[2]))
-            total += item[2]
+            size = self._claimed_size(dest + "/" + filename, item[1])
+            if size is None:
+                continue
+            claimed.append((item[0], Path(dest, filename), size))
+            total += size
         return claimed
+
+    def _claimed_size(self, path, back):
+        """The size of the claimed ``path``, looked at again now that it is in
+        our claim folder, where no producer can swap it any more (the look
+        before the rename can be raced). Anything but a regular file with one
+        link goes back to ``back`` in ``queue/``, where claims skip it; None."""
+        st = os.lstat(path)
+        if is_message_file(st):
+            return st.st_size
+        log.warning("spool: %s is not a regular file with one link: not sent, left in queue/",
+                    back)
+        os.rename(path, back)
+        return None
 
     def _claim_one(self, queue, dest, filename, now_ms, skip_peers=frozenset()):
         """(name, source path, size) of ``filename`` if it is a due message still
@@ -378,9 +439,10 @@ class Spool:
             return None
         src = queue + "/" + filename
         try:
-            return name, src, os.stat(src).st_size
+            st = os.lstat(src)
         except FileNotFoundError:
             return None  # another sender claimed it first
+        return (name, src, st.st_size) if is_message_file(st) else None
 
     def _listing_for(self, limit):
         """(listing, True if just made): the kept one while it is fresh."""
@@ -418,6 +480,7 @@ class Spool:
     def to_dead(self, path, name, reason):
         """Give up on a message: its reason first, then the message, into ``dead/``.
         ``SpoolFull`` if the disk has no room for the reason; the message stays put."""
+        check_message(path)
         dead = self.dirs["dead"] / str(name)
         note = self.dirs["tmp"] / (f".reason-{os.getpid()}-" + str(name))
         self._write_note(note, reason.rstrip("\n") + "\n")
@@ -433,6 +496,7 @@ class Spool:
         """Move ``name`` from ``state`` (deferred or dead) back into ``queue/``."""
         src = self.dirs[state] / str(name)
         new = name.replace(**changes) if changes else name
+        check_message(src)
         os.rename(src, self.dirs["queue"] / str(new))
         crash_point("retry.after_requeue")
         if state == "dead":
@@ -609,9 +673,15 @@ class Spool:
         return []
 
     def _write_note(self, path, text):
-        """Write a small file; ``SpoolFull`` (and no file) on a full disk."""
+        """Write a small file; ``SpoolFull`` (and no file) on a full disk.
+        Made afresh (O_EXCL), so that nothing a producer put at that name in
+        ``tmp/`` (a symlink to a file of ours) is followed or overwritten."""
         try:
-            path.write_text(text)
+            fd = _create_afresh(path)
+            try:
+                _write_all(fd, text.encode())
+            finally:
+                os.close(fd)
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

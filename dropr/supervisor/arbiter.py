@@ -25,7 +25,7 @@ import setproctitle
 
 from dropr.errors import ConfigError
 from dropr.ipc import Notices
-from dropr.spool import Spool
+from dropr.spool import Spool, perms
 from dropr.supervisor import control, reload, slots, status
 from dropr.supervisor import log as log_mod
 from dropr.supervisor.health import Health
@@ -54,7 +54,8 @@ class Arbiter:
         self.config = config
         self.pidfile = pidfile
         self.ready = ready
-        self.spool = Spool(config.client.spool, fsync=config.client.fsync)
+        self.spool = Spool(config.client.spool, fsync=config.client.fsync,
+                           group=config.client.group)
         self.slots = {}
         self.notices = None
         self.stopping = False
@@ -92,8 +93,9 @@ class Arbiter:
         setproctitle.setproctitle(TITLE)
         self.started_wall = self._wall()
         self._init_signals()
-        self.spool.create()
-        self.notices = Notices.replace(self.spool.root)
+        self.spool.create(strict=True)
+        gid = perms.group_id(self.config.client.group) if self.config.client.group else None
+        self.notices = Notices.replace(self.spool.root, gid=gid)
         self.config.supervisor.status_file.parent.mkdir(parents=True, exist_ok=True)
         slots.reconcile(self.slots, self.config.workers)
         self.manage()

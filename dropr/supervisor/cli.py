@@ -67,6 +67,10 @@ def cmd_start(args, config):
     if pid:
         raise AlreadyRunning(f"already running (pid {pid}; "
                              f"pidfile {config.supervisor.pidfile})")
+    # A spool that producers cannot use is said here, by name, before anything
+    # starts (and fixed where droprd's user owns it): not by each put() later.
+    Spool(config.client.spool, fsync=config.client.fsync,
+          group=config.client.group).create(strict=True)
     if args.foreground:
         log_mod.setup(config.supervisor.log_level)
         pidfile.acquire()
