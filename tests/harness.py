@@ -3,6 +3,7 @@ folder, free loopback ports, the receiver under gunicorn, and waiting for a
 condition with a deadline (never sleep-and-hope)."""
 
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import sysv_ipc
 
 from dropr import config as config_mod
@@ -18,6 +20,20 @@ from dropr.bench.procs import free_port  # noqa: F401 - the tests' one too
 from dropr.ipc import ROLES, queue_key
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
+
+
+#: The programs tests drive that pip cannot install, and the Debian packages
+#: that bring them (.ci/run installs the missing ones).
+PROGRAMS = {"curl": "curl", "node": "nodejs", "openssl": "openssl", "php": "php-cli",
+            "ps": "procps", "systemd-analyze": "systemd"}
+
+
+def needs(*programs):
+    """A mark that skips a test, naming the program, when one of ``programs``
+    is not installed; the test runs wherever they are."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    reason = ", ".join(f"{p} is not installed (Debian: {PROGRAMS.get(p, p)})" for p in missing)
+    return pytest.mark.skipif(bool(missing), reason=f"needs {reason}")
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):

@@ -3,7 +3,6 @@ openssl binary, the real receiver serving them with gunicorn's TLS and
 tokens, and ``dropr send --once`` delivering over https. A wrong CA or a
 wrong token leaves the messages in deferred/ with the peer marked down."""
 
-import shutil
 import subprocess
 
 import pytest
@@ -16,8 +15,7 @@ from dropr.spool import Spool
 from dropr.store import Store
 from tests import harness
 
-pytestmark = [pytest.mark.process,
-              pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")]
+pytestmark = [pytest.mark.process, harness.needs("openssl")]
 
 SHOP_TOKEN = "shop-token-5a1d0e4c9b"
 SERVER_EXT = """subjectAltName = IP:127.0.0.1
@@ -138,6 +136,7 @@ def test_wrong_ca_or_token_defers_and_marks_the_peer_down(producer, https, pki, 
             server_store(https).get(channel, mid)
 
 
+@harness.needs('curl')
 def test_curl_with_the_ca_and_the_token(https, pki):
     url = https.url + "/v1/channels/orders/messages"
 

@@ -17,6 +17,7 @@ from dropr.receiver import metrics
 from dropr.errors import ConfigError
 from dropr.receiver.app import create_app
 from dropr.receiver.auth import Clients, startup_notes
+from dropr.jetstream.wire import require_nats
 
 MASTER_TITLE = "dropr: receiver"
 WORKER_TITLE = "dropr: receiver worker"
@@ -133,6 +134,8 @@ class Application(gunicorn.app.base.BaseApplication):
 
     def __init__(self, config):
         self.config = config
+        if config.store.backend == "jetstream":
+            require_nats()  # here, not in every worker that fails to boot
         check_tls(config)
         # Read once here, in the master: a bad token file stops the start, and
         # the workers inherit the tokens.
