@@ -21,8 +21,9 @@ The answer sorts into three outcomes the sender handles differently:
 
 Over https the peer's certificate is always verified, its name included:
 against the peer's ``ca_file`` alone when one is set, else against the
-system's CAs. A failed handshake is a ``PeerError`` like any other
-connection failure. A peer with a token gets ``Authorization: Bearer`` on
+system's CAs. A peer with ``certfile`` and ``keyfile`` presents that client
+certificate (mutual TLS). A failed handshake is a ``PeerError`` like any
+other connection failure. A peer with a token gets ``Authorization: Bearer`` on
 every batch.
 """
 
@@ -87,6 +88,9 @@ def _verify_peer(curl, peer):
         # name must not pass for the receiver of a private one.
         curl.setopt(pycurl.CAINFO, str(peer.ca_file))
         curl.setopt(pycurl.CAPATH, None)
+    if peer.certfile:  # mutual TLS: who this host is, to the receiver
+        curl.setopt(pycurl.SSLCERT, str(peer.certfile))
+        curl.setopt(pycurl.SSLKEY, str(peer.keyfile))
 
 
 def _perform(curl, peer, url):

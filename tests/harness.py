@@ -87,10 +87,13 @@ def write_config(root, *, port=None, sections=None, peers=None):
     return path
 
 
-def http_get(url, timeout=2.0, ca_file=None):
+def http_get(url, timeout=2.0, ca_file=None, cert=None):
     """(status, body) of a GET, or (None, None) if nothing answers. An https
-    ``url`` is verified against ``ca_file`` (default: the system's CAs)."""
+    ``url`` is verified against ``ca_file`` (default: the system's CAs);
+    ``cert``: (certfile, keyfile) of a client certificate to present."""
     context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
+    if context is not None and cert:
+        context.load_cert_chain(*cert)
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
             return r.status, r.read()
@@ -110,6 +113,7 @@ class Receiver:
         peer = self.config.peers[next(iter(self.config.peers))]
         self.url = peer.url
         self.ca_file = peer.ca_file  # for an https receiver
+        self.cert = (peer.certfile, peer.keyfile) if peer.certfile else None  # mutual TLS
         self.log_path = Path(log_path or self.config_path.with_name("receiver.log"))
         self.proc = None
 
@@ -125,7 +129,8 @@ class Receiver:
             if self.proc.poll() is not None:
                 raise AssertionError(f"receiver exited with {self.proc.returncode}: "
                                      + self.log_path.read_text()[-3000:])
-            return http_get(self.url + "/v1/health", ca_file=self.ca_file)[0] == 200
+            return http_get(self.url + "/v1/health", ca_file=self.ca_file,
+                            cert=self.cert)[0] == 200
         wait_for(healthy, timeout, what="receiver health")
         return self
 

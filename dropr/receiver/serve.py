@@ -61,7 +61,10 @@ def settings(config):
 def _tls_settings(rc):
     if not rc.certfile:
         return {}
-    return {"certfile": str(rc.certfile), "keyfile": str(rc.keyfile)}
+    tls = {"certfile": str(rc.certfile), "keyfile": str(rc.keyfile)}
+    if rc.client_ca_file:  # mutual TLS: no certificate from this CA, no handshake
+        tls.update(ca_certs=str(rc.client_ca_file), cert_reqs=ssl.CERT_REQUIRED)
+    return tls
 
 
 def check_tls(config):
@@ -78,6 +81,13 @@ def check_tls(config):
         reason = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))
         raise ConfigError(f"{config.path}: [receiver] certfile, keyfile: cannot load "
                           f"{rc.certfile} with {rc.keyfile}: {reason}") from None
+    if rc.client_ca_file:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=rc.client_ca_file)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            raise ConfigError(f"{config.path}: [receiver] client_ca_file: cannot load "
+                              f"{rc.client_ca_file}: {reason}") from None
 
 
 def log_access_notes(server, config):
@@ -85,6 +95,8 @@ def log_access_notes(server, config):
     rc = config.receiver
     server.log.info("serving %s", f"HTTPS with certificate {rc.certfile}" if rc.certfile
                     else "plain HTTP (no [receiver] certfile)")
+    if rc.client_ca_file:
+        server.log.info("clients must present a certificate signed by %s", rc.client_ca_file)
     for level, text in startup_notes(config, server.app.clients):
         server.log.log(level, text)
 
