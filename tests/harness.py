@@ -28,12 +28,25 @@ PROGRAMS = {"curl": "curl", "node": "nodejs", "openssl": "openssl", "php": "php-
             "ps": "procps", "systemd-analyze": "systemd"}
 
 
+def missing_programs(*programs):
+    """Why a test of ``programs`` cannot run here ("" when all are installed)."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    return "; ".join(f"{p} is not installed (Debian package {PROGRAMS.get(p, p)}; "
+                     ".ci/run installs it)" for p in missing)
+
+
 def needs(*programs):
     """A mark that skips a test, naming the program, when one of ``programs``
     is not installed; the test runs wherever they are."""
-    missing = [p for p in programs if shutil.which(p) is None]
-    reason = ", ".join(f"{p} is not installed (Debian: {PROGRAMS.get(p, p)})" for p in missing)
-    return pytest.mark.skipif(bool(missing), reason=f"needs {reason}")
+    reason = missing_programs(*programs)
+    return pytest.mark.skipif(bool(reason), reason=reason)
+
+
+def require(*programs):
+    """In a fixture: skip the tests that use it when one of ``programs`` is missing."""
+    reason = missing_programs(*programs)
+    if reason:
+        pytest.skip(reason)
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):

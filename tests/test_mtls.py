@@ -20,7 +20,7 @@ from dropr.store import Store
 from tests import harness
 from tests.test_tls import make_ca, openssl, pki  # noqa: F401 - pki is a fixture
 
-pytestmark = [pytest.mark.process, harness.needs("openssl")]
+pytestmark = pytest.mark.process  # the certificates: harness.require("openssl") in pki
 
 TOKEN = "mtls-token-3f9a7c21d0"
 CLIENT_EXT = """basicConstraints = CA:FALSE

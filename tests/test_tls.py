@@ -15,7 +15,7 @@ from dropr.spool import Spool
 from dropr.store import Store
 from tests import harness
 
-pytestmark = [pytest.mark.process, harness.needs("openssl")]
+pytestmark = pytest.mark.process
 
 SHOP_TOKEN = "shop-token-5a1d0e4c9b"
 SERVER_EXT = """subjectAltName = IP:127.0.0.1
@@ -45,6 +45,7 @@ def make_ca(folder, name):
 def pki(tmp_path_factory):
     """{"ca", "wrong_ca", "cert", "key"}: a server certificate for IP 127.0.0.1
     signed by "ca", and a second CA that signed nothing."""
+    harness.require("openssl")
     folder = tmp_path_factory.mktemp("pki")
     ca = make_ca(folder, "ca")
     wrong_ca = make_ca(folder, "wrong-ca")
