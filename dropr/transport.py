@@ -29,12 +29,13 @@ every batch.
 
 import json
 import os
+import ssl
 import time
 
 import pycurl
 
 from dropr import backoff
-from dropr.errors import BatchRefused, PeerError, Unreadable
+from dropr.errors import BatchRefused, ConfigError, PeerError, Unreadable
 
 BATCH_PATH = "/v1/batch"
 HEALTH_PATH = "/v1/health"
@@ -91,6 +92,22 @@ def _verify_peer(curl, peer):
     if peer.certfile:  # mutual TLS: who this host is, to the receiver
         curl.setopt(pycurl.SSLCERT, str(peer.certfile))
         curl.setopt(pycurl.SSLKEY, str(peer.keyfile))
+
+
+def check_client_certs(config):
+    """Load each peer's ``certfile`` with its ``keyfile`` once, as libcurl
+    will: ConfigError naming the keys if that fails (missing, unreadable, not
+    PEM, not a pair), so that the sender stops before it claims a message
+    instead of failing every handshake. Runs in the sender's process."""
+    for peer in config.peers.values():
+        if not peer.certfile:
+            continue
+        try:
+            ssl.create_default_context().load_cert_chain(peer.certfile, peer.keyfile)
+        except OSError as e:  # ssl.SSLError included
+            reason = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))
+            raise ConfigError(f"{config.path}: [{peer.section}] certfile, keyfile: cannot load "
+                              f"{peer.certfile} with {peer.keyfile}: {reason}") from None
 
 
 def _perform(curl, peer, url):

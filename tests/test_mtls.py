@@ -168,6 +168,19 @@ def handshake(receiver, cert):
     return answer.decode("latin-1").split("\r\n")[0] if answer else "refused"
 
 
+def test_a_client_certificate_that_cannot_load_stops_the_sender_before_it_claims(
+        producer, clients, tmp_path):
+    path, spool = producer(certfile=clients["good"]["certfile"],
+                           keyfile=str(tmp_path / "missing.key"))
+    client = dropr.Client(str(path))
+    for i in range(3):
+        client.put(b"waits", peer="tls", channel="orders")
+    result = harness.run_dropr(path, "send", "--once", check=False)
+    assert result.returncode != 0
+    assert b"[peers.tls] certfile, keyfile: cannot load" in result.stderr
+    assert (spool.count("queue"), spool.count("active")) == (3, 0)
+
+
 def test_start_up_log_says_who_is_known_how(mtls, pki):  # noqa: F811
     log = mtls.log_path.read_text()
     assert f"clients must present a certificate signed by {pki['ca']}" in log
