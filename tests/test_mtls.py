@@ -131,7 +131,9 @@ def test_a_good_certificate_that_names_no_client_gets_401(producer, mtls, client
     path, spool = producer(**clients["unnamed"])
     ids = send_three(path)
     assert spool.count("deferred") == 3
-    assert "HTTP 401 unauthorized" in spool.peer_state("tls")["error"]
+    error = spool.peer_state("tls")["error"]
+    assert "HTTP 401 unauthorized: no client is known by the certificate subject " \
+        "'CN=stranger'" in error, error
     assert not set(ids) & set(stored(mtls, "orders"))
 
 

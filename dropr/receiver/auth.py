@@ -13,10 +13,10 @@ client without a certificate from that CA; a request without a token is then
 the client whose ``cert_subject`` its certificate has.
 
 The client name stored with a message comes from its token or its
-certificate, never from the request. Tokens are compared by their SHA-256 digests with
-:func:`hmac.compare_digest`, against every configured token every time, so
-neither the length nor the content of a token, nor which client it belongs
-to, shows in the time an answer takes.
+certificate, never from the request. Tokens are compared by their SHA-256
+digests with :func:`hmac.compare_digest`, against every configured token
+every time, so neither the length nor the content of a token, nor which
+client it belongs to, shows in the time an answer takes.
 """
 
 import dataclasses
@@ -129,8 +129,8 @@ class Authenticate:
             identity = Identity(None)
         elif len(self.clients):
             header = req.get_header("Authorization")
-            identity = (self._by_certificate(req.env) if header is None else None) \
-                or self._by_token(header)
+            subject = peer_subject(req.env) if header is None else None
+            identity = self._by_token(header) if subject is None else self._by_subject(subject)
         else:
             # gunicorn always sets REMOTE_ADDR; falcon reads a missing one (an
             # in-process call, as in tests) as 127.0.0.1.
@@ -151,18 +151,29 @@ class Authenticate:
             raise Unauthorized("unknown bearer token", error="invalid_token")
         return identity
 
-    def _by_certificate(self, env):
-        """The client named by the certificate of this request's connection
-        (gunicorn gives the TLS socket; the handshake verified the certificate)."""
-        sock = env.get("gunicorn.socket")
-        cert = sock.getpeercert() if hasattr(sock, "getpeercert") else None
-        return self.clients.by_subject(certs.of_peer(cert["subject"])) if cert else None
+    def _by_subject(self, subject):
+        identity = self.clients.by_subject(subject)
+        if identity is None:
+            raise Unauthorized("no client is known by the certificate subject "
+                               f"{certs.render(subject)!r} (nor was a bearer token sent)",
+                               error="invalid_token")
+        return identity
 
     def _by_address(self, address):
         if self.unix or is_loopback(address):
             return LOCAL
         raise Forbidden("this receiver has no client tokens configured and serves "
                         "loopback clients only")
+
+
+def peer_subject(env):
+    """The subject (a :func:`dropr.certs.of_peer` key) of the client
+    certificate of this request's connection, or ``None`` without one
+    (gunicorn gives the TLS socket; the handshake verified the certificate
+    against ``[receiver] client_ca_file``)."""
+    sock = env.get("gunicorn.socket")
+    cert = sock.getpeercert() if hasattr(sock, "getpeercert") else None
+    return certs.of_peer(cert["subject"]) if cert and cert.get("subject") else None
 
 
 def check_channel(req, channel):
