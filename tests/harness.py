@@ -49,6 +49,12 @@ def require(*programs):
         pytest.skip(reason)
 
 
+def require_root(what="mounts a tmpfs"):
+    """In a fixture: skip the tests that use it unless run as root."""
+    if os.geteuid() != 0:
+        pytest.skip(f"{what}: needs root")
+
+
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
     """Poll ``predicate`` until it returns a truthy value; fail (AssertionError)
     after ``timeout`` s."""
