@@ -10,6 +10,9 @@
     dropr spool ls [STATE] | count | dead | requeue ID|--all
     dropr store channels | ls CHANNEL | count CHANNEL | cat CHANNEL ID | ack CHANNEL ID
 
+``--config PATH`` may come before or after the command (``dropr store
+--config F count C`` or ``dropr --config F store count C``).
+
 Exit codes: 0 ok, 1 operational error, 2 usage error (bad arguments or names).
 """
 
@@ -21,13 +24,13 @@ import sys
 
 from dropr import config as config_mod
 from dropr.errors import DroprError, NotFound, ValidationError
+from dropr.options import add_everywhere
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="dropr", description="dropr store-and-forward queue")
-    p.add_argument("--config", help="config file (default: $DROPR_CONFIG, then conf/dropr.toml)")
     sub = p.add_subparsers(dest="command", required=True)
 
     put = sub.add_parser("put", help="spool messages; prints each id")
@@ -78,6 +81,8 @@ def _parser():
         a = tsub.add_parser(action)
         a.add_argument("channel")
         a.add_argument("id")
+    add_everywhere(p, "--config", help="config file (default: $DROPR_CONFIG, then "
+                   "conf/dropr.toml); before or after the subcommand")
     return p
 
 

@@ -16,7 +16,7 @@ import tomllib
 import types
 from pathlib import Path
 
-from dropr import names
+from dropr import certs, names
 from dropr.errors import ConfigError, ValidationError
 
 DEFAULT_PATH = "conf/dropr.toml"
@@ -65,6 +65,8 @@ class PeerConfig:
     token: str = key("", kind="token", secret=True)
     token_file: Path = key("", kind="path")
     ca_file: Path = key("", kind="path")
+    certfile: Path = key("", kind="path")
+    keyfile: Path = key("", kind="path")
 
     @property
     def section(self):
@@ -73,12 +75,14 @@ class PeerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ReceiverClientConfig:
-    """[receiver.clients.NAME]: one client the receiver knows by its bearer token.
-    ``channels`` is ``None`` when the client may write to every channel."""
+    """[receiver.clients.NAME]: one client the receiver knows by its bearer
+    token, or by the subject of its TLS certificate. ``channels`` is ``None``
+    when the client may write to every channel."""
 
     name: str = ""
     token: str = key("", kind="token", secret=True)
     token_file: Path = key("", kind="path")
+    cert_subject: str = key("", kind="subject")
     channels: tuple = key(None, kind="names")
 
     @property
@@ -154,6 +158,7 @@ class ReceiverConfig:
     keyfile: Path = key("", kind="path")
     legacy_path: str = key("", kind="legacy_path")
     group: str = key("", kind="group")
+    client_ca_file: Path = key("", kind="path")
     #: The [receiver.clients.NAME] tables, in file order (not a key of its own).
     clients: tuple = ()
     #: The [receiver.responders.CHANNEL] tables, in file order (not a key of its own).
@@ -346,10 +351,12 @@ def _build_peers(table, where, base):
         peer = _with_urls(_build(PeerConfig, body, where, f"peers.{name}", base,
                                  extra={"name": name}), where)
         _check_token_source(peer, where, required=False)
+        _check_pair(peer, where)
         plain = [u for u in peer.urls if not u.startswith("https://")]
-        if peer.ca_file and plain:
-            raise ConfigError(f"{where}: [peers.{name}] ca_file: only for an https:// url, "
-                              f"got {plain[0]!r}")
+        for tls_key in ("ca_file", "certfile"):
+            if getattr(peer, tls_key) and plain:
+                raise ConfigError(f"{where}: [peers.{name}] {tls_key}: only for an https:// "
+                                  f"url, got {plain[0]!r}")
         peers[name] = peer
     return peers
 
@@ -439,10 +446,10 @@ def _with_responders(receiver, table, where, base):
 
 def _with_clients(receiver, table, where, base):
     """``receiver`` with its clients, after the checks that span several keys."""
-    if bool(receiver.certfile) != bool(receiver.keyfile):
-        missing = "keyfile" if receiver.certfile else "certfile"
-        raise ConfigError(f"{where}: [receiver] {missing}: certfile and keyfile go together: "
-                          "give both (HTTPS) or neither (HTTP)")
+    _check_pair(receiver, where)
+    if receiver.client_ca_file and not receiver.certfile:
+        raise ConfigError(f"{where}: [receiver] client_ca_file: client certificates need "
+                          "HTTPS: give certfile and keyfile too")
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [receiver.clients] must be a table of "
                           "[receiver.clients.NAME] tables")
@@ -454,9 +461,21 @@ def _with_clients(receiver, table, where, base):
             raise ConfigError(f"{where}: [receiver.clients.{name}]: {e}") from None
         client = _build(ReceiverClientConfig, body, where, f"receiver.clients.{name}", base,
                         extra={"name": name})
-        _check_token_source(client, where, required=True)
+        _check_token_source(client, where, required=not client.cert_subject)
+        if client.cert_subject and not receiver.client_ca_file:
+            raise ConfigError(f"{where}: [{client.section}] cert_subject: the receiver asks "
+                              "for client certificates only with [receiver] client_ca_file")
         clients.append(client)
     return dataclasses.replace(receiver, clients=tuple(clients))
+
+
+def _check_pair(section, where):
+    """certfile and keyfile of [receiver] or a [peers.NAME]: both or neither."""
+    if bool(section.certfile) != bool(section.keyfile):
+        missing = "keyfile" if section.certfile else "certfile"
+        name = getattr(section, "section", "receiver")
+        raise ConfigError(f"{where}: [{name}] {missing}: certfile and keyfile go together: "
+                          "give both or neither")
 
 
 def _check_token_source(entry, where, *, required):
@@ -464,7 +483,8 @@ def _check_token_source(entry, where, *, required):
     if entry.token and entry.token_file:
         raise ConfigError(f"{label} token, token_file: give one of them, not both")
     if required and not (entry.token or entry.token_file):
-        raise ConfigError(f"{label} token: required (or token_file, a file that holds it)")
+        raise ConfigError(f"{label} token: required (or token_file, a file that holds it, "
+                          "or cert_subject with [receiver] client_ca_file)")
 
 
 def _reject_unknown(where, section, table, known):
@@ -577,6 +597,16 @@ def _check_token(raw, label, meta, base):
     return raw
 
 
+def _check_subject(raw, label, meta, base):
+    _want(isinstance(raw, str), raw, label, "a certificate subject such as 'CN=web-1,O=Shop'")
+    if raw:
+        try:
+            certs.parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{label}: {e}") from None
+    return raw
+
+
 def _check_url(raw, label, meta, base):
     ok = isinstance(raw, str) and raw.startswith(("http://", "https://")) and len(raw) > 8
     _want(ok or raw == "", raw, label, "an http:// or https:// URL")
@@ -675,6 +705,7 @@ _CHECKS = {
     "url": _check_url,
     "urls": _check_urls,
     "bind": _check_bind,
+    "subject": _check_subject,
     "level": _check_level,
     "backend": _check_backend,
     "nats_urls": _check_nats_urls,

@@ -7,7 +7,9 @@ arrives in the store until Ctrl-C, which stops everything it started.
 """
 
 import argparse
+import errno
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,12 +45,41 @@ def _show_arrivals(store, seen):
                       f"{message.size} B  {preview!r}", flush=True)
 
 
+def address_taken(config):
+    """One line saying that ``[receiver] bind`` is in use by another program
+    and which keys to change, or None when it is free (or a unix socket).
+    Checked before anything starts: gunicorn would retry, and the supervisor
+    restart it, with "Address already in use" scrolling by."""
+    bind = config.receiver.bind
+    if bind.startswith("unix:"):
+        return None
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, int(port)))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+        else:
+            return None
+    peer = next(iter(config.peers), "local")
+    return (f"dropr demo: {bind} is already in use by another program: stop it, or "
+            f"change [receiver] bind and [peers.{peer}] url in {config.path}")
+
+
 def main(argv=None):
     """Run the demo; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m dropr.demo")
     parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)
     config = config_mod.load(args.config)
+    taken = address_taken(config)
+    if taken:
+        print(taken, file=sys.stderr)
+        return 1
     path = str(config.path)
     procs = [_spawn(["dropr.supervisor.cli", "--config", path, "start", "--foreground"])]
     if config.workers.receiver == 0:

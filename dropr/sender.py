@@ -31,7 +31,7 @@ from dropr.errors import BatchRefused, Forbidden, PeerError, SpoolFull, Unreadab
 from dropr.faults import crash_point
 from dropr.ipc import Notices
 from dropr.spool import Spool
-from dropr.transport import Transport
+from dropr.transport import Transport, check_client_certs
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Sender:
         not to start than to claim messages it cannot deliver."""
         peers = self.config.peers
         self._tokens = {name: self.config.token_of(peer) for name, peer in peers.items()}
+        check_client_certs(self.config)  # a bad certfile: stop before claiming
         self.spool.create()
         recovered = self.spool.recover_orphans()
         if recovered:

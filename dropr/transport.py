@@ -26,19 +26,21 @@ The answer sorts into three outcomes the sender handles differently:
 
 Over https the peer's certificate is always verified, its name included:
 against the peer's ``ca_file`` alone when one is set, else against the
-system's CAs. A failed handshake is a ``PeerError`` like any other
-connection failure. A peer with a token gets ``Authorization: Bearer`` on
+system's CAs. A peer with ``certfile`` and ``keyfile`` presents that client
+certificate (mutual TLS). A failed handshake is a ``PeerError`` like any
+other connection failure. A peer with a token gets ``Authorization: Bearer`` on
 every batch.
 """
 
 import json
 import os
+import ssl
 import time
 
 import pycurl
 
 from dropr import backoff
-from dropr.errors import BatchRefused, Forbidden, NotAMessage, PeerError, Unreadable
+from dropr.errors import BatchRefused, ConfigError, Forbidden, NotAMessage, PeerError, Unreadable
 from dropr.spool.files import open_message
 
 BATCH_PATH = "/v1/batch"
@@ -93,6 +95,25 @@ def _verify_peer(curl, peer):
         # name must not pass for the receiver of a private one.
         curl.setopt(pycurl.CAINFO, str(peer.ca_file))
         curl.setopt(pycurl.CAPATH, None)
+    if peer.certfile:  # mutual TLS: who this host is, to the receiver
+        curl.setopt(pycurl.SSLCERT, str(peer.certfile))
+        curl.setopt(pycurl.SSLKEY, str(peer.keyfile))
+
+
+def check_client_certs(config):
+    """Load each peer's ``certfile`` with its ``keyfile`` once, as libcurl
+    will: ConfigError naming the keys if that fails (missing, unreadable, not
+    PEM, not a pair), so that the sender stops before it claims a message
+    instead of failing every handshake. Runs in the sender's process."""
+    for peer in config.peers.values():
+        if not peer.certfile:
+            continue
+        try:
+            ssl.create_default_context().load_cert_chain(peer.certfile, peer.keyfile)
+        except OSError as e:  # ssl.SSLError included
+            reason = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))
+            raise ConfigError(f"{config.path}: [{peer.section}] certfile, keyfile: cannot load "
+                              f"{peer.certfile} with {peer.keyfile}: {reason}") from None
 
 
 def _perform(curl, peer, url):

@@ -1,6 +1,8 @@
 """Fixtures shared by all tests: a config in a temporary folder, and a real
 receiver under gunicorn on a free loopback port, stopped by pid afterwards."""
 
+import collections
+
 import pytest
 
 from tests import harness
@@ -20,3 +22,17 @@ def receiver(config_path):
     r = harness.Receiver(config_path).start()
     yield r
     r.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The run ends with what it did not test: one line per reason a test was
+    skipped, with how many were."""
+    reasons = collections.Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr  # (path, line, "Skipped: REASON") for a skip
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.section("skipped, by reason", sep="-")
+        for reason, count in sorted(reasons.items()):
+            terminalreporter.line(f"{count:4d} skipped: {reason}")

@@ -4,6 +4,7 @@ condition with a deadline (never sleep-and-hope)."""
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -12,6 +13,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import sysv_ipc
 
 from dropr import config as config_mod
@@ -20,6 +22,39 @@ from dropr.bench.procs import free_port  # noqa: F401 - the tests' one too
 from dropr.ipc import ROLES, queue_key
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
+
+
+#: The programs tests drive that pip cannot install, and the Debian packages
+#: that bring them (.ci/run installs the missing ones).
+PROGRAMS = {"curl": "curl", "node": "nodejs", "openssl": "openssl", "php": "php-cli",
+            "ps": "procps", "systemd-analyze": "systemd"}
+
+
+def missing_programs(*programs):
+    """Why a test of ``programs`` cannot run here ("" when all are installed)."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    return "; ".join(f"{p} is not installed (Debian package {PROGRAMS.get(p, p)}; "
+                     ".ci/run installs it)" for p in missing)
+
+
+def needs(*programs):
+    """A mark that skips a test, naming the program, when one of ``programs``
+    is not installed; the test runs wherever they are."""
+    reason = missing_programs(*programs)
+    return pytest.mark.skipif(bool(reason), reason=reason)
+
+
+def require(*programs):
+    """In a fixture: skip the tests that use it when one of ``programs`` is missing."""
+    reason = missing_programs(*programs)
+    if reason:
+        pytest.skip(reason)
+
+
+def require_root(what="mounts a tmpfs"):
+    """In a fixture: skip the tests that use it unless run as root."""
+    if os.geteuid() != 0:
+        pytest.skip(f"{what}: needs root")
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
@@ -73,10 +108,13 @@ def write_config(root, *, port=None, sections=None, peers=None):
     return path
 
 
-def http_get(url, timeout=2.0, ca_file=None):
+def http_get(url, timeout=2.0, ca_file=None, cert=None):
     """(status, body) of a GET, or (None, None) if nothing answers. An https
-    ``url`` is verified against ``ca_file`` (default: the system's CAs)."""
+    ``url`` is verified against ``ca_file`` (default: the system's CAs);
+    ``cert``: (certfile, keyfile) of a client certificate to present."""
     context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
+    if context is not None and cert:
+        context.load_cert_chain(*cert)
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
             return r.status, r.read()
@@ -96,6 +134,7 @@ class Receiver:
         peer = self.config.peers[next(iter(self.config.peers))]
         self.url = peer.url
         self.ca_file = peer.ca_file  # for an https receiver
+        self.cert = (peer.certfile, peer.keyfile) if peer.certfile else None  # mutual TLS
         self.log_path = Path(log_path or self.config_path.with_name("receiver.log"))
         self.proc = None
 
@@ -111,7 +150,8 @@ class Receiver:
             if self.proc.poll() is not None:
                 raise AssertionError(f"receiver exited with {self.proc.returncode}: "
                                      + self.log_path.read_text()[-3000:])
-            return http_get(self.url + "/v1/health", ca_file=self.ca_file)[0] == 200
+            return http_get(self.url + "/v1/health", ca_file=self.ca_file,
+                            cert=self.cert)[0] == 200
         wait_for(healthy, timeout, what="receiver health")
         return self
 

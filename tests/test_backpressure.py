@@ -172,6 +172,7 @@ def test_dropr_put_at_the_limit_exits_1_with_a_clear_error(tmp_path):
 @pytest.fixture
 def tmpfs(tmp_path):
     """Mount small tmpfs disks under tmp_path: ``tmpfs(name, size)``; unmounted after."""
+    harness.require_root()
     mounts = []
 
     def mount(name, size):

@@ -61,6 +61,7 @@ def test_bad_data_type_leaves_nothing(client, tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
+    harness.require_root()
     mount = tmp_path / "small"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)

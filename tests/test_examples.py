@@ -81,6 +81,7 @@ def test_every_example_is_marked_and_addressed_as_documented():
                if name not in FILES | {"python-call"})
 
 
+@harness.needs('curl')
 def test_curl_post_stores_then_answers_duplicate(receiver, tmp_path):
     first = run(receiver, "curl-post", tmp_path).splitlines()
     assert json.loads(first[0]) == {"id": "order-1234", "channel": "orders", "status": "stored"}
@@ -90,6 +91,7 @@ def test_curl_post_stores_then_answers_duplicate(receiver, tmp_path):
     assert stored(receiver, "order-1234") == (b'{"order": 1234}', 2)
 
 
+@harness.needs('node')
 def test_node_fetch_post_is_stored(receiver, tmp_path):
     status, _, answer = run(receiver, "node-post", tmp_path).strip().partition(" ")
     assert status == "201"
@@ -103,6 +105,7 @@ def test_python_stdlib_post_is_stored(receiver, tmp_path):
     assert stored(receiver, "order-1238") == (b'{"order": 1238}', 2)
 
 
+@harness.needs('curl')
 def test_curl_batch_stores_both_messages(receiver, tmp_path):
     answer = json.loads(run(receiver, "curl-batch", tmp_path))
     assert answer == {"results": {"order-1235": {"status": "stored"},

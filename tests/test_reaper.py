@@ -186,6 +186,7 @@ def test_a_client_only_host_grows_no_store(tmp_path):
     assert not config.receiver.store.exists()
 
 
+@harness.needs('ps')
 def test_reaper_worker_reaps_reports_while_pausing_and_stops_at_once(tmp_path):
     config, spool = make(tmp_path, reaper={"interval": 30.0})  # one pass, then a long pause
     notices = Notices.replace(spool.root)

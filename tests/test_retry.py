@@ -208,6 +208,7 @@ def test_format_age():
     assert format_age(7260) == "2h 1m"
 
 
+@harness.needs('ps')
 def test_retry_scanner_worker_scans_shows_its_title_and_stops_at_once(setup):
     config, spool, notices = setup
     # A long pause between scans must not delay the stop.

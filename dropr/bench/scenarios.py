@@ -105,8 +105,9 @@ def jetstream(ctx, root, fsync):
     as :func:`drain` does into the filesystem store; the limit beside it is
     one nats-py client publishing with 1,000 acks in flight."""
     if not cluster.available():
-        if not any("nats-server" in n for n in ctx.notes):
-            ctx.notes.append("jetstream: skipped, nats-server is not installed")
+        note = f"jetstream: skipped, {cluster.missing()}"
+        if note not in ctx.notes:
+            ctx.notes.append(note)
         return {}
     with cluster.Cluster(root / "nats") as nodes:
         extra = (f'[store]\nbackend = "jetstream"\nservers = {json.dumps(nodes.urls)}\n'

@@ -13,7 +13,8 @@ from pathlib import Path
 from dropr import names
 from dropr.errors import TooLarge
 from dropr.jetstream.consumer import Consumer
-from dropr.jetstream.wire import Acks, Loop, nats_module, pub_ack, subject_of, unavailable
+from dropr.jetstream.wire import (Acks, Loop, nats_module, pub_ack, require_nats, subject_of,
+                                  unavailable)
 from dropr.store import DUPLICATE, STORED
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class JetStreamStore(Consumer):
     is a local folder for staged bodies (``[receiver] store``)."""
 
     def __init__(self, settings, *, scratch, clock=time.time):
+        require_nats()
         self.settings = settings
         self.root = Path(scratch)
         self._clock = clock

@@ -5,13 +5,22 @@ shape of a message read back."""
 import asyncio
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
 import threading
 
 from dropr import names
-from dropr.errors import StoreUnavailable
+from dropr.errors import ConfigError, StoreUnavailable
+
+
+def require_nats():
+    """ConfigError unless nats-py is installed: it comes with the extra
+    ``dropr[jetstream]``, not with the core a producer host needs."""
+    if importlib.util.find_spec("nats") is None:
+        raise ConfigError('[store] backend = "jetstream" needs nats-py, which is not '
+                          "installed: pip install 'dropr[jetstream]'")
 
 
 def nats_module():

@@ -8,11 +8,15 @@ readiness, the OpenAPI document). ``/metrics`` is not among them: it names the
 channels and counts their messages, so a scraper authenticates like any
 client (give it a client with ``channels = []``, which may write nothing).
 
-The client name stored with a message comes from its token, never from the
-request. Tokens are compared by their SHA-256 digests with
-:func:`hmac.compare_digest`, against every configured token every time, so
-neither the length nor the content of a token, nor which client it belongs
-to, shows in the time an answer takes.
+With ``[receiver] client_ca_file`` the TLS handshake already refused every
+client without a certificate from that CA; a request without a token is then
+the client whose ``cert_subject`` its certificate has.
+
+The client name stored with a message comes from its token or its
+certificate, never from the request. Tokens are compared by their SHA-256
+digests with :func:`hmac.compare_digest`, against every configured token
+every time, so neither the length nor the content of a token, nor which
+client it belongs to, shows in the time an answer takes.
 """
 
 import base64
@@ -22,6 +26,7 @@ import hashlib
 import hmac
 import ipaddress
 
+from dropr import certs
 from dropr.errors import ConfigError, Forbidden, Unauthorized
 
 #: Paths served to anyone (GET and HEAD only).
@@ -47,35 +52,57 @@ def _digest(token):
 
 
 class Clients:
-    """The clients a receiver knows, by the digests of their tokens. Loaded
-    once in the receiver's master process (which reads the token files) and
-    used by the request threads of every worker; immutable once built."""
+    """The clients a receiver knows, by the digests of their tokens and by
+    their certificates' subjects. Loaded once in the receiver's master
+    process (which reads the token files) and used by the request threads of
+    every worker; immutable once built."""
 
-    def __init__(self, entries=()):
+    def __init__(self, entries=(), subjects=None):
         self._entries = tuple(entries)  # (digest, Identity)
+        self._subjects = dict(subjects or {})  # certs key -> Identity
 
     @classmethod
     def load(cls, config):
         """The [receiver.clients] of ``config``, their token files read now;
         ConfigError naming the key for an unreadable file or a token that two
         clients share (which one would the receiver believe?)."""
-        entries, owner = [], {}
+        entries, owner, subjects, subject_owner = [], {}, {}, {}
         for client in config.receiver.clients:
+            channels = None if client.channels is None else frozenset(client.channels)
+            identity = Identity(client.name, channels)
+            if client.cert_subject:
+                key = certs.parse(client.cert_subject)
+                if key in subjects:
+                    raise ConfigError(f"{config.path}: [{client.section}] cert_subject: the "
+                                      f"same as [{subject_owner[key]}]'s")
+                subjects[key], subject_owner[key] = identity, client.section
+            if not (client.token or client.token_file):
+                continue
             digest = _digest(config.token_of(client))
             if digest in owner:
                 raise ConfigError(f"{config.path}: [{client.section}] token: the same as "
                                   f"[{owner[digest]}]'s; every client needs its own")
             owner[digest] = client.section
-            channels = None if client.channels is None else frozenset(client.channels)
-            entries.append((digest, Identity(client.name, channels)))
-        return cls(entries)
+            entries.append((digest, identity))
+        return cls(entries, subjects)
 
     def __len__(self):
-        return len(self._entries)
+        return len({identity.name for identity in self._known()})
 
-    def names(self):
-        """The client names, in config order."""
-        return [identity.name for _, identity in self._entries]
+    def _known(self):
+        return [identity for _, identity in self._entries] + list(self._subjects.values())
+
+    def names(self, by=None):
+        """The client names, in config order: all, or those known ``by``
+        "token" or by "certificate"."""
+        known = {"token": [i for _, i in self._entries],
+                 "certificate": list(self._subjects.values())}.get(by, self._known())
+        return list(dict.fromkeys(identity.name for identity in known))
+
+    def by_subject(self, subject):
+        """The :class:`Identity` whose cert_subject is ``subject`` (a
+        :func:`dropr.certs.of_peer` key), or ``None``."""
+        return self._subjects.get(subject)
 
     def find(self, token):
         """The :class:`Identity` whose token is ``token``, or ``None``."""
@@ -109,7 +136,9 @@ class Authenticate:
                 req.get_header("Authorization")):
             identity = self._by_basic(req.get_header("Authorization"))
         elif len(self.clients):
-            identity = self._by_token(req.get_header("Authorization"))
+            header = req.get_header("Authorization")
+            subject = peer_subject(req.env) if header is None else None
+            identity = self._by_token(header) if subject is None else self._by_subject(subject)
         else:
             # gunicorn always sets REMOTE_ADDR; falcon reads a missing one (an
             # in-process call, as in tests) as 127.0.0.1.
@@ -142,6 +171,14 @@ class Authenticate:
             raise Unauthorized("unknown client name and token", error="invalid_token")
         return identity
 
+    def _by_subject(self, subject):
+        identity = self.clients.by_subject(subject)
+        if identity is None:
+            raise Unauthorized("no client is known by the certificate subject "
+                               f"{certs.render(subject)!r} (nor was a bearer token sent)",
+                               error="invalid_token")
+        return identity
+
     def _by_address(self, address):
         if self.unix or is_loopback(address):
             return LOCAL
@@ -151,6 +188,16 @@ class Authenticate:
 
 def _is_basic(header):
     return header is not None and header[:6].lower() == "basic "
+
+
+def peer_subject(env):
+    """The subject (a :func:`dropr.certs.of_peer` key) of the client
+    certificate of this request's connection, or ``None`` without one
+    (gunicorn gives the TLS socket; the handshake verified the certificate
+    against ``[receiver] client_ca_file``)."""
+    sock = env.get("gunicorn.socket")
+    cert = sock.getpeercert() if hasattr(sock, "getpeercert") else None
+    return certs.of_peer(cert["subject"]) if cert and cert.get("subject") else None
 
 
 def check_channel(req, channel):
@@ -191,7 +238,9 @@ def startup_notes(config, clients):
         return [("warning", f"bound to {rc.bind} but no [receiver.clients] tokens are "
                             "configured: serving loopback clients only, others get 403; "
                             "configure tokens to accept remote senders")]
-    notes = [("info", f"clients known by bearer token: {', '.join(clients.names())}")]
+    notes = [("info", f"clients known by {words}: {', '.join(clients.names(by))}")
+             for by, words in (("token", "bearer token"), ("certificate", "certificate subject"))
+             if clients.names(by)]
     if not rc.certfile and not local:
         notes.append(("warning", f"bound to {rc.bind} without TLS: bearer tokens cross the "
                                  "network in clear text; set [receiver] certfile and keyfile"))

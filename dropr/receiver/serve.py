@@ -17,6 +17,7 @@ from dropr.receiver import metrics
 from dropr.errors import ConfigError
 from dropr.receiver.app import create_app
 from dropr.receiver.auth import Clients, startup_notes
+from dropr.jetstream.wire import require_nats
 
 MASTER_TITLE = "dropr: receiver"
 WORKER_TITLE = "dropr: receiver worker"
@@ -65,7 +66,10 @@ def settings(config):
 def _tls_settings(rc):
     if not rc.certfile:
         return {}
-    return {"certfile": str(rc.certfile), "keyfile": str(rc.keyfile)}
+    tls = {"certfile": str(rc.certfile), "keyfile": str(rc.keyfile)}
+    if rc.client_ca_file:  # mutual TLS: no certificate from this CA, no handshake
+        tls.update(ca_certs=str(rc.client_ca_file), cert_reqs=ssl.CERT_REQUIRED)
+    return tls
 
 
 def check_tls(config):
@@ -82,6 +86,13 @@ def check_tls(config):
         reason = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))
         raise ConfigError(f"{config.path}: [receiver] certfile, keyfile: cannot load "
                           f"{rc.certfile} with {rc.keyfile}: {reason}") from None
+    if rc.client_ca_file:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=rc.client_ca_file)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            raise ConfigError(f"{config.path}: [receiver] client_ca_file: cannot load "
+                              f"{rc.client_ca_file}: {reason}") from None
 
 
 def log_access_notes(server, config):
@@ -89,6 +100,8 @@ def log_access_notes(server, config):
     rc = config.receiver
     server.log.info("serving %s", f"HTTPS with certificate {rc.certfile}" if rc.certfile
                     else "plain HTTP (no [receiver] certfile)")
+    if rc.client_ca_file:
+        server.log.info("clients must present a certificate signed by %s", rc.client_ca_file)
     for level, text in startup_notes(config, server.app.clients):
         server.log.log(level, text)
 
@@ -138,6 +151,8 @@ class Application(gunicorn.app.base.BaseApplication):
 
     def __init__(self, config):
         self.config = config
+        if config.store.backend == "jetstream":
+            require_nats()  # here, not in every worker that fails to boot
         check_tls(config)
         # Read once here, in the master: a bad token file stops the start, and
         # the workers inherit the tokens.

