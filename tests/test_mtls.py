@@ -116,8 +116,8 @@ def test_a_certificate_from_the_ca_names_the_client_without_a_token(producer, mt
 def test_the_client_named_by_certificate_keeps_its_channels(producer, mtls, clients):
     path, spool = producer(**clients["good"])
     send_three(path, "audit")
-    assert spool.count("deferred") == 3
-    assert "HTTP 403 forbidden" in spool.peer_state("tls")["error"]
+    assert spool.count("deferred") == 3  # a 403 defers that channel's messages alone
+    assert spool.peer_state("tls") == {}
 
 
 def test_a_token_still_names_its_client_over_mutual_tls(producer, mtls, clients):

@@ -15,6 +15,7 @@ from tests import harness
 # command, after each of its words ("store", "count") and at the end.
 DROPR = {
     "put": ["put", "--peer", "local", "-"],
+    "call": ["call", "--peer", "local", "--channel", "c", "-"],
     "send": ["send", "--once"],
     "consume": ["consume", "--channel", "c"],
     "receiver": ["receiver"],
