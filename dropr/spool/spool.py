@@ -158,9 +158,21 @@ class Spool:
                 raise SpoolFull(f"spool {self.root} is full: {e.strerror}") from None
             raise
         if self.fsync:
-            fsync_dir(self._queue)
+            self._sync_queue(queued)
         crash_point("put.after_dir_fsync")
         return Path(queued)
+
+    def _sync_queue(self, queued):
+        """Make the rename into ``queue/`` durable. If that fails, take the message
+        back out before raising, so that a caller who puts it again does not make
+        a second one. (Should a sender have claimed it in that instant, it may be
+        delivered as well: twice is better than a success that an OS crash undoes.)"""
+        try:
+            fsync_dir(self._queue)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(queued)
+            raise
 
     # -- listing ----------------------------------------------------------
 
@@ -474,9 +486,15 @@ class Spool:
         return []
 
     def _write_note(self, path, text):
-        """Write a small file; ``SpoolFull`` (and no file) on a full disk."""
+        """Write a small file, fsync-ed when the spool syncs (it is renamed into
+        place next, and must not come back empty after an OS crash); ``SpoolFull``
+        (and no file) on a full disk."""
         try:
-            path.write_text(text)
+            with open(path, "w") as f:
+                f.write(text)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

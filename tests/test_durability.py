@@ -1,0 +1,111 @@
+"""Durability defects, each caused for real where it can be: a disk whose
+write-back fails (tests/failing_disk.py), a folder made by another process
+at the worst moment, an OS crash's lost directory entries (see also
+tests/test_crash_states.py, which builds every such state)."""
+
+import collections
+import errno
+import os
+import stat
+import subprocess
+
+import pytest
+
+from dropr.errors import StoreFull
+from dropr.spool import Spool, SpoolName
+from dropr.store import DUPLICATE, STORED, Store, Failures
+from tests.failing_disk import failing_disk
+
+BODY = os.urandom(256 << 10)  # new blocks to write back: the failing disk refuses them
+
+
+def drop_caches():
+    """Evict clean pages and unused inodes, as memory pressure would."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def queued(store, channel):
+    return sorted(p.name for p in (store.root / "queue" / channel).iterdir())
+
+
+def test_a_batch_is_not_stored_when_write_back_failed_and_another_process_saw_it_first(tmp_path):
+    with failing_disk(tmp_path / "disk") as disk:
+        store = Store(disk.root / "store", fsync=True)
+        assert store.put("c", "OLD", b"made while the disk worked", priority=5, client="h") == STORED
+        disk.fail()
+        staged = collections.deque()
+        for mid in ("A", "B", "C"):
+            staged.append(store.stage("c", mid, BODY, priority=5, client="h", batch=staged))
+        # Another receiver worker's syncfs (here: sync -f) meets the error first.
+        assert disk.sync_elsewhere().returncode != 0
+        with pytest.raises((OSError, StoreFull)):
+            store.publish_many(staged)
+        for s in staged:
+            store.discard(s)
+        assert queued(store, "c") == ["5.OLD"]
+
+
+def test_a_message_is_not_stored_when_its_write_back_failed_and_its_inode_left_the_cache(tmp_path):
+    with failing_disk(tmp_path / "disk") as disk:
+        store = Store(disk.root / "store", fsync=True)
+        assert store.put("c", "OLD", b"made while the disk worked", priority=5, client="h") == STORED
+        disk.fail()
+        staged = store.stage("c", "A", BODY, priority=5, client="h")
+        disk.sync_elsewhere()
+        drop_caches()  # without a descriptor held open, the error goes with the inode
+        with pytest.raises((OSError, StoreFull)):
+            store.publish(staged)
+        assert queued(store, "c") == ["5.OLD"]
+
+
+def test_a_new_channel_made_by_two_workers_at_once_stores_both(tmp_path, monkeypatch):
+    """Worker A's link fails (no folder yet); worker B makes the folder before A
+    looks. The interleaving is forced: B is a real mkdir in another process,
+    run right after A's link fails."""
+    store = Store(tmp_path / "server", fsync=True)
+    real_link = os.link
+
+    def link(src, dst, **kwargs):
+        try:
+            return real_link(src, dst, **kwargs)
+        except FileNotFoundError:
+            subprocess.run(["mkdir", "-p", os.path.dirname(dst)], check=True)
+            raise
+
+    monkeypatch.setattr(os, "link", link)
+    assert store.put("new", "A", b"a", priority=5, client="h") == STORED
+    staged = collections.deque([store.stage("newer", "B", b"b", priority=5, client="h")])
+    assert store.publish_many(staged) == [STORED]
+    assert queued(store, "new") == ["5.A"] and queued(store, "newer") == ["5.B"]
+
+
+def test_a_message_sent_again_after_a_consumer_buried_it_is_a_duplicate(tmp_path):
+    store = Store(tmp_path / "server", fsync=True)
+    assert store.put("c", "A", b"a", priority=5, client="h") == STORED
+    (message,) = store.claim("c", "worker")
+    store.bury(message, Failures(3, 0.0, "exit 1"))
+    # The client's move to sent/ was undone by its OS crash: it sends A again.
+    assert store.put("c", "A", b"a", priority=5, client="h") == DUPLICATE
+    staged = collections.deque([store.stage("c", "A", b"a", priority=5, client="h")])
+    assert store.publish_many(staged) == [DUPLICATE]
+    assert store.count("c") == 0 and store.count("c", "dead") == 1
+
+
+def test_put_whose_queue_sync_fails_leaves_nothing_to_deliver(tmp_path, monkeypatch):
+    """fsync(2) of the spool's queue/ fails (an I/O error a test cannot cause on a
+    directory alone, injected here at os.fsync): put() raises and takes the
+    message back out, so the caller's retry does not make a second message."""
+    spool = Spool(tmp_path / "client", fsync=True).create()
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError):
+        spool.put(b"body", SpoolName(5, "A", "local", "c"))
+    assert spool.count("queue") == 0 and os.listdir(spool.dirs["tmp"]) == []
