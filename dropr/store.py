@@ -588,6 +588,12 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, work / path.name)  # another consumer may have won it
                 claimed.append(read_message(work / path.name))
+        if claimed and self.fsync:
+            # The claims durable, destination first, before an ack can move them
+            # on: else an OS crash could keep the ack's new name and lose the
+            # claim's removal from queue/, and the message would be in both.
+            fsync_dir(work)
+            fsync_dir(self.root / "queue" / channel)
         return claimed
 
     def ack(self, message):
@@ -671,7 +677,7 @@ class Store:
         :class:`WorkDir`; ``AlreadyRunning`` if a live process holds it."""
         names.check_name(consumer, "consumer")
         path = self.root / "work" / consumer
-        path.mkdir(parents=True, exist_ok=True)
+        self._make_dir(path)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

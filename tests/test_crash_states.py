@@ -1,0 +1,357 @@
+"""Every state change against the states an OS crash or a power loss may leave
+on disk (tests/crashstates.py has the rules; docs/reliability.md the figures).
+
+Each scenario runs the real code on a real tree while a Recorder notes its
+file-system operations; then every crash state the rules allow is written
+out, recovered the way dropr recovers after a reboot (the next sender, the
+reaper, the receiver's start, the consumer's start, a client sending again
+what it got no answer for), and checked:
+
+- every message that put() returned for, or that was answered ``stored`` or
+  ``duplicate``, is present once, whole;
+- no message is in two states (folders) at once;
+- no half-written message is ever delivered, or found where it would be;
+- what an operator or a consumer reads beside a message (a dead reason, a
+  failures file, a peer marker) is whole.
+
+The other host of a scenario (the receiver, for a client scenario) does not
+crash; what it received is marked on the recording as it happens.
+"""
+
+import collections
+import json
+import os
+import time
+
+import pytest
+from falcon import testing
+
+from dropr import config as config_mod
+from dropr.client import Client
+from dropr.errors import PeerError
+from dropr.receiver import create_app
+from dropr.reaper import Reaper
+from dropr.retry import RetryScanner
+from dropr.sender import Sender
+from dropr.spool import Spool, SpoolName
+from dropr.store import DUPLICATE, STORED, Failures, Store, read_message
+from dropr.spool.spool import REASON_SUFFIX
+from tests import harness
+from tests.crashstates import Recorder, explore
+from tests.receiver import forms
+
+#: Recovery runs a month after the crash: every leftover is stale, every deferral due.
+LATER = 30 * 86400.0
+CLIENT_KEYS = {"client": {"fsync": True, "notify_max": 0}, "receiver": {"fsync": True},
+               "sender": {"sent_retention": 0}}
+
+
+def later():
+    return time.time() + LATER
+
+
+def report(scenario, figures):
+    """The figures of a scenario, shown with ``pytest -s`` (docs/reliability.md)."""
+    print(f"\n{scenario}: {figures}")
+    assert figures.checked > figures.points // 2, f"{scenario}: too few states: {figures}"
+
+
+# -- the client host --------------------------------------------------------------
+
+
+class Host:
+    """One host's tree twice: ``a/`` where the scenario runs under a Recorder,
+    ``b/`` where each crash state is written and recovered."""
+
+    def __init__(self, tmp_path, sections=CLIENT_KEYS):
+        for side in "ab":
+            (tmp_path / side).mkdir()
+        self.config_a = config_mod.load(harness.write_config(tmp_path / "a", sections=sections))
+        self.config_b = config_mod.load(harness.write_config(tmp_path / "b", sections=sections))
+        self.spool = Spool(self.config_a.client.spool, fsync=True).create()
+        self.store = Store(self.config_a.receiver.store, fsync=True)
+
+    def explore(self, recorder, check, name, root):
+        figures = explore(recorder, check, root, seed=name)
+        report(name, figures)
+        return figures
+
+
+class Peer:
+    """The receiving host as a sender's transport sees it: it checks that every
+    body it gets is whole, answers per message, and marks ``("received", id)``
+    on the recording for what it keeps (its disk does not crash)."""
+
+    def __init__(self, bodies, *, recorder=None, received=(), reject=(), down=False):
+        self.bodies, self.recorder = bodies, recorder
+        self.received, self.reject, self.down = set(received), set(reject), down
+
+    def send(self, part):
+        if self.down:
+            raise PeerError("connection refused")
+        results = {}
+        for name, path, _ in part:
+            assert path.read_bytes() == self.bodies[name.id], f"{name.id} was sent half-written"
+            if name.id in self.reject:
+                results[name.id] = {"status": "rejected", "error": "channel closed"}
+                continue
+            results[name.id] = {"status": DUPLICATE if name.id in self.received else STORED}
+            self.received.add(name.id)
+            if self.recorder is not None:
+                self.recorder.mark(("received", name.id))
+        return results
+
+    def close(self):
+        pass
+
+
+class SenderTo(Sender):
+    """A Sender whose peer is a :class:`Peer` instead of an HTTP transport."""
+
+    def __init__(self, config, peer, **kwargs):
+        super().__init__(config, **kwargs)
+        self.peer = peer
+
+    def _transport(self, peer):
+        return self.peer
+
+
+def send(config, peer, clock=time.time):
+    sender = SenderTo(config, peer, clock=clock).open()
+    try:
+        sender.drain()
+    finally:
+        sender.close()
+
+
+def recover_client(config, bodies, marks, *, reject=()):
+    """What runs after the reboot: a sender starts (returning orphaned claims)
+    and delivers what is due, then a reaper pass."""
+    received = {key[1] for key in marks if key[0] == "received"}
+    peer = Peer(bodies, received=received, reject=reject)
+    send(config, peer, clock=later)
+    Reaper(config, clock=later).open().reap()
+    return peer.received
+
+
+def check_spool(root, bodies, promised, received):
+    spool = Spool(root, fsync=False)
+    where = collections.defaultdict(list)
+    for state in ("queue", "deferred", "sent", "dead"):
+        for name in spool.names(state):
+            where[name.id].append(spool.dirs[state] / str(name))
+    for d in spool.active_dirs():
+        for name in spool.names(None, directory=d):
+            where[name.id].append(d / str(name))
+    for message_id, paths in where.items():
+        assert len(paths) == 1, f"{message_id} in two states: {paths}"
+        assert paths[0].read_bytes() == bodies[message_id], f"{paths[0]} is not whole"
+    for message_id in promised:
+        assert message_id in where or message_id in received, f"{message_id} is lost"
+    for reason in spool.dirs["dead"].glob("*" + REASON_SUFFIX):
+        text = reason.read_text()
+        assert text.endswith("\n") and text.strip(), f"{reason.name} is {text!r}"
+    for marker in spool.peers_dir.iterdir():
+        json.loads(marker.read_text())  # a marker read back must be whole
+
+
+def client_check(host, bodies, initial=(), reject=()):
+    def check(root, marks):
+        config = host.config_b
+        promised = set(initial) | {k[1] for k in marks if k[0] == "promised"}
+        received = recover_client(config, bodies, marks, reject=reject)
+        check_spool(config.client.spool, bodies, promised, received)
+    return check
+
+
+def fill(spool, bodies, channel="c"):
+    """Put ``bodies`` (id -> bytes) into the spool, durably, before a recording."""
+    names = {}
+    for message_id, body in bodies.items():
+        names[message_id] = SpoolName(5, message_id, "local", channel)
+        spool.put(body, names[message_id])
+    return names
+
+
+def test_put_survives_every_crash_state(tmp_path):
+    host = Host(tmp_path)
+    client = Client(host.config_a, new_id=iter(["P1", "P2"]).__next__)
+    bodies = {"P1": b"first message\n", "P2": os.urandom(5000)}
+    with Recorder(host.config_a.client.spool) as rec:
+        for message_id, body in bodies.items():
+            assert client.put(body, "local") == message_id
+            rec.mark(("promised", message_id))
+    host.explore(rec, client_check(host, bodies), "put", host.config_b.client.spool)
+
+
+def test_a_claimed_batch_delivered_survives_every_crash_state(tmp_path):
+    """A sender claims three messages; the peer stores two and rejects one,
+    which goes to dead/ with its reason."""
+    host = Host(tmp_path)
+    bodies = {"B1": b"one", "B2": os.urandom(3000), "B3": b"three\n"}
+    fill(host.spool, bodies)
+    with Recorder(host.config_a.client.spool) as rec:
+        send(host.config_a, Peer(bodies, recorder=rec, reject={"B3"}))
+    assert host.spool.count("dead") == 1
+    host.explore(rec, client_check(host, bodies, initial=bodies, reject={"B3"}),
+                 "claim and batch delivered", host.config_b.client.spool)
+
+
+def test_a_peer_down_and_the_retry_scanner_survive_every_crash_state(tmp_path):
+    """The peer is down: the batch is deferred and the peer marked; then the
+    retry scanner, a minute later, brings the messages back to queue/."""
+    host = Host(tmp_path)
+    bodies = {"R1": b"retry me", "R2": b"me too"}
+    fill(host.spool, bodies)
+    with Recorder(host.config_a.client.spool) as rec:
+        send(host.config_a, Peer(bodies, down=True))
+        RetryScanner(host.config_a, clock=lambda: time.time() + 60,
+                     probe=lambda *a, **k: (True, "")).open().scan()
+    assert host.spool.count("queue") == 2
+    host.explore(rec, client_check(host, bodies, initial=bodies), "client retry",
+                 host.config_b.client.spool)
+
+
+def test_requeue_from_dead_survives_every_crash_state(tmp_path):
+    """``dropr spool requeue``: messages the peer rejected go back to queue/."""
+    host = Host(tmp_path)
+    bodies = {"D1": b"given up once", "D2": b"and this one", "D3": os.urandom(100)}
+    names = fill(host.spool, bodies)
+    send(host.config_a, Peer(bodies, reject=set(bodies)))
+    assert host.spool.count("dead") == 3
+    with Recorder(host.config_a.client.spool) as rec:
+        for message_id in bodies:
+            host.spool.requeue("dead", names[message_id])
+    host.explore(rec, client_check(host, bodies, initial=bodies), "requeue",
+                 host.config_b.client.spool)
+
+
+# -- the server host --------------------------------------------------------------
+
+
+def store_state(root, bodies):
+    """Where each message is in the store at ``root``; checks each is whole."""
+    where = collections.defaultdict(list)
+    for pattern in ("queue/*/*", "work/*/*/*", "done/*/*", "dead/*/*"):
+        for path in root.glob(pattern):
+            if path.name.startswith(".") or path.name.endswith(REASON_SUFFIX):
+                continue
+            message = read_message(path)  # raises on a half-written header
+            assert path.name == f"{message.priority}.{message.id}", path
+            assert message.read() == bodies[message.id], f"{path} is not whole"
+            where[message.id].append(path.relative_to(root))
+    for path in [*root.glob("retry/*/*"), *root.glob("dead/*/*" + REASON_SUFFIX)]:
+        Failures.decode(path.read_bytes())  # a consumer reads it: it must be whole
+    return where
+
+
+def recover_store(root):
+    """The receiver starts, the reaper passes, every consumer starts again."""
+    store = Store(root, fsync=True, clock=later)
+    store.remove_stale_tmp(0)
+    for consumer in sorted(os.listdir(root / "work")):
+        store.open_work(consumer).close()
+    for channel in store.channels():
+        store.tidy_failures(channel)
+    return store
+
+
+def store_check(bodies, channel_of, *, initial=(), resend=False):
+    """Recover, then: the promised present once, nothing twice, all whole. With
+    ``resend``, the client then sends again what it got no answer for, and
+    every message is present exactly once."""
+    def check(root, marks):
+        store = recover_store(root)
+        promised = set(initial) | {k[1] for k in marks if k[0] == "promised"}
+        where = store_state(root, bodies)
+        for message_id, paths in where.items():
+            assert len(paths) == 1, f"{message_id} in two states: {paths}"
+        for message_id in promised:
+            assert message_id in where, f"{message_id} is lost"
+        if resend:
+            for message_id in sorted(set(bodies) - promised):
+                store.put(channel_of[message_id], message_id, bodies[message_id], priority=5,
+                          client="host-1")
+            where = store_state(root, bodies)
+            assert {i: len(p) for i, p in where.items()} == dict.fromkeys(bodies, 1)
+    return check
+
+
+def server_host(tmp_path):
+    host = Host(tmp_path)
+    return host, host.store.root, host.config_b.receiver.store
+
+
+def test_a_plain_post_survives_every_crash_state(tmp_path):
+    host, root, crashed = server_host(tmp_path)
+    app = testing.TestClient(create_app(host.config_a, store=host.store))
+    bodies = {"K1": b"posted by curl\n"}
+    with Recorder(root) as rec:
+        for _ in range(2):  # the second time: a client that lost the answer
+            r = app.simulate_post("/v1/channels/orders/messages", body=bodies["K1"],
+                                  headers={"Idempotency-Key": "K1"})
+            assert r.status_code in (200, 201), r.text
+            rec.mark(("promised", "K1"))
+    host.explore(rec, store_check(bodies, {"K1": "orders"}, resend=True), "plain POST",
+                 crashed)
+
+
+def test_a_batch_with_a_new_channel_survives_every_crash_state(tmp_path):
+    host, root, crashed = server_host(tmp_path)
+    host.store.put("old", "OLD", b"there before", priority=5, client="host-1")
+    app = testing.TestClient(create_app(host.config_a, store=host.store))
+    messages = [("N1", "new", 5, b"first of a new channel"), ("N2", "new", 5, os.urandom(3000)),
+                ("O1", "old", 5, b"into an old one")]
+    bodies = {m[0]: m[3] for m in messages} | {"OLD": b"there before"}
+    channel_of = {m[0]: m[1] for m in messages} | {"OLD": "old"}
+    body, _ = forms.batch(messages)
+    with Recorder(root) as rec:
+        r = app.simulate_post("/v1/batch", body=body, content_type=forms.CONTENT_TYPE)
+        assert r.status_code == 200, r.text
+        for message_id, result in r.json["results"].items():
+            assert result["status"] == STORED
+            rec.mark(("promised", message_id))
+    host.explore(rec, store_check(bodies, channel_of, initial={"OLD"}, resend=True),
+                 "batch with a new channel", crashed)
+
+
+def test_a_duplicate_answered_by_the_store_api_survives_every_crash_state(tmp_path):
+    """Another request linked the message and has not synced yet; this one is
+    told ``duplicate`` by Store.put and forgets it."""
+    host, root, crashed = server_host(tmp_path)
+    bodies = {"D1": b"sent twice"}
+    with Recorder(root) as rec:
+        staged = host.store.stage("c", "D1", bodies["D1"], priority=5, client="host-1")
+        assert host.store.publish(staged, sync_dir=False) == STORED  # not answered yet
+        assert host.store.put("c", "D1", bodies["D1"], priority=5, client="host-1") == DUPLICATE
+        rec.mark(("promised", "D1"))
+    host.explore(rec, store_check(bodies, {"D1": "c"}), "duplicate from the store API", crashed)
+
+
+def consumer_scenario(tmp_path, name, settle):
+    """Two stored messages claimed by a consumer, each settled by ``settle(store, m)``."""
+    host, root, crashed = server_host(tmp_path)
+    bodies = {"C1": b"for the consumer", "C2": os.urandom(2000)}
+    for message_id, body in bodies.items():
+        host.store.put("jobs", message_id, body, priority=5, client="host-1")
+    with Recorder(root) as rec:
+        work = host.store.open_work("w1")
+        for message in host.store.claim("jobs", "w1", limit=2):
+            settle(host.store, message)
+        work.close()
+    host.explore(rec, store_check(bodies, dict.fromkeys(bodies, "jobs"), initial=bodies),
+                 name, crashed)
+
+
+def test_ack_survives_every_crash_state(tmp_path):
+    consumer_scenario(tmp_path, "ack", lambda store, m: store.ack(m))
+
+
+def test_retry_survives_every_crash_state(tmp_path):
+    consumer_scenario(tmp_path, "retry", lambda store, m: store.retry(
+        m, Failures(1, time.time() + 60, "exit 1: try again")))
+
+
+def test_bury_survives_every_crash_state(tmp_path):
+    consumer_scenario(tmp_path, "bury", lambda store, m: store.bury(
+        m, Failures(3, 0.0, "exit 1: given up")))
