@@ -305,10 +305,30 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-        if not self.fsync or (batch and batch[0].fd is not None and SYNCFS_REPORTS_ERRORS):
-            os.close(fd)  # nothing to flush, or the batch's syncfs descriptor covers it
-            fd = None
-        return Staged(message_id, channel, priority, size, tmp, synced=not self.fsync, fd=fd)
+            staged = Staged(message_id, channel, priority, size, tmp, synced=not self.fsync,
+                            fd=fd)
+            self._hold_or_flush(staged, batch)
+        return staged
+
+    def _hold_or_flush(self, staged, batch):
+        """Keep the descriptor of a staged body only as long as needed: a lone
+        message, and the first of a batch where one syncfs will flush them all,
+        hold theirs until :meth:`_flush`; the rest of such a batch need none.
+        In a batch on a kernel whose syncfs cannot report errors each body is
+        fsync-ed now, so that a batch never holds a descriptor per message."""
+        if staged.synced:
+            _close_fd(staged)
+        elif batch is not None and SYNCFS_REPORTS_ERRORS:
+            if batch and batch[0].fd is not None:
+                _close_fd(staged)  # the first one's syncfs covers it
+        elif batch is not None:
+            try:
+                os.fsync(staged.fd)
+            except BaseException:
+                self.discard(staged)
+                raise
+            _close_fd(staged)
+            staged.synced = True
 
     def _create_tmp(self, message_id):
         """(fd, path) of a new file in ``tmp/``. Unique by process and a counter

@@ -11,9 +11,11 @@ import subprocess
 
 import pytest
 
+import dropr.store
 from dropr.errors import StoreFull
 from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Store, Failures
+from tests.crashstates import Recorder
 from tests.failing_disk import failing_disk
 
 BODY = os.urandom(256 << 10)  # new blocks to write back: the failing disk refuses them
@@ -109,3 +111,30 @@ def test_put_whose_queue_sync_fails_leaves_nothing_to_deliver(tmp_path, monkeypa
     with pytest.raises(OSError):
         spool.put(b"body", SpoolName(5, "A", "local", "c"))
     assert spool.count("queue") == 0 and os.listdir(spool.dirs["tmp"]) == []
+
+
+@pytest.mark.parametrize("release, reports", [("5.7.19", False), ("5.8.0-63-generic", True),
+                                              ("6.18.44-fc", True), ("weird", False)])
+def test_syncfs_is_trusted_only_on_kernels_that_report_its_errors(release, reports):
+    assert dropr.store._kernel_at_least(5, 8, release) is reports
+
+
+@pytest.mark.parametrize("reports", [True, False])
+def test_a_batch_is_flushed_by_one_syncfs_only_where_the_kernel_reports_its_errors(
+        tmp_path, monkeypatch, reports):
+    monkeypatch.setattr(dropr.store, "SYNCFS_REPORTS_ERRORS", reports)
+    store = Store(tmp_path / "server", fsync=True)
+    with Recorder(store.root) as rec:
+        staged = collections.deque()
+        for mid in ("A", "B", "C"):
+            staged.append(store.stage("c", mid, b"body", priority=5, client="h", batch=staged))
+        held = [s.fd is not None for s in staged]
+        assert store.publish_many(staged) == [STORED] * 3
+    kinds = [op.kind for op in rec.ops]
+    if reports:  # the first holds the descriptor its syncfs goes through
+        assert held == [True, False, False]
+        assert kinds.count("syncfs") == 1 and kinds.count("fsync") == 0
+    else:  # each fsync-ed as it is staged, through the descriptor that wrote it
+        assert held == [False, False, False]
+        assert kinds.count("syncfs") == 0 and kinds.count("fsync") == 3
+        assert kinds.index("fsync") < kinds.index("create", 2)
