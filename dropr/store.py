@@ -605,6 +605,8 @@ class Store:
                 break
             if path.name in failing and self._read_failures(channel, path.name).not_before > now:
                 continue
+            if self._left_behind(channel, path):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, work / path.name)  # another consumer may have won it
                 claimed.append(read_message(work / path.name))
@@ -615,6 +617,17 @@ class Store:
             fsync_dir(work)
             fsync_dir(self.root / "queue" / channel)
         return claimed
+
+    def _left_behind(self, channel, path):
+        """True (and the name removed) if ``path`` in ``queue/`` is the very file
+        that is in ``done/`` or ``dead/`` too: a move out of ``queue/`` that an
+        OS crash kept under both names (see :meth:`_move`)."""
+        for state in ("done", "dead"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samefile(path, self.root / state / channel / path.name):
+                    os.unlink(path)
+                    return True
+        return False
 
     def ack(self, message):
         """Move a message (waiting or claimed) to ``done/<channel>/``."""

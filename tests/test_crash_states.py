@@ -268,12 +268,27 @@ def recover_store(root):
     return store
 
 
-def store_check(bodies, channel_of, *, initial=(), resend=False):
+def consume_all(store):
+    """A consumer at work after the restart: it claims and acks everything."""
+    work = store.open_work("after")
+    try:
+        for channel in store.channels():
+            while claimed := store.claim(channel, "after", limit=100):
+                for message in claimed:
+                    store.ack(message)
+    finally:
+        work.close()
+
+
+def store_check(bodies, channel_of, *, initial=(), resend=False, consume=False):
     """Recover, then: the promised present once, nothing twice, all whole. With
     ``resend``, the client then sends again what it got no answer for, and
-    every message is present exactly once."""
+    every message is present exactly once. With ``consume``, a consumer first
+    claims and acks everything there is."""
     def check(root, marks):
         store = recover_store(root)
+        if consume:
+            consume_all(store)
         promised = set(initial) | {k[1] for k in marks if k[0] == "promised"}
         where = store_state(root, bodies)
         for message_id, paths in where.items():
@@ -378,3 +393,17 @@ def test_retry_survives_every_crash_state(tmp_path, ordered):
 def test_bury_survives_every_crash_state(tmp_path, ordered):
     consumer_scenario(tmp_path, "bury", lambda store, m: store.bury(
         m, Failures(3, 0.0, "exit 1: given up")), ordered)
+
+
+@RULES
+def test_an_operator_ack_of_a_waiting_message_survives_every_crash_state(tmp_path, ordered):
+    """``dropr store ack``: queue/ straight to done/. A crash between the two
+    syncs may keep it under both names; the next claim drops the queue/ one."""
+    host, root, crashed = server_host(tmp_path)
+    bodies = {"A1": b"acked by hand", "A2": b"left waiting"}
+    for message_id, body in bodies.items():
+        host.store.put("jobs", message_id, body, priority=5, client="host-1")
+    with Recorder(root) as rec:
+        host.store.ack(host.store.get("jobs", "A1"))
+    host.explore(rec, store_check(bodies, dict.fromkeys(bodies, "jobs"), initial=bodies,
+                                  consume=True), "operator ack", crashed, ordered=ordered)
