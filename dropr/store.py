@@ -191,17 +191,17 @@ def _syncfs(fd):
 class _Holders:
     """The folders that may hold an earlier copy of a message, per channel: the
     channel's folder in each consumer's ``work/``, then its ``done/`` and its
-    ``dead/`` folders, each only if it exists when first asked. Made in a receiver worker, for one
-    batch (or one message) at a time.
+    ``dead/`` folders, each only if it exists when first asked. Made in a
+    receiver worker, for one batch (or one message) at a time.
 
     A message moves only forward (``queue/`` to ``work/`` to ``done/`` or
     ``dead/``), and the link into ``queue/`` fails while a copy is there. So a
     copy that was in some ``work/``, in ``done/`` or in ``dead/`` when a message
     was linked is seen by holders listed after that link: its ``work/`` folder
     exists then, or, if it has moved on since, its ``done/`` or ``dead/`` folder
-    (listed last) does. One listing after all the
-    links of a batch therefore serves them all; where no consumer has touched a
-    channel, checking a message costs no system call at all."""
+    (listed last) does. One listing after all the links of a batch therefore
+    serves them all; where no consumer has touched a channel, checking a
+    message costs no system call at all."""
 
     def __init__(self, root):
         self._root = root
@@ -610,18 +610,13 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, work / path.name)  # another consumer may have won it
                 claimed.append(read_message(work / path.name))
-        if claimed and self.fsync:
-            # The claims durable, destination first, before an ack can move them
-            # on: else an OS crash could keep the ack's new name and lose the
-            # claim's removal from queue/, and the message would be in both.
-            fsync_dir(work)
-            fsync_dir(self.root / "queue" / channel)
         return claimed
 
     def _left_behind(self, channel, path):
         """True (and the name removed) if ``path`` in ``queue/`` is the very file
-        that is in ``done/`` or ``dead/`` too: a move out of ``queue/`` that an
-        OS crash kept under both names (see :meth:`_move`)."""
+        that is in ``done/`` or ``dead/`` too: an OS crash kept a synced move
+        (an ack, a burial) but not the unsynced claim before it, or not the
+        removal of its old name (see :meth:`_move`)."""
         for state in ("done", "dead"):
             with contextlib.suppress(FileNotFoundError):
                 if os.path.samefile(path, self.root / state / channel / path.name):
@@ -733,14 +728,13 @@ class Store:
                 returned = sum(self._unclaim_one(path, queue) for path in self._listing(chan.path))
                 if returned and self.fsync:
                     fsync_dir(queue)
-                    fsync_dir(chan.path)
                 moved += returned
         return moved
 
     def _unclaim_one(self, path, queue):
-        """Return one claimed message to ``queue``: 1 if moved. A crash between the
-        two syncs of a move out of ``work/`` (see :meth:`_move`) may leave the
-        message under its new name too: then the ``work/`` name is dropped."""
+        """Return one claimed message to ``queue``: 1 if moved. An OS crash may
+        have kept a move out of ``work/`` under both names (see :meth:`_move`):
+        then the ``work/`` name is dropped."""
         channel = queue.name
         for state in ("done", "dead", "queue"):
             with contextlib.suppress(FileNotFoundError):
@@ -753,10 +747,14 @@ class Store:
         return 0
 
     def _move(self, message, directory):
-        """Rename ``message`` into ``directory``; with fsync, sync the destination,
-        then the source. In that order a crash leaves the message under its new
-        name, or (on a filesystem that persists the two entries apart) under
-        both, which :meth:`unclaim` resolves; never under neither."""
+        """Rename ``message`` into ``directory``; with fsync, sync the destination.
+        The source is not synced (nor is a claim): after an OS crash the message
+        is under its new name, or, on a filesystem that persists a rename's two
+        halves apart (btrfs can), under both. Both names are one file, and the
+        stale one is dropped by the consumer's start (:meth:`unclaim`, for a
+        ``work/`` name) or by the next claim (for a ``queue/`` name); never under
+        neither. A sync of the source, and of every claim, would close that
+        window at the price of three more disk flushes per message."""
         self._make_dir(directory)
         try:
             os.rename(message.path, directory / message.path.name)
@@ -764,7 +762,6 @@ class Store:
             raise NotFound(f"message {message.id} is no longer at {message.path}") from None
         if self.fsync:
             fsync_dir(directory)
-            fsync_dir(message.path.parent)
 
     # -- reaper ---------------------------------------------------------------
 

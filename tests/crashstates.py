@@ -17,18 +17,19 @@ The rules (docs/reliability.md, "The crash-state explorer", says why each):
 2. An operation is *covered* when something made after it, before the
    crash, makes it durable: a file's writes by an fsync or fdatasync of that
    file; an entry made or removed in a directory (create, mkdir, link,
-   unlink, the new name of a rename) by an fsync of that directory; the old
-   name's removal of a rename by an fsync of the source directory; everything
-   by a syncfs. An fsync of a file does not cover its name, nor a directory's
-   fsync its children's data. A covered operation is on disk.
+   unlink, the new name of a rename) by an fsync of that directory; a rename
+   whole by an fsync of its source directory; everything by a syncfs. An
+   fsync of a file does not cover its name, nor a directory's fsync its
+   children's data. A covered operation is on disk.
 3. The entry operations that are not covered persist in program order: a
    crash keeps a prefix of them (ext4's and XFS's journals, and btrfs's
    transactions, commit in order) and drops the rest. Covered ones persist
    even when an earlier uncovered one does not (what btrfs's log tree does
    for what an fsync covers).
-4. A rename is atomic while neither of its halves is covered. Once one half
-   is (the destination synced, not the source), that half is on disk and the
-   other persists or not by rule 3: the file may be found under both names.
+4. A rename is atomic while neither of its halves is covered. Once its new
+   name is (the destination synced, not the source), that name is on disk and
+   the removal of the old one persists or not by rule 3: the file may be found
+   under both names.
 5. A file's uncovered writes persist in order, a prefix of them, and the last
    one kept may be cut in half (a partial write); independently of the entry
    operations and of other files' writes (ext4 data=writeback, delayed
@@ -54,7 +55,7 @@ import stat
 import dropr.store
 
 #: Combinations of one crash point checked at most (the rest is sampled).
-MAX_PER_POINT = 48
+MAX_PER_POINT = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,8 +362,9 @@ def _entry_ops(ops):
             parent = os.path.dirname(op.dest if op.kind == "link" else op.path)
             out.append(_Half(i, (op,), (parent,)))
         elif op.kind == "rename":
-            out.append(_Half(i, (("add", op),), (os.path.dirname(op.dest),)))
-            out.append(_Half(i, (("del", op),), (os.path.dirname(op.path),)))
+            src, dst = os.path.dirname(op.path), os.path.dirname(op.dest)
+            out.append(_Half(i, (("add", op),), (dst, src)))
+            out.append(_Half(i, (("del", op),), (src,)))
     return out
 
 
@@ -538,11 +540,12 @@ def explore(recorder, check, workdir, *, seed, max_per_point=MAX_PER_POINT, orde
                 check(workdir, tuple(marks))
             except AssertionError as e:
                 last = describe(ops[k - 1]) if k else "nothing"
+                writes = [data[i][2][p] for i, p in zip(idents, picks)]
                 raise AssertionError(
                     f"crash after op {k} ({last}), keeping uncovered entry steps "
-                    f"{list(steps)} of {len(seq)} and writes {[data[i][2][p] for i, p in zip(idents, picks)]}: "
-                    f"{e}\nops:\n" + "\n".join(f"{n + 1:3} {describe(o)}"
-                                                 for n, o in enumerate(ops[:k]))) from None
+                    f"{list(steps)} of {len(seq)} and writes {writes}: {e}\nops:\n"
+                    + "\n".join(f"{n + 1:3} {describe(o)}" for n, o in enumerate(ops[:k]))
+                ) from None
             figures.checked += 1
     return figures
 

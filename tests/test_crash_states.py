@@ -33,7 +33,10 @@ over, a bulk put).
 import collections
 import json
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from falcon import testing
@@ -56,6 +59,9 @@ from tests.receiver import forms
 LATER = 30 * 86400.0
 CLIENT_KEYS = {"client": {"fsync": True, "notify_max": 0}, "receiver": {"fsync": True},
                "sender": {"sent_retention": 0}}
+#: Recovery itself does not crash here: it needs no flush to disk, and runs faster without.
+RECOVERY_KEYS = {**CLIENT_KEYS, "client": {"fsync": False, "notify_max": 0},
+                 "receiver": {"fsync": False}}
 
 
 def later():
@@ -71,15 +77,27 @@ def report(scenario, figures):
 # -- the client host --------------------------------------------------------------
 
 
-class Host:
-    """One host's tree twice: ``a/`` where the scenario runs under a Recorder,
-    ``b/`` where each crash state is written and recovered."""
+@pytest.fixture
+def scratch(tmp_path):
+    """Where crash states are written: a tmpfs when there is one (hundreds of
+    small trees are made and removed), else the test's own folder."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tmp_path
+    path = Path(tempfile.mkdtemp(prefix="dropr-crash-states.", dir=base))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
-    def __init__(self, tmp_path, sections=CLIENT_KEYS):
-        for side in "ab":
-            (tmp_path / side).mkdir()
-        self.config_a = config_mod.load(harness.write_config(tmp_path / "a", sections=sections))
-        self.config_b = config_mod.load(harness.write_config(tmp_path / "b", sections=sections))
+
+class Host:
+    """One host's tree twice: ``tmp_path/a/`` where the scenario runs under a
+    Recorder, ``scratch/b/`` where each crash state is written and recovered."""
+
+    def __init__(self, tmp_path, scratch):
+        (tmp_path / "a").mkdir()
+        (scratch / "b").mkdir()
+        self.config_a = config_mod.load(harness.write_config(tmp_path / "a",
+                                                             sections=CLIENT_KEYS))
+        self.config_b = config_mod.load(harness.write_config(scratch / "b",
+                                                             sections=RECOVERY_KEYS))
         self.spool = Spool(self.config_a.client.spool, fsync=True).create()
         self.store = Store(self.config_a.receiver.store, fsync=True)
 
@@ -185,8 +203,8 @@ def fill(spool, bodies, channel="c"):
     return names
 
 
-def test_put_survives_every_crash_state(tmp_path):
-    host = Host(tmp_path)
+def test_put_survives_every_crash_state(tmp_path, scratch):
+    host = Host(tmp_path, scratch)
     client = Client(host.config_a, new_id=iter(["P1", "P2"]).__next__)
     bodies = {"P1": b"first message\n", "P2": os.urandom(5000)}
     with Recorder(host.config_a.client.spool) as rec:
@@ -196,10 +214,10 @@ def test_put_survives_every_crash_state(tmp_path):
     host.explore(rec, client_check(host, bodies), "put", host.config_b.client.spool)
 
 
-def test_a_claimed_batch_delivered_survives_every_crash_state(tmp_path):
+def test_a_claimed_batch_delivered_survives_every_crash_state(tmp_path, scratch):
     """A sender claims three messages; the peer stores two and rejects one,
     which goes to dead/ with its reason."""
-    host = Host(tmp_path)
+    host = Host(tmp_path, scratch)
     bodies = {"B1": b"one", "B2": os.urandom(3000), "B3": b"three\n"}
     fill(host.spool, bodies)
     with Recorder(host.config_a.client.spool) as rec:
@@ -209,10 +227,10 @@ def test_a_claimed_batch_delivered_survives_every_crash_state(tmp_path):
                  "claim and batch delivered", host.config_b.client.spool)
 
 
-def test_a_peer_down_and_the_retry_scanner_survive_every_crash_state(tmp_path):
+def test_a_peer_down_and_the_retry_scanner_survive_every_crash_state(tmp_path, scratch):
     """The peer is down: the batch is deferred and the peer marked; then the
     retry scanner, a minute later, brings the messages back to queue/."""
-    host = Host(tmp_path)
+    host = Host(tmp_path, scratch)
     bodies = {"R1": b"retry me", "R2": b"me too"}
     fill(host.spool, bodies)
     with Recorder(host.config_a.client.spool) as rec:
@@ -224,9 +242,9 @@ def test_a_peer_down_and_the_retry_scanner_survive_every_crash_state(tmp_path):
                  host.config_b.client.spool)
 
 
-def test_requeue_from_dead_survives_every_crash_state(tmp_path):
+def test_requeue_from_dead_survives_every_crash_state(tmp_path, scratch):
     """``dropr spool requeue``: messages the peer rejected go back to queue/."""
-    host = Host(tmp_path)
+    host = Host(tmp_path, scratch)
     bodies = {"D1": b"given up once", "D2": b"and this one", "D3": os.urandom(100)}
     names = fill(host.spool, bodies)
     send(host.config_a, Peer(bodies, reject=set(bodies)))
@@ -259,7 +277,7 @@ def store_state(root, bodies):
 
 def recover_store(root):
     """The receiver starts, the reaper passes, every consumer starts again."""
-    store = Store(root, fsync=True, clock=later)
+    store = Store(root, fsync=False, clock=later)
     store.remove_stale_tmp(0)
     for consumer in sorted(os.listdir(root / "work")):
         store.open_work(consumer).close()
@@ -308,14 +326,14 @@ def store_check(bodies, channel_of, *, initial=(), resend=False, consume=False):
 RULES = pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 
 
-def server_host(tmp_path):
-    host = Host(tmp_path)
+def server_host(tmp_path, scratch):
+    host = Host(tmp_path, scratch)
     return host, host.store.root, host.config_b.receiver.store
 
 
 @RULES
-def test_a_plain_post_survives_every_crash_state(tmp_path, ordered):
-    host, root, crashed = server_host(tmp_path)
+def test_a_plain_post_survives_every_crash_state(tmp_path, scratch, ordered):
+    host, root, crashed = server_host(tmp_path, scratch)
     app = testing.TestClient(create_app(host.config_a, store=host.store))
     bodies = {"K1": b"posted by curl\n"}
     with Recorder(root) as rec:
@@ -329,8 +347,8 @@ def test_a_plain_post_survives_every_crash_state(tmp_path, ordered):
 
 
 @RULES
-def test_a_batch_with_a_new_channel_survives_every_crash_state(tmp_path, ordered):
-    host, root, crashed = server_host(tmp_path)
+def test_a_batch_with_a_new_channel_survives_every_crash_state(tmp_path, scratch, ordered):
+    host, root, crashed = server_host(tmp_path, scratch)
     host.store.put("old", "OLD", b"there before", priority=5, client="host-1")
     app = testing.TestClient(create_app(host.config_a, store=host.store))
     messages = [("N1", "new", 5, b"first of a new channel"), ("N2", "new", 5, os.urandom(3000)),
@@ -349,10 +367,11 @@ def test_a_batch_with_a_new_channel_survives_every_crash_state(tmp_path, ordered
 
 
 @RULES
-def test_a_duplicate_answered_by_the_store_api_survives_every_crash_state(tmp_path, ordered):
+def test_a_duplicate_answered_by_the_store_api_survives_every_crash_state(tmp_path, scratch,
+                                                                         ordered):
     """Another request linked the message and has not synced yet; this one is
     told ``duplicate`` by Store.put and forgets it."""
-    host, root, crashed = server_host(tmp_path)
+    host, root, crashed = server_host(tmp_path, scratch)
     bodies = {"D1": b"sent twice"}
     with Recorder(root) as rec:
         staged = host.store.stage("c", "D1", bodies["D1"], priority=5, client="host-1")
@@ -363,9 +382,9 @@ def test_a_duplicate_answered_by_the_store_api_survives_every_crash_state(tmp_pa
                  crashed, ordered=ordered)
 
 
-def consumer_scenario(tmp_path, name, settle, ordered):
+def consumer_scenario(tmp_path, scratch, name, settle, ordered):
     """Two stored messages claimed by a consumer, each settled by ``settle(store, m)``."""
-    host, root, crashed = server_host(tmp_path)
+    host, root, crashed = server_host(tmp_path, scratch)
     bodies = {"C1": b"for the consumer", "C2": os.urandom(2000)}
     for message_id, body in bodies.items():
         host.store.put("jobs", message_id, body, priority=5, client="host-1")
@@ -374,32 +393,33 @@ def consumer_scenario(tmp_path, name, settle, ordered):
         for message in host.store.claim("jobs", "w1", limit=2):
             settle(host.store, message)
         work.close()
-    host.explore(rec, store_check(bodies, dict.fromkeys(bodies, "jobs"), initial=bodies),
-                 name, crashed, ordered=ordered)
+    host.explore(rec, store_check(bodies, dict.fromkeys(bodies, "jobs"), initial=bodies,
+                                  consume=True), name, crashed, ordered=ordered)
 
 
 @RULES
-def test_ack_survives_every_crash_state(tmp_path, ordered):
-    consumer_scenario(tmp_path, "ack", lambda store, m: store.ack(m), ordered)
+def test_ack_survives_every_crash_state(tmp_path, scratch, ordered):
+    consumer_scenario(tmp_path, scratch, "ack", lambda store, m: store.ack(m), ordered)
 
 
 @RULES
-def test_retry_survives_every_crash_state(tmp_path, ordered):
-    consumer_scenario(tmp_path, "retry", lambda store, m: store.retry(
+def test_retry_survives_every_crash_state(tmp_path, scratch, ordered):
+    consumer_scenario(tmp_path, scratch, "retry", lambda store, m: store.retry(
         m, Failures(1, time.time() + 60, "exit 1: try again")), ordered)
 
 
 @RULES
-def test_bury_survives_every_crash_state(tmp_path, ordered):
-    consumer_scenario(tmp_path, "bury", lambda store, m: store.bury(
+def test_bury_survives_every_crash_state(tmp_path, scratch, ordered):
+    consumer_scenario(tmp_path, scratch, "bury", lambda store, m: store.bury(
         m, Failures(3, 0.0, "exit 1: given up")), ordered)
 
 
 @RULES
-def test_an_operator_ack_of_a_waiting_message_survives_every_crash_state(tmp_path, ordered):
+def test_an_operator_ack_of_a_waiting_message_survives_every_crash_state(tmp_path, scratch,
+                                                                         ordered):
     """``dropr store ack``: queue/ straight to done/. A crash between the two
     syncs may keep it under both names; the next claim drops the queue/ one."""
-    host, root, crashed = server_host(tmp_path)
+    host, root, crashed = server_host(tmp_path, scratch)
     bodies = {"A1": b"acked by hand", "A2": b"left waiting"}
     for message_id, body in bodies.items():
         host.store.put("jobs", message_id, body, priority=5, client="host-1")

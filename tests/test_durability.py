@@ -35,7 +35,7 @@ def queued(store, channel):
 def test_a_batch_is_not_stored_when_write_back_failed_and_another_process_saw_it_first(tmp_path):
     with failing_disk(tmp_path / "disk") as disk:
         store = Store(disk.root / "store", fsync=True)
-        assert store.put("c", "OLD", b"made while the disk worked", priority=5, client="h") == STORED
+        assert store.put("c", "OLD", b"made while it worked", priority=5, client="h") == STORED
         disk.fail()
         staged = collections.deque()
         for mid in ("A", "B", "C"):
@@ -52,7 +52,7 @@ def test_a_batch_is_not_stored_when_write_back_failed_and_another_process_saw_it
 def test_a_message_is_not_stored_when_its_write_back_failed_and_its_inode_left_the_cache(tmp_path):
     with failing_disk(tmp_path / "disk") as disk:
         store = Store(disk.root / "store", fsync=True)
-        assert store.put("c", "OLD", b"made while the disk worked", priority=5, client="h") == STORED
+        assert store.put("c", "OLD", b"made while it worked", priority=5, client="h") == STORED
         disk.fail()
         staged = store.stage("c", "A", BODY, priority=5, client="h")
         disk.sync_elsewhere()
