@@ -19,9 +19,9 @@ crash; what it received is marked on the recording as it happens.
 
 The server's scenarios run twice: under the rules, and without rule 3 (any
 subset of the unsynced entry operations may persist), since everything the
-store promises is synced. The client's sender moves nothing it syncs, by
-design, and relies on rule 3: without it a claim could persist while the
-move before it does not (a message in queue/ and dead/ at once).
+store promises is synced. The client's sender syncs none of its moves, by
+design, and relies on rule 3: without it a move to dead/ could persist while
+the claim before it does not (a message in queue/ and dead/ at once).
 
 A new move gets a scenario here: build the tree before the Recorder, run the
 move under it, ``rec.mark(("promised", id))`` where the code promises
