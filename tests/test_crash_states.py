@@ -427,3 +427,94 @@ def test_an_operator_ack_of_a_waiting_message_survives_every_crash_state(tmp_pat
         host.store.ack(host.store.get("jobs", "A1"))
     host.explore(rec, store_check(bodies, dict.fromkeys(bodies, "jobs"), initial=bodies,
                                   consume=True), "operator ack", crashed, ordered=ordered)
+
+
+# -- the explorer itself: it finds what the rules say it must -------------------------
+
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def explore_plain(tmp_path, scratch, write, check, *, files=()):
+    """Explore ``write(root, recorder)`` (plain os calls) on a fresh tree with
+    ``tmp/`` (holding ``files``) and ``new/``, checking with ``check(state, marks)``."""
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    (root / "tmp").mkdir()
+    (root / "new").mkdir()
+    for name in files:
+        (root / "tmp" / name).write_bytes(name.encode())
+    with Recorder(root) as rec:
+        write(root, rec)
+    return explore(rec, check, scratch / root.name, seed="plain")
+
+
+def whole_if_promised(state, marks):
+    if "done" in marks:
+        assert (state / "new" / "f").read_bytes() == b"x" * 100, "not whole"
+
+
+def write_then_rename(*, fsync_file):
+    def write(root, rec):
+        fd = os.open(root / "tmp" / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, b"x" * 100)
+        if fsync_file:
+            os.fsync(fd)
+        os.close(fd)
+        os.rename(root / "tmp" / "f", root / "new" / "f")
+        fsync_path(root / "new")
+        rec.mark("done")
+    return write
+
+
+def test_the_explorer_finds_a_file_renamed_before_its_data_was_synced(tmp_path, scratch):
+    with pytest.raises(AssertionError, match="not whole"):
+        explore_plain(tmp_path, scratch, write_then_rename(fsync_file=False), whole_if_promised)
+    figures = explore_plain(tmp_path, scratch, write_then_rename(fsync_file=True),
+                            whole_if_promised)
+    assert figures.checked >= 3
+
+
+def test_the_explorer_loses_what_is_moved_into_a_folder_whose_parent_was_not_synced(
+        tmp_path, scratch):
+    def write(root, rec):
+        (root / "new" / "sub").mkdir()
+        os.rename(root / "tmp" / "g", root / "new" / "sub" / "g")
+        fsync_path(root / "new" / "sub")
+        fsync_path(root / "tmp")
+        rec.mark("done")
+
+    def check(state, marks):
+        if "done" in marks:
+            assert (state / "new" / "sub" / "g").exists(), "lost"
+
+    with pytest.raises(AssertionError, match="lost"):
+        explore_plain(tmp_path, scratch, write, check, files=["g"])
+
+
+@pytest.mark.parametrize("sync_source, both", [(False, True), (True, False)])
+def test_the_explorer_keeps_both_names_only_when_the_source_was_not_synced(
+        tmp_path, scratch, sync_source, both):
+    """Rule 4: a rename whose destination alone was synced may be under both
+    names; once the source is synced too, it is under the new one only."""
+    at_end = []
+
+    def write(root, rec):
+        os.rename(root / "tmp" / "h", root / "new" / "h")
+        fsync_path(root / "new")
+        if sync_source:
+            fsync_path(root / "tmp")
+        rec.mark("end")
+
+    def check(state, marks):
+        names = [p.exists() for p in (state / "tmp" / "h", state / "new" / "h")]
+        assert any(names), "neither"
+        if "end" in marks:
+            at_end.append(all(names))
+
+    explore_plain(tmp_path, scratch, write, check, files=["h"])
+    assert at_end and any(at_end) is both
