@@ -52,7 +52,8 @@ from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Failures, Store, read_message
 from dropr.spool.spool import REASON_SUFFIX
 from tests import harness
-from tests.crashstates import Recorder, explore
+from tests.crashrecord import Recorder
+from tests.crashstates import explore
 from tests.receiver import forms
 
 #: Recovery runs a month after the crash: every leftover is stale, every deferral due.

@@ -15,7 +15,7 @@ import dropr.store
 from dropr.errors import StoreFull
 from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Store, Failures
-from tests.crashstates import Recorder
+from tests.crashrecord import Recorder
 from tests.failing_disk import failing_disk
 
 BODY = os.urandom(256 << 10)  # new blocks to write back: the failing disk refuses them
