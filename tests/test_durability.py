@@ -10,13 +10,18 @@ import stat
 import subprocess
 
 import pytest
+from falcon import testing
 
 import dropr.store
+from dropr import config as config_mod
 from dropr.errors import StoreFull
+from dropr.receiver import create_app
 from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Store, Failures
+from tests import harness
 from tests.crashrecord import Recorder
 from tests.failing_disk import failing_disk
+from tests.receiver import forms
 
 BODY = os.urandom(256 << 10)  # new blocks to write back: the failing disk refuses them
 
@@ -138,3 +143,31 @@ def test_a_batch_is_flushed_by_one_syncfs_only_where_the_kernel_reports_its_erro
         assert held == [False, False, False]
         assert kinds.count("syncfs") == 0 and kinds.count("fsync") == 3
         assert kinds.index("fsync") < kinds.index("create", 2)
+
+
+class SyncedElsewhereFirst(Store):
+    """The store of one receiver worker, while another worker's syncfs (here:
+    ``sync -f``) runs between this batch's writes and its flush."""
+
+    def __init__(self, root, disk):
+        super().__init__(root, fsync=True)
+        self.disk = disk
+
+    def publish_many(self, staged):
+        self.disk.sync_elsewhere()
+        return super().publish_many(staged)
+
+
+def test_the_receiver_answers_an_error_not_stored_when_write_back_failed(tmp_path):
+    with failing_disk(tmp_path / "disk") as disk:
+        store = SyncedElsewhereFirst(disk.root / "store", disk)
+        assert store.put("c", "OLD", b"made while it worked", priority=5, client="h") == STORED
+        path = harness.write_config(tmp_path, sections={"receiver": {"fsync": True,
+                                                                    "min_free_bytes": 0}})
+        app = testing.TestClient(create_app(config_mod.load(path), store=store))
+        disk.fail()
+        body, _ = forms.batch([(mid, "c", 5, BODY) for mid in ("A", "B", "C")])
+        r = app.simulate_post("/v1/batch", body=body, content_type=forms.CONTENT_TYPE)
+        assert r.status_code in (500, 507), r.text
+        assert "results" not in r.json
+        assert queued(store, "c") == ["5.OLD"]
