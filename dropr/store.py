@@ -22,7 +22,6 @@ small on purpose, so that a store on another engine can stand beside this one.
 """
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import fcntl
@@ -36,6 +35,8 @@ from pathlib import Path
 
 from dropr import names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
+from dropr.durable import SYNCFS_REPORTS_ERRORS
+from dropr.durable import syncfs as _syncfs
 from dropr.faults import crash_point
 from dropr.spool import perms
 from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
@@ -79,10 +80,14 @@ class Message:
         return f
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Staged:
     """A message body written into ``tmp/`` that no consumer can see yet
-    (from :meth:`Store.stage`); ``size`` is the body's length in bytes."""
+    (from :meth:`Store.stage`); ``size`` is the body's length in bytes.
+
+    ``fd`` is the descriptor the body was written through, held open until the
+    body is flushed (or discarded): a write-back error is reported to a
+    descriptor opened before it happened, not reliably to one opened later."""
 
     id: str
     channel: str
@@ -90,6 +95,7 @@ class Staged:
     size: int
     file: str  # the path in tmp/: a plain string, as the hot path uses it
     synced: bool = True  # False: its body still has to be flushed before it is linked
+    fd: int = None
 
     @property
     def path(self):
@@ -141,50 +147,32 @@ def _full_is_store_full(root):
         raise
 
 
+def _close_fd(staged):
+    if staged.fd is not None:
+        fd, staged.fd = staged.fd, None
+        os.close(fd)
+
+
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
-def _syncfs_function():
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    return function
-
-
-#: libc's syncfs(2), or None where there is none.
-_SYNCFS = _syncfs_function()
-
-
-def _syncfs(path):
-    """syncfs(2) on the filesystem of ``path``. The descriptor is opened here, so
-    a write-back error not yet reported to anyone is reported to this call."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _SYNCFS(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
-
-
 class _Holders:
     """The folders that may hold an earlier copy of a message, per channel: the
-    channel's folder in each consumer's ``work/``, then its ``done/`` folder,
-    each only if it exists when first asked. Made in a receiver worker, for one
-    batch (or one message) at a time.
+    channel's folder in each consumer's ``work/``, then its ``done/`` and its
+    ``dead/`` folders, each only if it exists when first asked. Made in a
+    receiver worker, for one batch (or one message) at a time.
 
-    A message moves only forward (``queue/`` to ``work/`` to ``done/``), and the
-    link into ``queue/`` fails while a copy is there. So a copy that was in some
-    ``work/`` or in ``done/`` when a message was linked is seen by holders listed
-    after that link: its ``work/`` folder exists then, or, if it has moved on
-    since, its ``done/`` folder (listed last) does. One listing after all the
-    links of a batch therefore serves them all; where no consumer has touched a
-    channel, checking a message costs no system call at all."""
+    A message moves only forward (``queue/`` to ``work/`` to ``done/`` or
+    ``dead/``), and the link into ``queue/`` fails while a copy is there. So a
+    copy that was in some ``work/``, in ``done/`` or in ``dead/`` when a message
+    was linked is seen by holders listed after that link: its ``work/`` folder
+    exists then, or, if it has moved on since, its ``done/`` or ``dead/`` folder
+    (listed last) does. One listing after all the links of a batch therefore
+    serves them all; where no consumer has touched a channel, checking a
+    message costs no system call at all."""
 
     def __init__(self, root):
         self._root = root
@@ -203,7 +191,7 @@ class _Holders:
                 with contextlib.suppress(FileNotFoundError), os.scandir(f"{self._root}/work") as it:
                     self._consumers = [e.path for e in it]
             dirs = [f"{c}/{channel}" for c in self._consumers]
-            dirs.append(f"{self._root}/done/{channel}")
+            dirs += [f"{self._root}/done/{channel}", f"{self._root}/dead/{channel}"]
             dirs = self._dirs[channel] = [d for d in dirs if os.path.isdir(d)]
         return dirs
 
@@ -269,10 +257,16 @@ class Store:
                             limit=limit, legacy_id=legacy_id)
         return self.publish(staged, sync_dir=sync_dir)
 
-    def stage(self, channel, message_id, body, *, priority, client, limit=None, legacy_id=None):
-        """Write ``body`` (bytes or an object with ``read(n)``) into ``tmp/``, fsync-ed
-        when the store syncs, and return it as a :class:`Staged` message that no
-        consumer can see yet. Hand it to :meth:`publish` or :meth:`discard`.
+    def stage(self, channel, message_id, body, *, priority, client, limit=None, batch=None,
+              legacy_id=None):
+        """Write ``body`` (bytes or an object with ``read(n)``) into ``tmp/`` and
+        return it as a :class:`Staged` message that no consumer can see yet. Hand
+        it to :meth:`publish` or :meth:`discard`; when the store syncs, its body
+        is flushed there, through the descriptor it was written with.
+
+        ``batch`` is the deque of the messages staged before it that will be
+        published together with it (:meth:`publish_many`): where one syncfs
+        covers them all, only the first holds its descriptor.
 
         Raises ``ValidationError`` for a bad name, ``TooLarge`` past ``limit``
         bytes and ``StoreFull`` on a full disk; then nothing is left behind."""
@@ -285,10 +279,34 @@ class Store:
             try:
                 size = self._write(fd, body, header, limit)
             except BaseException:
+                os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-        return Staged(message_id, channel, priority, size, tmp, synced=not self.fsync)
+            staged = Staged(message_id, channel, priority, size, tmp, synced=not self.fsync,
+                            fd=fd)
+            self._hold_or_flush(staged, batch)
+        return staged
+
+    def _hold_or_flush(self, staged, batch):
+        """Keep the descriptor of a staged body only as long as needed: a lone
+        message, and the first of a batch where one syncfs will flush them all,
+        hold theirs until :meth:`_flush`; the rest of such a batch need none.
+        In a batch on a kernel whose syncfs cannot report errors each body is
+        fsync-ed now, so that a batch never holds a descriptor per message."""
+        if staged.synced:
+            _close_fd(staged)
+        elif batch is not None and SYNCFS_REPORTS_ERRORS:
+            if batch and batch[0].fd is not None:
+                _close_fd(staged)  # the first one's syncfs covers it
+        elif batch is not None:
+            try:
+                os.fsync(staged.fd)
+            except BaseException:
+                self.discard(staged)
+                raise
+            _close_fd(staged)
+            staged.synced = True
 
     def _create_tmp(self, message_id):
         """(fd, path) of a new file in ``tmp/``. Unique by process and a counter
@@ -312,7 +330,9 @@ class Store:
                 status = self._link_new(staged, _Holders(self._root))
                 if status == STORED and self._placed_twice(staged, _Holders(self._root)):
                     status = DUPLICATE
-                if status == STORED and sync_dir:
+                if sync_dir:
+                    # "duplicate" too: the copy that won may be another request's,
+                    # linked but not synced yet, and the caller will forget its own.
                     self.sync([staged.channel])
                 return status
         finally:
@@ -351,22 +371,39 @@ class Store:
         return statuses
 
     def _flush(self, staged):
-        """Make the bodies of ``staged`` durable: with syncfs(2) one flush of the
-        store's filesystem for them all (it returns once every dirty page and
-        inode of the filesystem is on disk, so the promise is the same as an
-        fsync per file), else one fsync per file."""
+        """Make the bodies of ``staged`` durable. Where syncfs(2) reports write-back
+        errors, one flush of the store's filesystem for them all, through the
+        descriptor of the first message, opened before any of their writes: it
+        returns once every dirty page and inode is on disk, and fails if any
+        write-back failed since that descriptor was opened, whoever saw the error
+        first; so the promise is that of an fsync per file. Elsewhere one fsync
+        per file, through the descriptor that wrote it."""
         pending = [m for m in staged if not m.synced]
-        if len(pending) > 1 and _SYNCFS is not None:
-            _syncfs(f"{self._root}/tmp")
-        else:
+        try:
+            if len(pending) > 1 and SYNCFS_REPORTS_ERRORS and pending[0].fd is not None:
+                _syncfs(pending[0].fd)
+            else:
+                for message in pending:
+                    self._fsync_staged(message)
+        finally:
             for message in pending:
-                fd = os.open(message.file, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _close_fd(message)
+        for message in pending:
+            message.synced = True
         for _ in staged:
             crash_point("store.after_tmp_fsync")
+
+    def _fsync_staged(self, message):
+        if message.fd is not None:
+            os.fsync(message.fd)
+            return
+        # Staged in a batch whose syncfs would have covered it, flushed alone
+        # now: a descriptor opened late is the best there is.
+        fd = os.open(message.file, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _link_new(self, staged, holders):
         """Link ``staged`` into its channel unless an earlier copy is already in
@@ -402,40 +439,53 @@ class Store:
 
     def discard(self, staged):
         """Drop a :class:`Staged` message that will not be published (idempotent)."""
+        _close_fd(staged)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged.file)
 
     def _write(self, fd, body, header, limit):
-        """Write the header and ``body`` to ``fd`` and close it; the body's size.
-        Not synced here: :meth:`publish` and :meth:`publish_many` flush before
-        they link, the latter a whole batch at once."""
-        try:
-            written, pending = 0, header  # the header goes out with the first chunk: one write
-            chunks = [body] if isinstance(body, (bytes, bytearray, memoryview)) else iter(
-                lambda: body.read(_CHUNK), b"")
-            for chunk in chunks:
-                written += len(chunk)
-                if limit is not None and written > limit:
-                    raise TooLarge(f"message is over the limit of {limit} bytes")
-                _write_all(fd, pending + chunk if pending else chunk)
-                pending = b""
-            if pending:
-                _write_all(fd, pending)
-            crash_point("store.after_tmp_write")
-        finally:
-            os.close(fd)
+        """Write the header and ``body`` to ``fd``; the body's size. Not synced
+        here: :meth:`publish` and :meth:`publish_many` flush before they link,
+        the latter a whole batch at once."""
+        written, pending = 0, header  # the header goes out with the first chunk: one write
+        chunks = [body] if isinstance(body, (bytes, bytearray, memoryview)) else iter(
+            lambda: body.read(_CHUNK), b"")
+        for chunk in chunks:
+            written += len(chunk)
+            if limit is not None and written > limit:
+                raise TooLarge(f"message is over the limit of {limit} bytes")
+            _write_all(fd, pending + chunk if pending else chunk)
+            pending = b""
+        if pending:
+            _write_all(fd, pending)
+        crash_point("store.after_tmp_write")
         return written
 
     def _link(self, tmp, qdir, dest):
         try:
             os.link(tmp, dest)
         except FileNotFoundError:
-            if os.path.isdir(qdir):
+            if not os.path.lexists(tmp):
                 raise  # the tmp file itself is gone: nothing to publish
-            os.makedirs(qdir, exist_ok=True)  # the channel's first message
-            if self.fsync:
-                fsync_dir(os.path.dirname(qdir))
+            # The channel's first message; another worker may be making the
+            # folder at this very moment, and may not have synced queue/ yet.
+            self._make_dir(qdir, always_sync=True)
             os.link(tmp, dest)
+
+    def _make_dir(self, path, *, always_sync=False):
+        """Make the folder ``path`` inside the store, and its missing parents. With
+        fsync, the parent of each one made is synced: a new folder, and whatever
+        is moved into it, survives an OS crash only once its parent is synced.
+        ``always_sync``: sync the parent even if another process made it."""
+        path = Path(path)
+        if path.is_dir() and not always_sync:
+            return
+        if not path.parent.is_dir():
+            self._make_dir(path.parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        if self.fsync:
+            fsync_dir(path.parent)
 
     def sync(self, channels):
         """Make the entries published in ``channels`` durable (after ``sync_dir=False``)."""
@@ -525,7 +575,7 @@ class Store:
         names.check_name(channel, "channel")
         names.check_name(consumer, "consumer")
         work = self.root / "work" / consumer / channel
-        work.mkdir(parents=True, exist_ok=True)
+        self._make_dir(work)
         now, failing = self._clock(), self._names(self.root / "retry" / channel)
         claimed = []
         for path in self._listing(self.root / "queue" / channel):
@@ -533,10 +583,24 @@ class Store:
                 break
             if path.name in failing and self._read_failures(channel, path.name).not_before > now:
                 continue
+            if self._left_behind(channel, path):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, work / path.name)  # another consumer may have won it
                 claimed.append(read_message(work / path.name))
         return claimed
+
+    def _left_behind(self, channel, path):
+        """True (and the name removed) if ``path`` in ``queue/`` is the very file
+        that is in ``done/`` or ``dead/`` too: an OS crash kept a synced move
+        (an ack, a burial) but not the unsynced claim before it, or not the
+        removal of its old name (see :meth:`_move`)."""
+        for state in ("done", "dead"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samefile(path, self.root / state / channel / path.name):
+                    os.unlink(path)
+                    return True
+        return False
 
     def ack(self, message):
         """Move a message (waiting or claimed) to ``done/<channel>/``."""
@@ -581,12 +645,13 @@ class Store:
 
     def _write_failures(self, message, failures):
         directory = self.root / "retry" / message.channel
-        directory.mkdir(parents=True, exist_ok=True)
+        self._make_dir(directory)
         tmp = self.root / "tmp" / f".retry-{secrets.token_hex(6)}"
         with _full_is_store_full(self.root):
             with open(tmp, "wb") as f:
                 f.write(failures.encode())
                 if self.fsync:
+                    f.flush()  # out of the buffer first, or the fsync finds nothing to sync
                     os.fsync(f.fileno())
             os.replace(tmp, directory / message.path.name)
         if self.fsync:
@@ -618,7 +683,7 @@ class Store:
         :class:`WorkDir`; ``AlreadyRunning`` if a live process holds it."""
         names.check_name(consumer, "consumer")
         path = self.root / "work" / consumer
-        path.mkdir(parents=True, exist_ok=True)
+        self._make_dir(path)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -637,17 +702,38 @@ class Store:
         with os.scandir(work.path) as channels:
             for chan in [c for c in channels if c.is_dir()]:
                 queue = self.root / "queue" / chan.name
-                queue.mkdir(parents=True, exist_ok=True)
-                for path in self._listing(chan.path):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.rename(path, queue / path.name)
-                        moved += 1
-                if moved and self.fsync:
+                self._make_dir(queue)
+                returned = sum(self._unclaim_one(path, queue) for path in self._listing(chan.path))
+                if returned and self.fsync:
                     fsync_dir(queue)
+                moved += returned
         return moved
 
+    def _unclaim_one(self, path, queue):
+        """Return one claimed message to ``queue``: 1 if moved. An OS crash may
+        have kept a move out of ``work/`` under both names (see :meth:`_move`):
+        then the ``work/`` name is dropped."""
+        channel = queue.name
+        for state in ("done", "dead", "queue"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samefile(path, self.root / state / channel / path.name):
+                    os.unlink(path)
+                    return 0
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, queue / path.name)
+            return 1
+        return 0
+
     def _move(self, message, directory):
-        directory.mkdir(parents=True, exist_ok=True)
+        """Rename ``message`` into ``directory``; with fsync, sync the destination.
+        The source is not synced (nor is a claim): after an OS crash the message
+        is under its new name, or, on a filesystem that persists a rename's two
+        halves apart (btrfs can), under both. Both names are one file, and the
+        stale one is dropped by the consumer's start (:meth:`unclaim`, for a
+        ``work/`` name) or by the next claim (for a ``queue/`` name); never under
+        neither. A sync of the source, and of every claim, would close that
+        window at the price of three more disk flushes per message."""
+        self._make_dir(directory)
         try:
             os.rename(message.path, directory / message.path.name)
         except FileNotFoundError:

@@ -147,10 +147,12 @@ class JetStreamStore(Consumer):
 
     # -- receiver -------------------------------------------------------------
 
-    def stage(self, channel, message_id, body, *, priority, client, limit=None, legacy_id=None):
+    def stage(self, channel, message_id, body, *, priority, client, limit=None, batch=None,
+              legacy_id=None):
         """Read ``body`` (bytes or an object with ``read(n)``) into a scratch
         file; ``TooLarge`` past ``limit`` or past what one JetStream message
-        can hold (the servers' max_payload)."""
+        can hold (the servers' max_payload). ``batch`` is accepted for the
+        files store's sake (JetStream stores each message on its own)."""
         names.check_name(channel, "channel")
         names.check_id(message_id)
         priority = names.check_priority(priority)

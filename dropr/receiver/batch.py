@@ -208,7 +208,7 @@ class BatchResource:
             if entry.error:
                 results[entry.id] = _rejected(entry.error)
                 continue
-            outcome = self._stage(part, client, entry)
+            outcome = self._stage(part, client, entry, staged)
             if isinstance(outcome, str):
                 results[entry.id] = _rejected(outcome)
             else:
@@ -216,13 +216,13 @@ class BatchResource:
         if next(parts, None) is not None:
             raise ValidationError(f"more parts than the {len(entries)} messages in meta")
 
-    def _stage(self, part, client, entry):
+    def _stage(self, part, client, entry, batch):
         """The staged message, or why it is rejected. The rest of a refused
         part is skipped by the form when it moves to the next part."""
         try:
             staged = self.store.stage(entry.channel, entry.id, part.stream,
                                       priority=entry.priority, client=client,
-                                      limit=self.message_limit)
+                                      limit=self.message_limit, batch=batch)
         except TooLarge as e:
             return str(e)
         if staged.size != entry.size:

@@ -220,7 +220,7 @@ class Spool:
                 raise perms.denied(folder, "write and search (wx)", self.group) from None
             raise
         if self.fsync:
-            fsync_dir(self._queue)
+            self._sync_queue(queued)
         crash_point("put.after_dir_fsync")
         return queued
 
@@ -289,6 +289,18 @@ class Spool:
         for filename in written:
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(f"{self._tmp}/{filename}")
+
+    def _sync_queue(self, queued):
+        """Make the rename into ``queue/`` durable. If that fails, take the message
+        back out before raising, so that a caller who puts it again does not make
+        a second one. (Should a sender have claimed it in that instant, it may be
+        delivered as well: twice is better than a success that an OS crash undoes.)"""
+        try:
+            fsync_dir(self._queue)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(queued)
+            raise
 
     # -- listing ----------------------------------------------------------
 
@@ -673,13 +685,17 @@ class Spool:
         return []
 
     def _write_note(self, path, text):
-        """Write a small file; ``SpoolFull`` (and no file) on a full disk.
-        Made afresh (O_EXCL), so that nothing a producer put at that name in
-        ``tmp/`` (a symlink to a file of ours) is followed or overwritten."""
+        """Write a small file, fsync-ed when the spool syncs (it is renamed into
+        place next, and must not come back empty after an OS crash); ``SpoolFull``
+        (and no file) on a full disk. Made afresh (O_EXCL), so that nothing a
+        producer put at that name in ``tmp/`` (a symlink to a file of ours) is
+        followed or overwritten."""
         try:
             fd = _create_afresh(path)
             try:
                 _write_all(fd, text.encode())
+                if self.fsync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as e:

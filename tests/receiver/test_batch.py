@@ -175,13 +175,12 @@ class FullAfter(Store):
         super().__init__(root, fsync=False)
         self.left = n
 
-    def _write(self, tmp, body, header, limit):
+    def _write(self, fd, body, header, limit):
         if self.left == 0:
-            with open(tmp, "wb") as f:
-                f.write(header)  # a partly written file, as a real full disk leaves it
+            os.write(fd, header)  # a partly written file, as a real full disk leaves it
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.left -= 1
-        return super()._write(tmp, body, header, limit)
+        return super()._write(fd, body, header, limit)
 
 
 def test_full_disk_is_507_and_changes_nothing(make_client, tmp_path):
