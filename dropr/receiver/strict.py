@@ -61,16 +61,22 @@ class Framing:
     and the framing of the body before any resource does. Refuses an
     encoded separator in the path (400), a body that is neither
     Content-Length nor chunked (411: an HTTP/1.0 POST without a length would
-    be read as empty), and a Content-Length that is not plain digits."""
+    be read as empty), a transfer coding but chunked alone, and a
+    Content-Length that is not plain digits."""
 
     def process_request(self, req, resp):
         raw = req.env.get("RAW_URI")  # gunicorn's raw target; PATH_INFO is decoded
         if raw is not None:
             check_target(raw)
         length = req.env.get("CONTENT_LENGTH")
+        coding = req.env.get("HTTP_TRANSFER_ENCODING")
+        if coding is not None and coding.strip(OWS).lower() != "chunked":
+            # gunicorn takes "gzip, chunked" and hands the body over gzipped.
+            raise ValidationError(f"Transfer-Encoding must be chunked alone, not "
+                                  f"{names.shown(coding)}")
         if length is not None and length != "":
             header_number(length, "Content-Length", 18)
-        elif req.method == "POST" and "HTTP_TRANSFER_ENCODING" not in req.env:
+        elif req.method == "POST" and coding is None:
             raise falcon.HTTPLengthRequired(
                 description="a POST is sent with a Content-Length or chunked")
 
