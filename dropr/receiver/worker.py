@@ -11,9 +11,11 @@ with three changes for clients that misbehave before the app sees a request:
   byte and its socket timeout only limits the gap between two bytes, so four
   clients sending a header byte every two seconds held every thread of a
   worker for good, and nobody else was served;
-- a client that stops sending in the middle of its request line or headers
-  in a request thread (over HTTPS, where gunicorn reads the TLS handshake in
-  the thread) is cut off after ``[receiver] body_timeout`` seconds.
+- where a request thread reads a head itself (over HTTPS, where gunicorn
+  also reads the TLS handshake in the thread, or a head over 64 KiB), the
+  same total deadline holds: the event loop shuts the connection down at
+  its deadline, which ends the thread's read. A socket timeout also cuts
+  off a client that stops sending for ``[receiver] body_timeout`` seconds.
 
 Runs in receiver worker processes.
 """
@@ -138,25 +140,36 @@ class ThreadWorker(gthread.ThreadWorker):
         self.gathers_heads = (self.timeout_s is not None and not self.cfg.is_ssl
                               and getattr(self.cfg, "http2_cleartext", "off") == "off")
         self.heading = collections.deque()  # connections whose head is arriving, by deadline
+        # Connections whose head a request thread reads: {conn: deadline}.
+        self.reading = {}
         self.heads_cut_at = None  # when a stopping worker drops the heads still arriving
         super().init_process()
 
     def handle(self, conn):
         """Serve one request of ``conn``, in a request thread. A stalled read
         ends in an OSError, which gunicorn logs and answers by closing."""
+        if self.timeout_s is None:  # not the receiver's app: gunicorn as it is
+            return super().handle(conn)
         head = getattr(conn, "head", None)
         if head is not None:  # gathered by the event loop
             conn.head = None
             conn.sock.setblocking(True)
             conn.init()  # plain HTTP/1: makes the parser, once
             conn.parser.unreader.unread(bytes(head))
-        if self.timeout_s is not None:
-            set_read_timeout(conn.sock, self.timeout_s)
-        return super().handle(conn)
+            deadline = conn.head_deadline
+        else:
+            deadline = time.monotonic() + self.timeout_s
+        set_read_timeout(conn.sock, self.timeout_s)
+        self.reading[conn] = deadline  # until handle_request: the head is read
+        try:
+            return super().handle(conn)
+        finally:
+            self.reading.pop(conn, None)
 
     def handle_request(self, req, conn):
         """Serve ``req`` (its head is read), in a request thread; a header of
         SINGLE_HEADERS given twice is refused (400) instead."""
+        self.reading.pop(conn, None)
         seen = set()
         for name, _ in req.headers:
             if name in SINGLE_HEADERS:
@@ -203,9 +216,9 @@ class ThreadWorker(gthread.ThreadWorker):
         until it is complete (then a thread takes it), or cut it off at its
         deadline (see murder_pending)."""
         conn.head = bytearray(data)
+        conn.head_deadline = time.monotonic() + self.timeout_s
         if head_complete(conn.head):
             return self.enqueue_req(conn)
-        conn.head_deadline = time.monotonic() + self.timeout_s
         self.heading.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              functools.partial(self.on_head_readable, conn))
@@ -245,6 +258,14 @@ class ThreadWorker(gthread.ThreadWorker):
                 self.log.warning("Cut off a client (ip=%s) whose request line and headers "
                                  "took over %s s", _ip(conn.client), self.timeout_s)
             self._drop_heading(conn)
+        for conn, deadline in list(self.reading.items()):
+            if deadline <= now and self.reading.pop(conn, None) is not None:
+                self.log.warning("Cut off a client (ip=%s) whose request line and headers "
+                                 "took over %s s", _ip(conn.client), self.timeout_s)
+                try:  # ends the request thread's read, which then closes it
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _drop_heading(self, conn):
         self.heading.remove(conn)

@@ -11,7 +11,9 @@ store tree as it was.
 
 import json
 import select
+import shutil
 import socket
+import ssl
 import threading
 import time
 
@@ -328,3 +330,52 @@ def test_trickled_headers_cannot_starve_health(one_worker, clients=8):
         stop.set()
         for t in threads:
             t.join()
+
+
+@pytest.fixture(scope="module")
+def https_one_worker(tmp_path_factory):
+    """A receiver of one worker process over HTTPS, whose request threads read
+    the TLS handshake and the request head themselves."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    from tests.test_tls import pki
+    tls = pki.__wrapped__(tmp_path_factory)
+    root = tmp_path_factory.mktemp("trickle-tls")
+    port = harness.free_port()
+    config_path = harness.write_config(root, port=port, sections={"receiver": {
+        "workers": 1, "body_timeout": HEAD_TIMEOUT,
+        "certfile": str(tls["cert"]), "keyfile": str(tls["key"])}},
+        peers={"local": {"url": f"https://127.0.0.1:{port}", "ca_file": str(tls["ca"])}})
+    receiver = harness.Receiver(config_path).start()
+    yield receiver, tls["ca"]
+    receiver.stop()
+    harness.remove_queues(root / "client")
+
+
+def test_trickled_headers_over_https_are_cut_off_at_the_deadline(https_one_worker):
+    """Over HTTPS a request thread reads the head, a byte every half second
+    (each gap under the timeout): it is cut off once the head has taken
+    HEAD_TIMEOUT seconds in all, not when the head ends."""
+    receiver, ca = https_one_worker
+    port = int(receiver.url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        start = time.monotonic()
+        closed = None
+        for i in range(len(TRICKLED)):
+            if time.monotonic() - start > HEAD_TIMEOUT + 5:
+                break
+            try:
+                sock.sendall(TRICKLED[i:i + 1])
+            except OSError:
+                closed = time.monotonic() - start
+                break
+            if select.select([sock], [], [], 0.5)[0]:
+                try:
+                    assert sock.recv(1) == b"", "a trickled head got an answer"
+                except (ssl.SSLError, ConnectionResetError):
+                    pass
+                closed = time.monotonic() - start
+                break
+    assert closed is not None and HEAD_TIMEOUT - 0.5 < closed < HEAD_TIMEOUT + 4, closed
