@@ -214,33 +214,46 @@ class ThreadWorker(gthread.ThreadWorker):
     def gather_head(self, conn, data=b""):
         """Read ``conn``'s request head in the event loop, without a thread,
         until it is complete (then a thread takes it), or cut it off at its
-        deadline (see murder_pending)."""
+        deadline (see murder_pending). What has arrived is read at once: a
+        kept-alive connection is here because its next request is."""
         conn.head = bytearray(data)
         conn.head_deadline = time.monotonic() + self.timeout_s
-        if head_complete(conn.head):
-            return self.enqueue_req(conn)
-        self.heading.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ,
-                             functools.partial(self.on_head_readable, conn))
-        return None
+        if head_complete(conn.head) or self._read_head(conn):
+            self.enqueue_req(conn)
+        elif conn.head is None:  # gone
+            self._drop_heading(conn)
+        else:  # wait for the rest
+            self.heading.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_READ,
+                                 functools.partial(self.on_head_readable, conn))
 
     def on_head_readable(self, conn, client):
+        if self._read_head(conn):
+            self.poller.unregister(conn.sock)
+            self.heading.remove(conn)
+            self.enqueue_req(conn)
+        elif conn.head is None:  # gone
+            self._drop_heading(conn)
+
+    def _read_head(self, conn):
+        """Read what has arrived of ``conn``'s head; True once it is complete
+        (or too long to gather), False while it is not. ``conn.head`` is
+        None if the client has left."""
         try:
             chunk = conn.sock.recv(HEAD_READ_BYTES)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             chunk = b""
         if not chunk:  # the client left before its head was complete
-            self._drop_heading(conn)
-            return
+            conn.head = None
+            return False
         seen = len(conn.head)
         conn.head += chunk
         if head_complete(conn.head, seen) or len(conn.head) >= HEAD_BUFFER_BYTES:
-            self.poller.unregister(conn.sock)
-            self.heading.remove(conn)
             conn.data_ready = True
-            self.enqueue_req(conn)
+            return True
+        return False
 
     def murder_pending(self):
         """Called by the event loop about once a second (gunicorn closes
@@ -268,11 +281,13 @@ class ThreadWorker(gthread.ThreadWorker):
                     pass
 
     def _drop_heading(self, conn):
-        self.heading.remove(conn)
-        try:
-            self.poller.unregister(conn.sock)
-        except (OSError, KeyError, ValueError):
-            pass
+        """Forget and close a connection whose head is not complete."""
+        if conn in self.heading:
+            self.heading.remove(conn)
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass
         self.nr_conns -= 1
         conn.close()
 
