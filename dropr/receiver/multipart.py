@@ -43,7 +43,9 @@ _CONTROLS = dict.fromkeys([c for c in range(0x20) if c != 0x09] + [0x7F])
 
 
 def _has_control(text):
-    return len(text.translate(_CONTROLS)) != len(text)
+    # isprintable() is quick and true for nearly all; it is also false for a
+    # tab and for bytes 0x80-0xA0 (read as Latin-1), which may be allowed.
+    return not text.isprintable() and len(text.translate(_CONTROLS)) != len(text)
 
 
 def _malformed(description):
@@ -61,41 +63,37 @@ def parameters(value, expected, what):
         raise _malformed(f"{what} must be {expected}")
     params, i, n = {}, len(first) + 1, len(value)
     while i < n:
-        while i < n and value[i] in _OWS:
-            i += 1
-        if i < n and value[i] == ";":  # an empty parameter, as RFC 9110 allows
+        i = n - len(value[i:].lstrip(_OWS))
+        if value.startswith(";", i) or i == n:  # an empty parameter, as RFC 9110 allows
             i += 1
             continue
-        start = i
-        while i < n and value[i] in _TCHARS:
-            i += 1
-        name = value[start:i].lower()
-        if not name or value[i:i + 1] != "=":
+        equals = value.find("=", i)
+        name = value[i:equals].lower()
+        if equals < 0 or not name or not _TCHARS.issuperset(name):
             raise _malformed(f"{what} has a parameter that is not name=value")
-        i += 1
-        if value[i:i + 1] == '"':
-            end = value.find('"', i + 1)
+        if value.startswith('"', equals + 1):
+            end = value.find('"', equals + 2)
             if end < 0:
                 raise _malformed(f"{what} has an unclosed quote")
-            param = value[i + 1:end]
+            param = value[equals + 2:end]
             if "\\" in param or _has_control(param):
                 raise _malformed(f"{what} has a backslash or a control character in a quote")
             i = end + 1
         else:
-            start = i
-            while i < n and value[i] in _TCHARS:
-                i += 1
-            param = value[start:i]
-            if not param:
-                raise _malformed(f"{what} has an empty parameter value")
+            i = value.find(";", equals)
+            i = n if i < 0 else i
+            param = value[equals + 1:i].rstrip(_OWS)
+            if not param or not _TCHARS.issuperset(param):
+                raise _malformed(f"{what} has a parameter value that is neither a token "
+                                 f"nor quoted")
         if name in params:
             raise _malformed(f"{what} has the parameter {name!r} more than once")
         params[name] = param
-        while i < n and value[i] in _OWS:
-            i += 1
-        if i < n and value[i] != ";":
+        after = value.find(";", i)
+        after = n if after < 0 else after
+        if value[i:after].strip(_OWS):
             raise _malformed(f"{what} has something after a parameter's value")
-        i += 1
+        i = after + 1
     return params
 
 
