@@ -9,6 +9,7 @@ Each is refused with a 4xx and a JSON error body, and leaves the whole
 store tree as it was.
 """
 
+import http.client
 import json
 import select
 import shutil
@@ -17,8 +18,10 @@ import ssl
 import threading
 import time
 
+import psutil
 import pytest
 
+from dropr.receiver import batch as batch_module
 from tests import harness
 from tests.receiver import forms
 from tests.receiver.test_hostile import (  # noqa: F401 (running: this module's receiver)
@@ -254,6 +257,41 @@ def test_worst_case_meta_is_answered_at_once(running):
     case = CASES["worst-case meta for the former depth check"]
     response, answer, took = exchange(running, case)
     assert response.status == 400 and took < 3.0, (took, answer)
+
+
+# -- the largest meta the default limits allow ----------------------------------------
+
+def _largest_metas():
+    """Bodies of meta at the largest size the default limits allow (10,000
+    messages: about 5 MB), of the shapes that cost a naive reading most."""
+    size = batch_module.meta_bytes_max(10_000) - 100
+    return {
+        "escaped quotes": b'"' + b'\\"' * (size // 2),  # quadratic for the former check
+        "quotes": b'"' * size,
+        "empty lists": b"[" + b"[]," * (size // 3 - 1) + b"[]]",
+        "small objects": b'{"client":"a","messages":[' + b'{"a":1},' * (size // 8 - 5) + b"{}]}",
+    }
+
+
+def test_the_largest_meta_costs_a_worker_under_a_second(one_worker):
+    """Each of these metas, sent to the real receiver at the default limits,
+    is refused; the worker spends under a second of CPU on it, and
+    /v1/health answers at once meanwhile."""
+    workers = psutil.Process(one_worker.proc.pid).children(recursive=True)
+    worker = next(p for p in workers if "worker" in " ".join(p.cmdline()))
+    for name, meta in _largest_metas().items():
+        raw = request("POST", "/v1/batch", auth=None, headers=[
+            ("Content-Type", forms.CONTENT_TYPE)], body=meta_form(meta, A))
+        port = int(one_worker.url.rsplit(":", 1)[1])
+        before = sum(worker.cpu_times()[:2])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(raw)
+            status, _ = harness.http_get(one_worker.url + "/v1/health", timeout=1)
+            assert status == 200, name
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert 400 <= response.status < 500, (name, response.status, response.read())
+        assert sum(worker.cpu_times()[:2]) - before < 1.0, name
 
 
 # -- trickled request heads ---------------------------------------------------------
