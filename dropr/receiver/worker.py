@@ -32,6 +32,7 @@ import time
 
 from gunicorn import util
 from gunicorn.http import errors as gerrors
+from gunicorn.http.unreader import Unreader
 from gunicorn.workers import gthread
 
 
@@ -116,6 +117,16 @@ class _StalledClients(logging.Filter):
         return True
 
 
+def gthread_gathers():
+    """Whether gunicorn's threaded worker has what gathering heads in its
+    event loop builds on (gunicorn 27: pending connections swept by
+    murder_pending, enqueue_req, take_buffered); an older one serves as
+    gunicorn does, heads read in request threads."""
+    return (hasattr(gthread, "STOP_KEEPALIVE_LINGER") and hasattr(Unreader, "take_buffered")
+            and all(hasattr(gthread.ThreadWorker, name)
+                    for name in ("murder_pending", "enqueue_req", "finish_request")))
+
+
 def head_complete(head, start=0):
     """Whether the bytes ``head`` hold the end of a request's head (an empty
     line), looking from ``start`` on."""
@@ -138,7 +149,11 @@ class ThreadWorker(gthread.ThreadWorker):
         # Plain HTTP/1 only: over TLS gunicorn wraps the socket in the thread,
         # and with cleartext HTTP/2 it reads a preface from the socket first.
         self.gathers_heads = (self.timeout_s is not None and not self.cfg.is_ssl
-                              and getattr(self.cfg, "http2_cleartext", "off") == "off")
+                              and getattr(self.cfg, "http2_cleartext", "off") == "off"
+                              and gthread_gathers())
+        if self.timeout_s is not None and not gthread_gathers():
+            self.log.warning("this gunicorn's threaded worker reads request heads in request "
+                             "threads: clients that trickle their headers can hold them")
         self.heading = collections.deque()  # connections whose head is arriving, by deadline
         # Connections whose head a request thread reads: {conn: deadline}.
         self.reading = {}
@@ -180,9 +195,10 @@ class ThreadWorker(gthread.ThreadWorker):
 
     # -- request heads, in the event loop ---------------------------------------
 
-    def accept(self, listener):
+    def accept(self, *args):
         if not self.gathers_heads:
-            return super().accept(listener)
+            return super().accept(*args)
+        listener, = args
         try:
             client, address = listener.accept()
         except OSError as e:
@@ -201,15 +217,18 @@ class ThreadWorker(gthread.ThreadWorker):
         self.keepalived_conns.remove(conn)
         self.gather_head(conn)
 
-    def finish_request(self, conn, fs):
+    def finish_request(self, *args):
         """After a request: a kept-alive connection whose next request has
         begun to arrive with the last one gathers the rest of its head."""
-        if (self.gathers_heads and self.alive and not fs.cancelled()
+        if not self.gathers_heads:
+            return super().finish_request(*args)
+        conn, fs = args
+        if (self.alive and not fs.cancelled()
                 and fs.exception() is None and fs.result() is True
                 and conn.parser.unreader.buf.getvalue()):
             conn.sock.setblocking(False)
             return self.gather_head(conn, conn.parser.unreader.take_buffered())
-        return super().finish_request(conn, fs)
+        return super().finish_request(*args)
 
     def gather_head(self, conn, data=b""):
         """Read ``conn``'s request head in the event loop, without a thread,
