@@ -65,6 +65,11 @@ def read_meta(part, max_messages):
     a valid meta, ``TooLarge`` if it announces more than ``max_messages``."""
     if part is None or part_name(part) != "meta":
         raise ValidationError("the first part must be the JSON part named 'meta'")
+    media_type = (part.content_type or "application/json").partition(";")[0]
+    if media_type.strip(" \t").lower() != "application/json":
+        # As the OpenAPI document says: a validator in front would not read it as JSON.
+        raise ValidationError(f"the meta part is application/json, not "
+                              f"{names.shown(part.content_type)}")
     meta = _parse(_read_meta_bytes(part, meta_bytes_max(max_messages)), max_messages)
     if not isinstance(meta, dict) or not isinstance(meta.get("messages"), list):
         raise ValidationError('meta must be an object with "client" and a "messages" list')

@@ -136,6 +136,11 @@ class Part:
         self._done = False
 
     @property
+    def content_type(self):
+        """Its Content-Type header, as sent (None if none)."""
+        return self._headers.get("content-type")
+
+    @property
     def name(self):
         """The ``name`` of its Content-Disposition; raises
         ``UnicodeDecodeError`` if it is not UTF-8."""

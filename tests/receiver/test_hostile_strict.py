@@ -185,6 +185,10 @@ CASES = {
         400, "malformed", "Content-Transfer-Encoding"),
     "not form-data": Case(part_headers(b'Content-Disposition: attachment; name="A"'), 400,
                           "malformed", "form-data"),
+    "meta as text/plain": Case(batch(meta_form({"client": "shop-1", "messages": [msg("A")]},
+                                               A).replace(b"Content-Type: application/json",
+                                                          b"Content-Type: text/plain", 1)),
+                               400, "invalid", "application/json, not 'text/plain'"),
     # -- meta: duplicate keys, exact types, every key
     "channel twice in a message": Case(meta_bytes(
         '{"client": "shop-1", "messages": [{"id": "A", "channel": "secret", '

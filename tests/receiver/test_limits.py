@@ -127,7 +127,8 @@ def test_the_largest_meta_costs_under_a_second_of_cpu(name):
     the request threads of a worker share one interpreter lock."""
     limit = 10_000
     data = _worst_metas(batch.meta_bytes_max(limit))[name]
-    part = types.SimpleNamespace(name="meta", stream=io.BytesIO(data))  # a multipart.Part
+    part = types.SimpleNamespace(name="meta", content_type="application/json",
+                                 stream=io.BytesIO(data))  # as a multipart.Part
     start = time.process_time()
     try:
         batch.read_meta(part, limit)
