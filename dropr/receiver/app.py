@@ -19,6 +19,7 @@ from dropr.receiver.limits import BodyTimeout, DiskFloor
 from dropr.receiver.messages import MessagesResource
 from dropr.receiver.metrics import CountingStore, Metrics, MetricsResource
 from dropr.receiver.openapi import OpenAPIResource
+from dropr.receiver.strict import Framing
 from dropr.config import short_window_note
 from dropr.jetstream import open_store
 
@@ -42,7 +43,9 @@ def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None
     metrics = Metrics(store, min_free_bytes=limits.min_free_bytes)
     app.add_middleware(metrics)  # first in, last out: it times all the others
     clients = Clients.load(config) if clients is None else clients
-    app.add_middleware(Authenticate(clients, bind=limits.bind, basic_path=limits.legacy_path))  # before any byte of a body
+    # Before any byte of a body:
+    app.add_middleware(Authenticate(clients, bind=limits.bind, basic_path=limits.legacy_path))
+    app.add_middleware(Framing())  # the raw path and the body's length, for every route
     ready = ReadyResource(store, min_free_bytes=limits.min_free_bytes)
     store = CountingStore(store, metrics)
     app.add_middleware(BodyTimeout(limits.body_timeout))

@@ -23,7 +23,6 @@ client's channels, rather than giving its messages up one by one.
 
 import collections
 import dataclasses
-import json
 
 import falcon
 
@@ -33,6 +32,7 @@ from dropr.faults import crash_point
 from dropr.receiver.auth import check_channel
 from dropr.receiver.limits import RECHECK_BYTES, check_json_depth
 from dropr.receiver.multipart import FormReader, boundary_of
+from dropr.receiver.strict import exact_int, load_json
 
 REJECTED = "rejected"  # "stored" and "duplicate" come from the store
 #: Generous bytes of meta JSON per message (id and channel at most 64 each),
@@ -43,6 +43,8 @@ META_BYTES_PER_MESSAGE = 512
 META_MAX_DEPTH = 8
 META_KEYS = frozenset(("client", "messages"))
 MESSAGE_KEYS = frozenset(("id", "channel", "priority", "size"))
+#: Strings in meta, keys included: its keys and client; a message's keys, id and channel.
+META_STRINGS, MESSAGE_STRINGS = len(META_KEYS) + 1, len(MESSAGE_KEYS) + 2
 _ORDER = "the parts must follow meta, one per message, in meta's order"
 
 
@@ -63,7 +65,12 @@ def read_meta(part, max_messages):
     a valid meta, ``TooLarge`` if it announces more than ``max_messages``."""
     if part is None or part_name(part) != "meta":
         raise ValidationError("the first part must be the JSON part named 'meta'")
-    meta = _parse(_read_meta_bytes(part, meta_bytes_max(max_messages)))
+    media_type = (part.content_type or "application/json").partition(";")[0]
+    if media_type.strip(" \t").lower() != "application/json":
+        # As the OpenAPI document says: a validator in front would not read it as JSON.
+        raise ValidationError(f"the meta part is application/json, not "
+                              f"{names.shown(part.content_type)}")
+    meta = _parse(_read_meta_bytes(part, meta_bytes_max(max_messages)), max_messages)
     if not isinstance(meta, dict) or not isinstance(meta.get("messages"), list):
         raise ValidationError('meta must be an object with "client" and a "messages" list')
     _no_unknown_keys(meta, META_KEYS, "meta")
@@ -93,16 +100,24 @@ def _read_meta_bytes(part, limit):
     return data
 
 
-def _parse(data):
+def _parse(data, max_messages):
     """meta's JSON: UTF-8 and nothing else (``json.loads`` would also guess
-    UTF-16 and UTF-32), and no deeper than META_MAX_DEPTH."""
+    UTF-16 and UTF-32), no deeper than META_MAX_DEPTH, and no more objects
+    and strings than a meta of ``max_messages`` messages has (so that no
+    meta of the allowed size takes a worker long to parse)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValidationError(f"meta is not UTF-8: {e.reason} at byte {e.start}") from None
-    check_json_depth(data, META_MAX_DEPTH, "meta")
+    # Twice what meta needs (meta, its list, an object per message), so that a
+    # few messages too many are told the batch limit that read_meta names.
+    check_json_depth(data, META_MAX_DEPTH, "meta",
+                     max_containers=2 * (2 + max_messages),
+                     max_strings=2 * (META_STRINGS + MESSAGE_STRINGS * max_messages))
     try:
-        return json.loads(text)
+        return load_json(text, "meta")
+    except ValidationError:
+        raise
     except (ValueError, RecursionError) as e:
         raise ValidationError(f"meta is not valid JSON: {e}") from None
 
@@ -125,21 +140,43 @@ def part_name(part):
 
 
 def _entry(i, message):
+    """The i-th message of meta. A missing key or a value of the wrong JSON
+    type refuses the whole request, as the OpenAPI document's schema would;
+    a value of the right type that is not acceptable (a channel name outside
+    the grammar, a priority out of range) rejects that message alone."""
+    where = f"meta messages[{i}]"
     if not isinstance(message, dict):
-        raise ValidationError(f"meta messages[{i}] must be an object")
-    _no_unknown_keys(message, MESSAGE_KEYS, f"meta messages[{i}]")
-    entry = Entry(names.check_id(message.get("id"), f"meta messages[{i}] id"))
+        raise ValidationError(f"{where} must be an object")
+    _no_unknown_keys(message, MESSAGE_KEYS, where)
+    missing = sorted(MESSAGE_KEYS - set(message))
+    if missing:
+        raise ValidationError(f"{where} lacks {', '.join(missing)}: every message has exactly "
+                              f"{', '.join(sorted(MESSAGE_KEYS))}")
+    for key, is_type, name in _TYPES:
+        if not is_type(message[key]):
+            raise ValidationError(f"{where} {key} must be {name}, not "
+                                  f"{names.shown(message[key])}")
+    entry = Entry(names.check_id(message["id"], f"{where} id"))
+    if entry.id == "meta":
+        raise ValidationError(f"{where} id 'meta' is the name of the meta part")
     try:
-        entry.channel = names.check_name(message.get("channel"), "channel")
-        entry.priority = names.check_priority(message.get("priority"))
-        entry.size = _check_size(message.get("size"))
+        entry.channel = names.check_name(message["channel"], "channel")
+        entry.priority = names.check_priority(message["priority"])
+        entry.size = _check_size(message["size"])
     except ValidationError as e:
         entry.error = str(e)
     return entry
 
 
+#: The JSON type of each key of a meta message: (key, test, what it must be).
+_TYPES = (("id", lambda v: isinstance(v, str), "a string"),
+          ("channel", lambda v: isinstance(v, str), "a string"),
+          ("priority", exact_int, "an integer"),
+          ("size", exact_int, "an integer"))
+
+
 def _check_size(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if value < 0:
         raise ValidationError(f"size must be a whole number of bytes, not {value!r}")
     return value
 

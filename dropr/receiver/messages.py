@@ -6,6 +6,7 @@ from dropr.errors import TooLarge, ValidationError
 from dropr.faults import crash_point
 from dropr.receiver.auth import check_channel
 from dropr.receiver.limits import RECHECK_BYTES
+from dropr.receiver.strict import header_number
 from dropr.store import STORED
 
 
@@ -40,8 +41,9 @@ class MessagesResource:
         check_channel(req, channel)  # before a byte of the body is read
         key = _header(req, "Idempotency-Key")
         message_id = self.new_id() if key is None else names.check_id(key, "Idempotency-Key")
-        priority = _header(req, "Dropr-Priority", names.DEFAULT_PRIORITY)
-        priority = names.check_priority(priority)
+        priority = req.get_header("Dropr-Priority")
+        priority = names.check_priority(names.DEFAULT_PRIORITY if priority is None else
+                                        header_number(priority, "Dropr-Priority", 3))
         length = req.content_length
         if self.message_limit is not None and length is not None and length > self.message_limit:
             raise TooLarge(f"message of {length} bytes is over the limit of {self.message_limit}")

@@ -4,16 +4,19 @@ check that runs before meta is parsed."""
 
 import contextlib
 import http.client
+import io
 import json
 import os
 import socket
 import subprocess
 import threading
+import time
 import types
 
 import pytest
 
-from dropr.errors import StoreFull, ValidationError
+from dropr.errors import StoreFull, TooLarge, ValidationError
+from dropr.receiver import batch
 from dropr.receiver.limits import DiskFloor, check_json_depth
 from tests import harness
 from tests.receiver import forms
@@ -78,6 +81,9 @@ def test_floor_zero_never_measures():
     (b'{"m": [' + b'{"x": ' * 8 + b"1" + b"}" * 8 + b"]}", False),
     (b"[" * 100_000, True),  # unbalanced: left for the parser to refuse
     (b"[[]" * 100, True),
+    (b'{"a": "\\\\", "b": ' + b"[" * 9 + b"]" * 9 + b"}", False),  # "\\" ends its string
+    (b'["\\\\\\"' + b"[" * 20 + b'"]', True),  # "\\" then "\"": still in the string
+    (b'"' + b'\\"' * 1000 + b"[" * 9 + b"]" * 9, False),  # never closed: what follows counts
 ])
 def test_json_depth_is_checked_without_parsing(data, ok):
     if ok:
@@ -85,6 +91,50 @@ def test_json_depth_is_checked_without_parsing(data, ok):
     else:
         with pytest.raises(ValidationError, match="nested more than 8 levels"):
             check_json_depth(data, 8)
+
+
+def test_json_counts_are_checked_without_parsing():
+    check_json_depth(b'[{}, {}, "a", "b"]', 8, max_containers=3, max_strings=2)
+    with pytest.raises(TooLarge, match="more than the 2 arrays and objects"):
+        check_json_depth(b'[{}, {}, "[{"]', 8, max_containers=2)
+    with pytest.raises(TooLarge, match="more than the 1 strings"):
+        check_json_depth(b'["a", "b\\""]', 8, max_strings=1)
+
+
+def _worst_metas(size):
+    """meta bodies of ``size`` bytes that cost a naive reading the most."""
+    def fill(unit, head=b'{"client": "a", "messages": [], "x": "', tail=b'"}'):
+        return head + unit * ((size - len(head) - len(tail)) // len(unit)) + tail
+    return {
+        # Quadratic for a pattern that skips escapes inside strings.
+        "escaped quotes": b'"' + b'\\"' * (size // 2 - 1),
+        "backslashes": b'"' + b"\\" * (size - 2) + b'"',
+        "quotes": b'"' * size,
+        "open brackets": b"[" * size,
+        "nested blocks": b"[[[[[[[[[]]]]]]]]]" * (size // 18),
+        "empty lists": b"[" + b"[]," * (size // 3 - 1) + b"[]]",
+        "small objects": b'{"client":"a","messages":[' + b'{"a":1},' * (size // 8 - 5) + b"{}]}",
+        "numbers": b'{"client":"a","messages":[' + b"1," * (size // 2 - 20) + b"1]}",
+        "escapes": fill(b"\\u0041"),
+        "one string": fill(b"a"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_worst_metas(100)))
+def test_the_largest_meta_costs_under_a_second_of_cpu(name):
+    """At the largest meta the default limits allow (10,000 messages, about
+    5 MB), reading it, valid or not, takes a worker under a second of CPU:
+    the request threads of a worker share one interpreter lock."""
+    limit = 10_000
+    data = _worst_metas(batch.meta_bytes_max(limit))[name]
+    part = types.SimpleNamespace(name="meta", content_type="application/json",
+                                 stream=io.BytesIO(data))  # as a multipart.Part
+    start = time.process_time()
+    try:
+        batch.read_meta(part, limit)
+    except ValidationError:
+        pass
+    assert time.process_time() - start < 1.0
 
 
 # -- the real receiver on a small filesystem -------------------------------------

@@ -127,7 +127,10 @@ def test_plain_post_answers_follow_the_document(tmp_path, document):
     assert post("orders", **{"Idempotency-Key": "no/slash"}) == 400
     assert post("orders", **{"Dropr-Priority": "10"}) == 400
     assert post("orders", body=b"123456789") == 413
-    assert post("orders", body=b"") == 201
+    assert post("orders", body=b"", **{"Content-Length": "0"}) == 201
+    no_length = client.simulate_post("/v1/channels/orders/messages", **LOOPBACK)
+    check_answer(document, MESSAGES, "post", no_length)
+    assert no_length.status_code == 411
     forbidden = client.simulate_post("/v1/channels/orders/messages", body=b"x",
                                      remote_addr="192.0.2.1")
     check_answer(document, MESSAGES, "post", forbidden)
