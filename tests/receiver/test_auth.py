@@ -276,3 +276,21 @@ def test_startup_notes_say_who_is_served(receiver, clients, expected):
     assert [level for level, _ in notes] == [level for level, _ in expected]
     for (_, text), (_, part) in zip(notes, expected):
         assert part in text
+
+
+# -- one client cannot drop another's message ----------------------------------
+
+def test_one_client_cannot_pre_empt_anothers_idempotency_key(secured):
+    client, store, _ = secured
+    key = {"Idempotency-Key": "order-1234"}
+    r = client.simulate_post(URL, body=b"shop's", headers={**auth(SHOP_TOKEN), **key})
+    assert (r.status_code, r.json["status"]) == (201, "stored")
+    r = client.simulate_post(URL, body=b"ops'", headers={**auth(OPS_TOKEN), **key})
+    assert (r.status_code, r.json["status"]) == (201, "stored")
+    # A re-send by the same client (its answer was lost) is still a duplicate.
+    r = client.simulate_post(URL, body=b"shop's", headers={**auth(SHOP_TOKEN), **key})
+    assert (r.status_code, r.json["status"]) == (200, "duplicate")
+    r = post_batch(client, [("order-1234", "orders", 5, b"ops'")], auth(OPS_TOKEN))
+    assert r.json["results"] == {"order-1234": {"status": "duplicate"}}
+    stored = {m.client: m.read() for m in store.messages("orders")}
+    assert stored == {"shop": b"shop's", "ops": b"ops'"}
