@@ -132,6 +132,7 @@ class ReceiverConfig:
     max_batch_bytes: int = key(1024 * MiB, 1)
     body_timeout: float = key(30.0, 0.1, 3600.0)
     min_free_bytes: int = key(64 * MiB, 0)
+    min_free_inodes: int = key(10_000, 0)
     certfile: Path = key("", kind="path")
     keyfile: Path = key("", kind="path")
     #: The [receiver.clients.NAME] tables, in file order (not a key of its own).

@@ -56,6 +56,10 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 #: Written into a store made with ``P.CLIENT@ID`` names (see the module's doc).
 FORMAT_FILE = ".format"
 FORMAT = b"dropr-store 2\n"
+#: Bytes of disk a stored message may take beyond its body and the rounding of
+#: its last block: its header line (ids, channel and client of at most 64
+#: characters each) and its directory entry.
+MESSAGE_OVERHEAD = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,6 +513,12 @@ class Store:
         """Bytes free for this process's writes on the store's filesystem."""
         st = os.statvfs(self._root)
         return st.f_bavail * st.f_frsize
+
+    def free_inodes(self):
+        """Inodes free for this process's files on the store's filesystem
+        (``None`` where the filesystem does not count them)."""
+        st = os.statvfs(self._root)
+        return st.f_favail if st.f_files else None
 
     def check_writable(self):
         """Create, write and remove a file in ``tmp/`` (readiness); ``OSError``

@@ -243,6 +243,11 @@ class JetStreamStore(Consumer):
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def free_inodes(self):
+        """Inodes free on the scratch folder's filesystem (``None`` if it does not count them)."""
+        st = os.statvfs(self.root)
+        return st.f_favail if st.f_files else None
+
     def check_writable(self):
         """The stream answers (readiness); StoreUnavailable if not."""
         self._call(lambda: self._js.stream_info(self.settings.stream),
