@@ -10,10 +10,13 @@ working directory.
 
 import dataclasses
 import difflib
+import ipaddress
+import logging
 import os
 import socket
 import tomllib
 import types
+import urllib.parse
 from pathlib import Path
 
 from dropr import names
@@ -23,6 +26,11 @@ DEFAULT_PATH = "conf/dropr.toml"
 ENV_VAR = "DROPR_CONFIG"
 MiB = 1024 * 1024
 TOKEN_MAX = 4096
+#: A token shorter than this is refused: a guessable token protects nothing
+#: (12 random characters carry 72 bits or more; `openssl rand -hex 32` makes 64).
+TOKEN_MIN = 12
+
+log = logging.getLogger("dropr.config")
 
 
 def key(default, lo=None, hi=None, *, kind=None, secret=False):
@@ -222,18 +230,67 @@ class Config:
         now, by the process that uses the token, and not by :func:`load`:
         producers load the same config and need not be able to read the
         secrets of the sender or the receiver. ConfigError naming the key if
-        the file cannot be read or holds no valid token."""
+        the file cannot be read or holds no valid token; a warning in the log
+        for a token in a file that every user can read (the token file, or
+        the config itself), or for one sent over plain http:// to another host."""
+        _warn_plain_token(self, entry)
         if not entry.token_file:
+            _warn_readable_config(self, entry)
             return entry.token
         label = f"{self.path}: [{entry.section}] token_file"
         try:
-            data = entry.token_file.read_bytes()
+            with open(entry.token_file, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                data = f.read()
         except OSError as e:
             raise ConfigError(f"{label}: cannot read {entry.token_file}: {e.strerror}") from None
+        if mode & 0o004:
+            # A warning, not a refusal: the folder may keep others out, and a
+            # sender that stops delivering over it would do more harm.
+            log.warning("%s: %s is readable by every user (mode %04o); make it private: "
+                        "chmod o-rwx %s", label, entry.token_file, mode & 0o777, entry.token_file)
         if not data.strip():
             raise ConfigError(f"{label}: {entry.token_file} holds no token")
         token = data.strip().decode("ascii", "replace")
         return _check_token(token, f"{label}: the token in {entry.token_file}", None, None)
+
+
+def _warn_readable_config(config, entry):
+    """Log a warning if ``entry``'s inline token sits in a config file every
+    user can read (producers read the config too: token_file is for secrets)."""
+    if not entry.token:
+        return
+    try:
+        mode = os.stat(config.path).st_mode
+    except OSError:
+        return  # a config built in memory
+    if mode & 0o004:
+        log.warning("%s: [%s] token: this file is readable by every user (mode %04o) and "
+                    "holds a token; move the token to token_file (a file only this "
+                    "process's user can read), or chmod o-r %s",
+                    config.path, entry.section, mode & 0o777, config.path)
+
+
+def _warn_plain_token(config, entry):
+    """Log a warning if a peer's token would cross the network in clear text."""
+    if not isinstance(entry, PeerConfig) or not (entry.token or entry.token_file):
+        return
+    for url in entry.urls:
+        if url.startswith("http://") and not _is_local_url(url):
+            log.warning("%s: [%s] token goes to %s over plain http://: anyone on the way "
+                        "can read it and upload as this client; use https://",
+                        config.path, entry.section, url)
+
+
+def _is_local_url(url):
+    """Is the host of an http(s) ``url`` this host (loopback, or localhost)?"""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 SECTIONS = {
@@ -485,6 +542,9 @@ def _check_token(raw, label, meta, base):
     if not ok:  # a secret: the value is not shown
         raise ConfigError(f"{label}: expected a token of at most {TOKEN_MAX} visible ASCII "
                           "characters, without spaces")
+    if raw and len(raw) < TOKEN_MIN:  # "" is no token at all
+        raise ConfigError(f"{label}: a token of {len(raw)} characters is too easy to guess: "
+                          f"expected at least {TOKEN_MIN} (e.g. from `openssl rand -hex 32`)")
     return raw
 
 

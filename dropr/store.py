@@ -168,8 +168,14 @@ def _full_is_store_full(root):
         yield
     except OSError as e:
         if e.errno in _FULL:
-            raise StoreFull(f"store {root} is full: {e.strerror}") from None
+            # The path is for the log, not for a client's answer.
+            raise StoreFull(f"the store is full: {e.strerror}", path=root) from None
         raise
+
+
+def _private(path, flags):
+    """An ``opener`` for ``open()``: files of the store are 0640, as messages."""
+    return os.open(path, flags, 0o640)
 
 
 def _write_all(fd, data):
@@ -667,7 +673,7 @@ class Store:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = self.root / "tmp" / f".retry-{secrets.token_hex(6)}"
         with _full_is_store_full(self.root):
-            with open(tmp, "wb") as f:
+            with open(tmp, "wb", opener=_private) as f:
                 f.write(failures.encode())
                 if self.fsync:
                     os.fsync(f.fileno())
