@@ -163,6 +163,17 @@ class StoreConfig:
     connect_timeout: float = key(2.0, 0.1, 300.0)
     publish_timeout: float = key(10.0, 0.1, 3600.0)
     ack_wait: float = key(60.0, 1.0, 86400.0)
+    # How dropr proves itself to the servers (at most one way) and checks them.
+    user: str = key("")
+    password: str = key("", secret=True)
+    token: str = key("", kind="token", secret=True)
+    nkey_seed_file: Path = key("", kind="path")
+    credentials_file: Path = key("", kind="path")
+    ca_file: Path = key("", kind="path")
+    certfile: Path = key("", kind="path")
+    keyfile: Path = key("", kind="path")
+
+    section = "store"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +235,11 @@ class Config:
             known = ", ".join(sorted(self.peers)) or "none configured"
             raise UnknownPeer(f"unknown peer {name!r} (known: {known})") from None
 
+    def warn_readable_secrets(self, entry):
+        """Log a warning if ``entry`` (a peer, a receiver client or [store]) has
+        a secret inline in a config file that every user can read."""
+        _warn_readable_config(self, entry)
+
     def token_of(self, entry):
         """The bearer token of ``entry``, a peer or a receiver client: its
         ``token``, or what its ``token_file`` holds, stripped. The file is read
@@ -235,7 +251,7 @@ class Config:
         the config itself), or for one sent over plain http:// to another host."""
         _warn_plain_token(self, entry)
         if not entry.token_file:
-            _warn_readable_config(self, entry)
+            self.warn_readable_secrets(entry)
             return entry.token
         label = f"{self.path}: [{entry.section}] token_file"
         try:
@@ -253,22 +269,6 @@ class Config:
             raise ConfigError(f"{label}: {entry.token_file} holds no token")
         token = data.strip().decode("ascii", "replace")
         return _check_token(token, f"{label}: the token in {entry.token_file}", None, None)
-
-
-def _warn_readable_config(config, entry):
-    """Log a warning if ``entry``'s inline token sits in a config file every
-    user can read (producers read the config too: token_file is for secrets)."""
-    if not entry.token:
-        return
-    try:
-        mode = os.stat(config.path).st_mode
-    except OSError:
-        return  # a config built in memory
-    if mode & 0o004:
-        log.warning("%s: [%s] token: this file is readable by every user (mode %04o) and "
-                    "holds a token; move the token to token_file (a file only this "
-                    "process's user can read), or chmod o-r %s",
-                    config.path, entry.section, mode & 0o777, config.path)
 
 
 def _warn_plain_token(config, entry):
@@ -291,6 +291,24 @@ def _is_local_url(url):
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _warn_readable_config(config, entry):
+    """Log a warning if ``entry``'s inline secret (a token, or [store]'s
+    password) sits in a config file every user can read (producers read the
+    config too: files named by *_file keys are for secrets)."""
+    secret = "token" if entry.token else "password" if getattr(entry, "password", "") else None
+    if secret is None:
+        return
+    try:
+        mode = os.stat(config.path).st_mode
+    except OSError:
+        return  # a config built in memory
+    if mode & 0o004:
+        log.warning("%s: [%s] %s: this file is readable by every user (mode %04o) and "
+                    "holds a secret; move it to a file only this process's user can read "
+                    "(token_file, credentials_file), or chmod o-r %s",
+                    config.path, entry.section, secret, mode & 0o777, config.path)
 
 
 SECTIONS = {
@@ -341,6 +359,7 @@ def from_dict(data, *, path=Path("<dict>")):
     sections["receiver"] = _with_clients(sections["receiver"], clients, where, base)
     peers = _build_peers(data.get("peers", {}), where, base)
     _check_window(sections["store"], sections["retry"], where)
+    _check_nats_auth(sections["store"], where)
     if not sections["client"].name:
         client = dataclasses.replace(sections["client"], name=_default_client_name())
         sections["client"] = client
@@ -392,6 +411,28 @@ def _check_window(store, retry, where):
             f"[retry] max_age ({retry.max_age:g} s): a message re-sent after the window "
             "would be stored twice; raise the window, lower max_age, or set "
             "allow_short_window = true")
+
+
+def _check_nats_auth(store, where):
+    """[store]: one way to authenticate at most, pairs given whole, TLS files
+    for tls:// servers only. The files are read where the store connects."""
+    label = f"{where}: [store]"
+    if bool(store.user) != bool(store.password):
+        missing = "password" if store.user else "user"
+        raise ConfigError(f"{label} {missing}: user and password go together")
+    ways = [name for name, given in (("user", store.user), ("token", store.token),
+                                     ("nkey_seed_file", store.nkey_seed_file),
+                                     ("credentials_file", store.credentials_file)) if given]
+    if len(ways) > 1:
+        raise ConfigError(f"{label} {', '.join(ways)}: give one way to authenticate, not "
+                          f"{len(ways)}")
+    if bool(store.certfile) != bool(store.keyfile):
+        missing = "keyfile" if store.certfile else "certfile"
+        raise ConfigError(f"{label} {missing}: certfile and keyfile go together")
+    tls_key = "ca_file" if store.ca_file else "certfile" if store.certfile else None
+    plain = [u for u in store.servers if not u.startswith("tls://")]
+    if tls_key and plain:
+        raise ConfigError(f"{label} {tls_key}: only for tls:// servers, got {plain[0]!r}")
 
 
 def short_window_note(config):

@@ -13,8 +13,8 @@ from pathlib import Path
 from dropr import names
 from dropr.errors import TooLarge
 from dropr.jetstream.consumer import Consumer
-from dropr.jetstream.wire import (Acks, Loop, msg_id_of, nats_module, pub_ack, subject_of,
-                                  unavailable)
+from dropr.jetstream.wire import (Acks, Loop, connect_options, msg_id_of, nats_module, pub_ack,
+                                  subject_of, unavailable)
 from dropr.store import DUPLICATE, STORED
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ class JetStreamStore(Consumer):
     consumers and admin commands, each with its own connection. ``scratch``
     is a local folder for staged bodies (``[receiver] store``)."""
 
-    def __init__(self, settings, *, scratch, clock=time.time):
+    def __init__(self, settings, *, scratch, clock=time.time, where="[store]"):
         self.settings = settings
+        self._options = connect_options(settings, where)  # ConfigError now, not at each connect
         self.root = Path(scratch)
         self._clock = clock
         self._loop = Loop()
@@ -90,10 +91,13 @@ class JetStreamStore(Consumer):
         s = self.settings
 
         async def quiet(e):  # reconnects are expected; callers see StoreUnavailable
-            log.debug("nats: %s", e)
+            # ... but refused credentials are the operator's to fix.
+            refused = isinstance(e, nats.errors.AuthorizationError) or "uthoriz" in str(e)
+            log.log(logging.WARNING if refused else logging.DEBUG, "nats: %s", e)
         nc = await nats.connect(list(s.servers), connect_timeout=s.connect_timeout,
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                                allow_reconnect=True, error_cb=quiet, name="dropr")
+                                allow_reconnect=True, error_cb=quiet, name="dropr",
+                                **self._options)
         try:
             js = nc.jetstream(timeout=s.publish_timeout)
             await self._ensure_stream(js)
@@ -279,5 +283,7 @@ def open_store(config, *, clock=time.time):
     from dropr.store import Store
 
     if config.store.backend == "jetstream":
-        return JetStreamStore(config.store, scratch=config.receiver.store, clock=clock)
+        config.warn_readable_secrets(config.store)
+        return JetStreamStore(config.store, scratch=config.receiver.store, clock=clock,
+                              where=f"{config.path}: [store]")
     return Store(config.receiver.store, fsync=config.receiver.fsync, clock=clock)
