@@ -8,6 +8,7 @@
     dropr bench [--fs ext4|tmpfs|here] [--runs N] [--quick] [--only NAME,...] [--fsync on|off|both]
     dropr spool ls [STATE] | count | dead | requeue ID|--all
     dropr store channels | ls CHANNEL | count CHANNEL | cat CHANNEL ID | ack CHANNEL ID
+        (cat and ack take --client NAME where several clients sent that id)
 
 Exit codes: 0 ok, 1 operational error, 2 usage error (bad arguments or names).
 """
@@ -68,6 +69,7 @@ def _parser():
         a = tsub.add_parser(action)
         a.add_argument("channel")
         a.add_argument("id")
+        a.add_argument("--client", help="the client that sent it (where several sent that id)")
     return p
 
 
@@ -201,11 +203,11 @@ def cmd_store(args, config):
         for m in store.messages(args.channel):
             print(f"{m.priority}\t{m.id}\t{m.size}\t{m.client}\t{m.received_at:.3f}")
     elif args.action == "cat":
-        with store.get(args.channel, args.id).open() as f:
+        with store.get(args.channel, args.id, client=args.client).open() as f:
             shutil.copyfileobj(f, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     elif args.action == "ack":
-        message = store.get(args.channel, args.id)
+        message = store.get(args.channel, args.id, client=args.client)
         store.ack(message)
         print(json.dumps({"id": message.id, "status": "done"}))
 

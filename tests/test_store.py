@@ -143,3 +143,16 @@ def test_a_store_made_before_client_names_still_knows_its_old_messages(tmp_path)
 def test_a_new_store_is_marked_with_its_name_format(tmp_path):
     Store(tmp_path / "new", fsync=False)
     assert (tmp_path / "new" / ".format").read_bytes() == b"dropr-store 2\n"
+
+
+def test_store_cat_asks_which_client_when_two_sent_the_id(tmp_path):
+    from tests import harness
+
+    config = harness.write_config(tmp_path)
+    store = Store(tmp_path / "server", fsync=False)
+    store.put("orders", "order-1", b"from a", priority=5, client="shop-a")
+    store.put("orders", "order-1", b"from b", priority=5, client="shop-b")
+    ambiguous = harness.run_dropr(config, "store", "cat", "orders", "order-1", check=False)
+    assert ambiguous.returncode == 2 and b"several clients (shop-a, shop-b)" in ambiguous.stderr
+    cat = harness.run_dropr(config, "store", "cat", "orders", "order-1", "--client", "shop-b")
+    assert cat.stdout == b"from b"
