@@ -37,7 +37,8 @@ def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None
         if note:
             logging.getLogger("dropr.receiver").warning("%s", note)
     app = falcon.App(media_type=falcon.MEDIA_JSON)
-    metrics = Metrics(store, min_free_bytes=limits.min_free_bytes)
+    metrics = Metrics(store, min_free_bytes=limits.min_free_bytes,
+                      min_free_inodes=limits.min_free_inodes)
     app.add_middleware(metrics)  # first in, last out: it times all the others
     clients = Clients.load(config) if clients is None else clients
     app.add_middleware(Authenticate(clients, bind=limits.bind))  # before any byte of a body
