@@ -299,3 +299,38 @@ def test_one_client_cannot_pre_empt_anothers_idempotency_key(secured):
     assert r.json["results"] == {"order-1234": {"status": "duplicate"}}
     stored = {m.client: m.read() for m in store.messages("orders")}
     assert stored == {"shop": b"shop's", "ops": b"ops'"}
+
+
+@pytest.mark.process
+def test_one_client_cannot_drop_anothers_message_on_the_real_receiver(tmp_path):
+    import http.client
+    import json
+
+    path = harness.write_config(tmp_path, sections={
+        "receiver": {"workers": 1},
+        "receiver.clients.shop-a": {"token": SHOP_TOKEN},
+        "receiver.clients.shop-b": {"token": OPS_TOKEN}})
+    receiver = harness.Receiver(path).start()
+    host, port = receiver.url.rsplit("/", 1)[1].split(":")
+
+    def post(token, body):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("POST", URL, body=body, headers={
+                **auth(token), "Idempotency-Key": "order-1234"})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
+        finally:
+            conn.close()
+    try:
+        assert post(SHOP_TOKEN, b"a's order") == (
+            201, {"id": "order-1234", "channel": "orders", "status": "stored"})
+        assert post(OPS_TOKEN, b"b's order")[0] == 201
+        assert post(SHOP_TOKEN, b"a's order") == (
+            200, {"id": "order-1234", "channel": "orders", "status": "duplicate"})
+    finally:
+        receiver.stop()
+        harness.remove_queues(tmp_path / "client")
+    store = Store(tmp_path / "server", fsync=False)
+    assert {m.client: m.read() for m in store.messages("orders")} == {
+        "shop-a": b"a's order", "shop-b": b"b's order"}
