@@ -23,7 +23,9 @@ one its bearer token names) is part of the name, so that one client cannot
 pre-empt another's ids, while a re-send by the same client is a duplicate.
 Stores made before carry ``P.ID`` names; in such a store (no ``.format``
 file) a message is also a duplicate of an old ``P.ID`` copy of the same client,
-so that a re-send across the upgrade is not stored twice.
+so that a re-send across the upgrade is not stored twice. Once no ``P.ID``
+name is left where duplicates are looked for, the reaper writes ``.format``
+(:meth:`Store.adopt_format`) and the receivers stop looking for them.
 
 The interface the receiver and consumers use (``put``, or ``stage`` then
 ``publish``; ``channels``, ``count``, ``messages``, ``claim``, ``ack``) is
@@ -362,6 +364,7 @@ class Store:
         id is already stored; returns ``"stored"`` or ``"duplicate"``. The staged
         file is gone afterwards, whatever happens. With ``sync_dir=False`` the
         caller must call :meth:`sync` for the channel before answering."""
+        self._notice_format()
         try:
             with _full_is_store_full(self.root):
                 self._flush([staged])
@@ -384,6 +387,7 @@ class Store:
         that may hold an earlier copy (see :class:`_Holders`) are listed once
         before the links and once after them, not for every message."""
         statuses, channels, linked = [], set(), []
+        self._notice_format()
         try:
             with _full_is_store_full(self.root):
                 self._flush(staged)
@@ -440,6 +444,42 @@ class Store:
             return DUPLICATE
         crash_point("store.after_link")
         return STORED
+
+    def _notice_format(self):
+        """A store made before may have been marked since (one stat per request)."""
+        if self._legacy:
+            self._legacy = not os.path.exists(f"{self._root}/{FORMAT_FILE}")
+
+    def adopt_format(self):
+        """Write ``.format`` into a store made before ``P.CLIENT@ID`` names once
+        none of the folders duplicates are looked for in holds a ``P.ID`` name;
+        True if the store has it (now). Run by the reaper after each pass.
+
+        The folders are listed in the order messages move (``queue/``, each
+        ``work/``, ``done/``), so a message that moves on meanwhile is met
+        again further on; twice, for one that a consumer gave back to
+        ``queue/`` meanwhile. A listing stops at the first ``P.ID`` name."""
+        if os.path.exists(f"{self._root}/{FORMAT_FILE}"):
+            return True
+        for _ in range(2):
+            for directory in self._dedupe_folders():
+                with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
+                    if any(_is_message(e.name) and "@" not in e.name for e in it):
+                        return False
+        self._mark_format()
+        self._legacy = False
+        return True
+
+    def _dedupe_folders(self):
+        for state in ("queue", "work", "done"):
+            top = f"{self._root}/{state}"
+            tops = [top]
+            if state == "work":
+                with contextlib.suppress(FileNotFoundError), os.scandir(top) as it:
+                    tops = [e.path for e in it if e.is_dir(follow_symlinks=False)]
+            for folder in tops:
+                with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
+                    yield from [e.path for e in it if e.is_dir(follow_symlinks=False)]
 
     def _has_legacy(self, staged, holders):
         """In a store older than ``P.CLIENT@ID`` names: is a ``P.ID`` copy of

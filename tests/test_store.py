@@ -156,3 +156,21 @@ def test_store_cat_asks_which_client_when_two_sent_the_id(tmp_path):
     assert ambiguous.returncode == 2 and b"several clients (shop-a, shop-b)" in ambiguous.stderr
     cat = harness.run_dropr(config, "store", "cat", "orders", "order-1", "--client", "shop-b")
     assert cat.stdout == b"from b"
+
+
+def test_an_old_store_is_marked_once_no_old_name_is_left(tmp_path):
+    _legacy_store(tmp_path / "old")
+    receiver = Store(tmp_path / "old", fsync=False)
+    reaper = Store(tmp_path / "old", fsync=False)
+    assert reaper.adopt_format() is False  # P.ID names in queue/ and done/
+    [m] = reaper.claim("orders", "c1")
+    reaper.ack(m)
+    os.unlink(tmp_path / "old" / "done" / "orders" / "5.OLD-D")
+    assert reaper.adopt_format() is False  # OLD-Q, acked, is in done/ now
+    for p in (tmp_path / "old" / "done" / "orders").iterdir():
+        p.unlink()  # expired
+    assert reaper.adopt_format() is True
+    assert (tmp_path / "old" / ".format").read_bytes() == b"dropr-store 2\n"
+    # The receiver notices at its next request, and stops looking for P.ID copies.
+    assert receiver.put("orders", "N1", b"x", priority=5, client="shop-a") == "stored"
+    assert receiver._legacy is False
