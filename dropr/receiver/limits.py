@@ -61,9 +61,8 @@ class DiskFloor:
     the receiver failing mid-write. A message costs what it takes on disk,
     not its length: its bytes, then up to a block and its header line more
     (:data:`~dropr.store.MESSAGE_OVERHEAD`), and two inodes while it is
-    stored (see :meth:`_judge`). ``floor`` and
-    ``inodes`` 0 turn their checks off. Runs in receiver worker processes;
-    thread-safe."""
+    stored (see :meth:`_judge`). ``floor`` and ``inodes`` 0 turn their checks
+    off. Runs in receiver worker processes; thread-safe."""
 
     def __init__(self, path, floor, *, inodes=0, clock=time.monotonic, statvfs=os.statvfs,
                  max_age=FREE_SPACE_MAX_AGE):
