@@ -1,7 +1,7 @@
 """The server store: the receiver writes it, consumers read it.
 
-    .format                      the name format of a store made since names
-                                 carry the client (absent: an older store)
+    .format                      names are P.CLIENT@ID (absent: an older store,
+                                 see :mod:`dropr.store_names`)
     tmp/                         bodies being received
     queue/<channel>/P.CLIENT@ID  stored, waiting for a consumer
     work/<consumer>/<channel>/   claimed by a consumer
@@ -18,14 +18,11 @@ appear together or not at all. A message is published by ``os.link`` of the
 finished, fsync-ed ``tmp/`` file into ``queue/<channel>/``: the link fails if
 the name exists, so two uploads of the same id cannot both win.
 
-A message is known by its channel, priority, client and id: the client (the
-one its bearer token names) is part of the name, so that one client cannot
-pre-empt another's ids, while a re-send by the same client is a duplicate.
-Stores made before carry ``P.ID`` names; in such a store (no ``.format``
-file) a message is also a duplicate of an old ``P.ID`` copy of the same client,
-so that a re-send across the upgrade is not stored twice. Once no ``P.ID``
-name is left where duplicates are looked for, the reaper writes ``.format``
-(:meth:`Store.adopt_format`) and the receivers stop looking for them.
+A message is known by its channel, priority, client and id (its name,
+:mod:`dropr.store_names`). In a store made before client names (no
+``.format``) a message is also a duplicate of an old ``P.ID`` copy of the same
+client, so that a re-send across the upgrade is not stored twice, until the
+reaper marks the store (:meth:`Store.adopt_format`).
 
 The interface the receiver and consumers use (``put``, or ``stage`` then
 ``publish``; ``channels``, ``count``, ``messages``, ``claim``, ``ack``) is
@@ -45,19 +42,18 @@ import secrets
 import time
 from pathlib import Path
 
-from dropr import names
+from dropr import names, store_names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
 from dropr.faults import crash_point
 from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
+from dropr.store_names import entry_name, id_of
+from dropr.store_names import is_message as _is_message
 
 MAGIC = b"DROPR1 "
 HEADER_MAX = 4096
 STORED, DUPLICATE = "stored", "duplicate"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
-#: Written into a store made with ``P.CLIENT@ID`` names (see the module's doc).
-FORMAT_FILE = ".format"
-FORMAT = b"dropr-store 2\n"
 #: Bytes of disk a stored message may take beyond its body and the rounding of
 #: its last block: its header line (ids, channel and client of at most 64
 #: characters each) and its directory entry.
@@ -142,26 +138,6 @@ class WorkDir(LockedDir):
     def __init__(self, consumer, path, fd):
         super().__init__(path, fd)
         self.consumer = consumer
-
-
-def _is_message(name):
-    return not name.startswith(".") and not name.endswith(REASON_SUFFIX)
-
-
-def entry_name(priority, client, message_id):
-    """The file name of a message: ``P.CLIENT@ID``. Neither a client name nor
-    an id holds an ``@``, and an id holds no dot, so the name ends in the id
-    (never in ``.reason``) and reads back unambiguously."""
-    return f"{priority}.{client}@{message_id}"
-
-
-def _legacy_name(priority, message_id):
-    return f"{priority}.{message_id}"
-
-
-def id_of(name):
-    """The message id in a file name (``P.CLIENT@ID``, or an older ``P.ID``)."""
-    return name.partition(".")[2].rpartition("@")[2]
 
 
 @contextlib.contextmanager
@@ -290,26 +266,13 @@ class Store:
         # Read once: a Store copied into a forked child makes the same names
         # as its parent, and O_EXCL then moves it on to the next number.
         self._pid = os.getpid()
-        if not (self.root / "queue").is_dir():
-            self._mark_format()
+        if not (self.root / "queue").is_dir():  # a new store: marked before its folders
+            self.root.mkdir(parents=True, exist_ok=True)
+            store_names.mark(self.root)
         make_dirs(self.root, [self.root / sub for sub in ("tmp", "queue", "work", "done", "dead")],
                   fsync=fsync)
         # A store older than P.CLIENT@ID names may hold P.ID copies of what comes again.
-        self._legacy = not (self.root / FORMAT_FILE).exists()
-
-    def _mark_format(self):
-        """Write ``.format`` into a store being made (before its folders: whoever
-        sees ``queue/`` sees the mark). Several processes may race here; the
-        first one writes it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.root / FORMAT_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileExistsError:
-            return
-        try:
-            _write_all(fd, FORMAT)
-        finally:
-            os.close(fd)
+        self._legacy = not store_names.marked(self._root)
 
     # -- receiver -----------------------------------------------------------
 
@@ -448,43 +411,24 @@ class Store:
     def _notice_format(self):
         """A store made before may have been marked since (one stat per request)."""
         if self._legacy:
-            self._legacy = not os.path.exists(f"{self._root}/{FORMAT_FILE}")
+            self._legacy = not store_names.marked(self._root)
 
     def adopt_format(self):
-        """Write ``.format`` into a store made before ``P.CLIENT@ID`` names once
-        none of the folders duplicates are looked for in holds a ``P.ID`` name;
-        True if the store has it (now). Run by the reaper after each pass.
-
-        The folders are listed in the order messages move (``queue/``, each
-        ``work/``, ``done/``), so a message that moves on meanwhile is met
-        again further on; twice, for one that a consumer gave back to
-        ``queue/`` meanwhile. A listing stops at the first ``P.ID`` name."""
-        if os.path.exists(f"{self._root}/{FORMAT_FILE}"):
+        """Mark a store made before ``P.CLIENT@ID`` names once no ``P.ID`` name
+        is left where duplicates are looked for; True if it is marked (now).
+        Run by the reaper after each pass."""
+        if store_names.marked(self._root):
             return True
-        for _ in range(2):
-            for directory in self._dedupe_folders():
-                with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
-                    if any(_is_message(e.name) and "@" not in e.name for e in it):
-                        return False
-        self._mark_format()
+        if store_names.old_names_left(self._root):
+            return False
+        store_names.mark(self.root)
         self._legacy = False
         return True
-
-    def _dedupe_folders(self):
-        for state in ("queue", "work", "done"):
-            top = f"{self._root}/{state}"
-            tops = [top]
-            if state == "work":
-                with contextlib.suppress(FileNotFoundError), os.scandir(top) as it:
-                    tops = [e.path for e in it if e.is_dir(follow_symlinks=False)]
-            for folder in tops:
-                with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
-                    yield from [e.path for e in it if e.is_dir(follow_symlinks=False)]
 
     def _has_legacy(self, staged, holders):
         """In a store older than ``P.CLIENT@ID`` names: is a ``P.ID`` copy of
         ``staged`` by the same client in ``queue/`` or in ``holders``?"""
-        name = _legacy_name(staged.priority, staged.id)
+        name = store_names.old_name(staged.priority, staged.id)
         for _ in range(2):  # a copy that moves on meanwhile is found where it went
             path = f"{self._root}/queue/{staged.channel}/{name}"
             if not os.path.lexists(path):
