@@ -9,6 +9,7 @@
     dropr bench [--fs ext4|tmpfs|here] [--runs N] [--quick] [--only NAME,...] [--fsync on|off|both]
     dropr spool ls [STATE] | count | dead | requeue ID|--all
     dropr store channels | ls CHANNEL | count CHANNEL | cat CHANNEL ID | ack CHANNEL ID
+        (cat and ack take --client NAME where several clients sent that id)
 
 ``--config PATH`` may come before or after the command (``dropr store
 --config F count C`` or ``dropr --config F store count C``).
@@ -81,6 +82,7 @@ def _parser():
         a = tsub.add_parser(action)
         a.add_argument("channel")
         a.add_argument("id")
+        a.add_argument("--client", help="the client that sent it (where several sent that id)")
     add_everywhere(p, "--config", help="config file (default: $DROPR_CONFIG, then "
                    "conf/dropr.toml); before or after the subcommand")
     return p
@@ -250,7 +252,7 @@ def cmd_store(args, config):
             legacy = f"\t{m.legacy_id}" if m.legacy_id is not None else ""
             print(f"{m.priority}\t{m.id}\t{m.size}\t{m.client}\t{m.received_at:.3f}{legacy}")
     elif args.action == "cat":
-        message = store.get(args.channel, args.id)
+        message = store.get(args.channel, args.id, client=args.client)
         if message.legacy_id is not None:  # the body alone on stdout; this on stderr
             print(f"dropr: {message.id}: sent by a PHP dropr client as {message.legacy_id}",
                   file=sys.stderr)
@@ -258,7 +260,7 @@ def cmd_store(args, config):
             shutil.copyfileobj(f, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     elif args.action == "ack":
-        message = store.get(args.channel, args.id)
+        message = store.get(args.channel, args.id, client=args.client)
         store.ack(message)
         print(json.dumps({"id": message.id, "status": "done"}))
 

@@ -10,10 +10,13 @@ working directory.
 
 import dataclasses
 import difflib
+import ipaddress
+import logging
 import os
 import socket
 import tomllib
 import types
+import urllib.parse
 from pathlib import Path
 
 from dropr import certs, names
@@ -23,6 +26,11 @@ DEFAULT_PATH = "conf/dropr.toml"
 ENV_VAR = "DROPR_CONFIG"
 MiB = 1024 * 1024
 TOKEN_MAX = 4096
+#: A token shorter than this is refused: a guessable token protects nothing
+#: (12 random characters carry 72 bits or more; `openssl rand -hex 32` makes 64).
+TOKEN_MIN = 12
+
+log = logging.getLogger("dropr.config")
 
 
 def key(default, lo=None, hi=None, *, kind=None, secret=False):
@@ -154,6 +162,7 @@ class ReceiverConfig:
     max_batch_bytes: int = key(1024 * MiB, 1)
     body_timeout: float = key(30.0, 0.1, 3600.0)
     min_free_bytes: int = key(64 * MiB, 0)
+    min_free_inodes: int = key(10_000, 0)
     certfile: Path = key("", kind="path")
     keyfile: Path = key("", kind="path")
     legacy_path: str = key("", kind="legacy_path")
@@ -181,6 +190,17 @@ class StoreConfig:
     connect_timeout: float = key(2.0, 0.1, 300.0)
     publish_timeout: float = key(10.0, 0.1, 3600.0)
     ack_wait: float = key(60.0, 1.0, 86400.0)
+    # How dropr proves itself to the servers (at most one way) and checks them.
+    user: str = key("")
+    password: str = key("", secret=True)
+    token: str = key("", kind="token", secret=True)
+    nkey_seed_file: Path = key("", kind="path")
+    credentials_file: Path = key("", kind="path")
+    ca_file: Path = key("", kind="path")
+    certfile: Path = key("", kind="path")
+    keyfile: Path = key("", kind="path")
+
+    section = "store"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,24 +279,80 @@ class Config:
             known = ", ".join(sorted(self.peers)) or "none configured"
             raise UnknownPeer(f"unknown peer {name!r} (known: {known})") from None
 
+    def warn_readable_secrets(self, entry):
+        """Log a warning if ``entry`` (a peer, a receiver client or [store]) has
+        a secret inline in a config file that every user can read."""
+        _warn_readable_config(self, entry)
+
     def token_of(self, entry):
         """The bearer token of ``entry``, a peer or a receiver client: its
         ``token``, or what its ``token_file`` holds, stripped. The file is read
         now, by the process that uses the token, and not by :func:`load`:
         producers load the same config and need not be able to read the
         secrets of the sender or the receiver. ConfigError naming the key if
-        the file cannot be read or holds no valid token."""
+        the file cannot be read or holds no valid token; a warning in the log
+        for a token in a file that every user can read (the token file, or
+        the config itself), or for one sent over plain http:// to another host."""
+        _warn_plain_token(self, entry)
         if not entry.token_file:
+            self.warn_readable_secrets(entry)
             return entry.token
         label = f"{self.path}: [{entry.section}] token_file"
         try:
-            data = entry.token_file.read_bytes()
+            with open(entry.token_file, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                data = f.read()
         except OSError as e:
             raise ConfigError(f"{label}: cannot read {entry.token_file}: {e.strerror}") from None
+        if mode & 0o004:
+            # A warning, not a refusal: the folder may keep others out, and a
+            # sender that stops delivering over it would do more harm.
+            log.warning("%s: %s is readable by every user (mode %04o); make it private: "
+                        "chmod o-rwx %s", label, entry.token_file, mode & 0o777, entry.token_file)
         if not data.strip():
             raise ConfigError(f"{label}: {entry.token_file} holds no token")
         token = data.strip().decode("ascii", "replace")
         return _check_token(token, f"{label}: the token in {entry.token_file}", None, None)
+
+
+def _warn_plain_token(config, entry):
+    """Log a warning if a peer's token would cross the network in clear text."""
+    if not isinstance(entry, PeerConfig) or not (entry.token or entry.token_file):
+        return
+    for url in entry.urls:
+        if url.startswith("http://") and not _is_local_url(url):
+            log.warning("%s: [%s] token goes to %s over plain http://: anyone on the way "
+                        "can read it and upload as this client; use https://",
+                        config.path, entry.section, url)
+
+
+def _is_local_url(url):
+    """Is the host of an http(s) ``url`` this host (loopback, or localhost)?"""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_readable_config(config, entry):
+    """Log a warning if ``entry``'s inline secret (a token, or [store]'s
+    password) sits in a config file every user can read (producers read the
+    config too: files named by *_file keys are for secrets)."""
+    secret = "token" if entry.token else "password" if getattr(entry, "password", "") else None
+    if secret is None:
+        return
+    try:
+        mode = os.stat(config.path).st_mode
+    except OSError:
+        return  # a config built in memory
+    if mode & 0o004:
+        log.warning("%s: [%s] %s: this file is readable by every user (mode %04o) and "
+                    "holds a secret; move it to a file only this process's user can read "
+                    "(token_file, credentials_file), or chmod o-r %s",
+                    config.path, entry.section, secret, mode & 0o777, config.path)
 
 
 SECTIONS = {
@@ -333,6 +409,7 @@ def from_dict(data, *, path=Path("<dict>")):
     peers = _build_peers(data.get("peers", {}), where, base)
     _check_window(sections["store"], sections["retry"], where)
     _check_legacy(sections["legacy"], sections["workers"], peers, where)
+    _check_nats_auth(sections["store"], where)
     if not sections["client"].name:
         client = dataclasses.replace(sections["client"], name=_default_client_name())
         sections["client"] = client
@@ -386,6 +463,28 @@ def _check_window(store, retry, where):
             f"[retry] max_age ({retry.max_age:g} s): a message re-sent after the window "
             "would be stored twice; raise the window, lower max_age, or set "
             "allow_short_window = true")
+
+
+def _check_nats_auth(store, where):
+    """[store]: one way to authenticate at most, pairs given whole, TLS files
+    for tls:// servers only. The files are read where the store connects."""
+    label = f"{where}: [store]"
+    if bool(store.user) != bool(store.password):
+        missing = "password" if store.user else "user"
+        raise ConfigError(f"{label} {missing}: user and password go together")
+    ways = [name for name, given in (("user", store.user), ("token", store.token),
+                                     ("nkey_seed_file", store.nkey_seed_file),
+                                     ("credentials_file", store.credentials_file)) if given]
+    if len(ways) > 1:
+        raise ConfigError(f"{label} {', '.join(ways)}: give one way to authenticate, not "
+                          f"{len(ways)}")
+    if bool(store.certfile) != bool(store.keyfile):
+        missing = "keyfile" if store.certfile else "certfile"
+        raise ConfigError(f"{label} {missing}: certfile and keyfile go together")
+    tls_key = "ca_file" if store.ca_file else "certfile" if store.certfile else None
+    plain = [u for u in store.servers if not u.startswith("tls://")]
+    if tls_key and plain:
+        raise ConfigError(f"{label} {tls_key}: only for tls:// servers, got {plain[0]!r}")
 
 
 def short_window_note(config):
@@ -594,6 +693,9 @@ def _check_token(raw, label, meta, base):
     if not ok:  # a secret: the value is not shown
         raise ConfigError(f"{label}: expected a token of at most {TOKEN_MAX} visible ASCII "
                           "characters, without spaces")
+    if raw and len(raw) < TOKEN_MIN:  # "" is no token at all
+        raise ConfigError(f"{label}: a token of {len(raw)} characters is too easy to guess: "
+                          f"expected at least {TOKEN_MIN} (e.g. from `openssl rand -hex 32`)")
     return raw
 
 

@@ -56,7 +56,12 @@ class QueueFull(SpoolFull):
 
 
 class StoreFull(TransientError):
-    """The disk under the server store is (nearly) full."""
+    """The disk under the server store is (nearly) full. ``path`` is the
+    store's, for the log (an answer to a client does not show it)."""
+
+    def __init__(self, message, *, path=None):
+        super().__init__(message)
+        self.path = path
 
 
 class StoreUnavailable(TransientError):

@@ -98,4 +98,5 @@ class Reaper:
         store = Store(root, fsync=self.config.receiver.fsync, clock=self._clock)
         done = store.expire_done(self.config.reaper.done_retention)
         stale = store.remove_stale_tmp(self.config.reaper.tmp_max_age)
+        store.adopt_format()  # a store made before P.CLIENT@ID names, once none is left
         return done, stale

@@ -1,13 +1,15 @@
 """The server store: the receiver writes it, consumers read it.
 
+    .format                      names are P.CLIENT@ID (absent: an older store,
+                                 see :mod:`dropr.store_names`)
     tmp/                         bodies being received
-    queue/<channel>/P.ID         stored, waiting for a consumer
+    queue/<channel>/P.CLIENT@ID  stored, waiting for a consumer
     work/<consumer>/<channel>/   claimed by a consumer
     work/<consumer>/.lock        flock-ed by a consumer process while it lives
-    retry/<channel>/P.ID         failures of a message that waits for a new try
+    retry/<channel>/P.CLIENT@ID  failures of a message that waits for a new try
     done/<channel>/              acknowledged; expired by the reaper
     dead/<channel>/              given up by a consumer (``dropr consume``);
-                                 ``P.ID.reason`` beside it says why
+                                 ``P.CLIENT@ID.reason`` beside it says why
 
 This module alone knows the layout. A stored file is a one-line header
 (``DROPR1 {json}\\n`` with id, channel, priority, client and received_at)
@@ -15,6 +17,12 @@ followed by the message body byte for byte, so a message and its metadata
 appear together or not at all. A message is published by ``os.link`` of the
 finished, fsync-ed ``tmp/`` file into ``queue/<channel>/``: the link fails if
 the name exists, so two uploads of the same id cannot both win.
+
+A message is known by its channel, priority, client and id (its name,
+:mod:`dropr.store_names`). In a store made before client names (no
+``.format``) a message is also a duplicate of an old ``P.ID`` copy of the same
+client, so that a re-send across the upgrade is not stored twice, until the
+reaper marks the store (:meth:`Store.adopt_format`).
 
 The interface the receiver and consumers use (``put``, or ``stage`` then
 ``publish``; ``channels``, ``count``, ``messages``, ``claim``, ``ack``) is
@@ -33,13 +41,15 @@ import secrets
 import time
 from pathlib import Path
 
-from dropr import names
+from dropr import names, store_names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
 from dropr.durable import SYNCFS_REPORTS_ERRORS
 from dropr.durable import syncfs as _syncfs
 from dropr.faults import crash_point
 from dropr.spool import perms
 from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
+from dropr.store_names import entry_name, id_of
+from dropr.store_names import is_message as _is_message
 
 MAGIC = b"DROPR1 "
 HEADER_MAX = 4096
@@ -51,6 +61,11 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 #: into ``tmp/`` but neither list it nor touch the bodies being received there.
 SHARED_MODES = {"": 0o2750, "tmp": 0o3730, "queue": 0o2770, "work": 0o2770, "done": 0o2770,
                 "dead": 0o2770, "retry": 0o2770}
+
+#: Bytes of disk a stored message may take beyond its body and the rounding of
+#: its last block: its header line (ids, channel and client of at most 64
+#: characters each) and its directory entry.
+MESSAGE_OVERHEAD = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +111,12 @@ class Staged:
     file: str  # the path in tmp/: a plain string, as the hot path uses it
     synced: bool = True  # False: its body still has to be flushed before it is linked
     fd: int = None
+    client: str = ""
+
+    @property
+    def name(self):
+        """Its file name in ``queue/<channel>/``."""
+        return entry_name(self.priority, self.client, self.id)
 
     @property
     def path(self):
@@ -133,17 +154,14 @@ class WorkDir(LockedDir):
         self.consumer = consumer
 
 
-def _is_message(name):
-    return not name.startswith(".") and not name.endswith(REASON_SUFFIX)
-
-
 @contextlib.contextmanager
 def _full_is_store_full(root):
     try:
         yield
     except OSError as e:
         if e.errno in _FULL:
-            raise StoreFull(f"store {root} is full: {e.strerror}") from None
+            # The path is for the log, not for a client's answer.
+            raise StoreFull(f"the store is full: {e.strerror}", path=root) from None
         raise
 
 
@@ -151,6 +169,11 @@ def _close_fd(staged):
     if staged.fd is not None:
         fd, staged.fd = staged.fd, None
         os.close(fd)
+
+
+def _private(path, flags):
+    """An ``opener`` for ``open()``: files of the store are 0640, as messages."""
+    return os.open(path, flags, 0o640)
 
 
 def _write_all(fd, data):
@@ -182,6 +205,11 @@ class _Holders:
     def hold(self, channel, name):
         """True if ``name`` is in one of ``channel``'s folders."""
         return any(os.path.lexists(f"{d}/{name}") for d in self._of(channel))
+
+    def find(self, channel, name):
+        """The path of ``name`` in one of ``channel``'s folders, or ``None``."""
+        return next((f"{d}/{name}" for d in self._of(channel)
+                     if os.path.lexists(f"{d}/{name}")), None)
 
     def _of(self, channel):
         dirs = self._dirs.get(channel)
@@ -237,10 +265,15 @@ class Store:
         # Read once: a Store copied into a forked child makes the same names
         # as its parent, and O_EXCL then moves it on to the next number.
         self._pid = os.getpid()
+        if not (self.root / "queue").is_dir():  # a new store: marked before its folders
+            self.root.mkdir(parents=True, exist_ok=True)
+            store_names.mark(self.root)
         make_dirs(self.root, [self.root / sub for sub in ("tmp", "queue", "work", "done", "dead")],
                   fsync=fsync)
         if group:
             perms.share(self.root, SHARED_MODES, group, key="[receiver] group")
+        # A store older than P.CLIENT@ID names may hold P.ID copies of what comes again.
+        self._legacy = not store_names.marked(self._root)
 
     # -- receiver -----------------------------------------------------------
 
@@ -272,6 +305,7 @@ class Store:
         bytes and ``StoreFull`` on a full disk; then nothing is left behind."""
         names.check_name(channel, "channel")
         names.check_id(message_id)
+        names.check_name(client, "client")
         priority = names.check_priority(priority)
         header = _header(message_id, channel, priority, client, self._clock(), legacy_id)
         with _full_is_store_full(self.root):
@@ -284,7 +318,7 @@ class Store:
                     os.unlink(tmp)
                 raise
             staged = Staged(message_id, channel, priority, size, tmp, synced=not self.fsync,
-                            fd=fd)
+                            fd=fd, client=client)
             self._hold_or_flush(staged, batch)
         return staged
 
@@ -324,6 +358,7 @@ class Store:
         id is already stored; returns ``"stored"`` or ``"duplicate"``. The staged
         file is gone afterwards, whatever happens. With ``sync_dir=False`` the
         caller must call :meth:`sync` for the channel before answering."""
+        self._notice_format()
         try:
             with _full_is_store_full(self.root):
                 self._flush([staged])
@@ -348,6 +383,7 @@ class Store:
         that may hold an earlier copy (see :class:`_Holders`) are listed once
         before the links and once after them, not for every message."""
         statuses, channels, linked = [], set(), []
+        self._notice_format()
         try:
             with _full_is_store_full(self.root):
                 self._flush(staged)
@@ -408,9 +444,10 @@ class Store:
     def _link_new(self, staged, holders):
         """Link ``staged`` into its channel unless an earlier copy is already in
         ``holders`` or in ``queue/``; ``"stored"`` or ``"duplicate"``."""
-        name = f"{staged.priority}.{staged.id}"
+        name = staged.name
         qdir = f"{self._root}/queue/{staged.channel}"
-        if holders.hold(staged.channel, name):
+        if holders.hold(staged.channel, name) or (self._legacy
+                                                   and self._has_legacy(staged, holders)):
             # Linking first and unlinking on finding it here would leave a second
             # copy in queue/ if this process died in between.
             return DUPLICATE
@@ -421,10 +458,41 @@ class Store:
         crash_point("store.after_link")
         return STORED
 
+    def _notice_format(self):
+        """A store made before may have been marked since (one stat per request)."""
+        if self._legacy:
+            self._legacy = not store_names.marked(self._root)
+
+    def adopt_format(self):
+        """Mark a store made before ``P.CLIENT@ID`` names once no ``P.ID`` name
+        is left where duplicates are looked for; True if it is marked (now).
+        Run by the reaper after each pass."""
+        if store_names.marked(self._root):
+            return True
+        if store_names.old_names_left(self._root):
+            return False
+        store_names.mark(self.root)
+        self._legacy = False
+        return True
+
+    def _has_legacy(self, staged, holders):
+        """In a store older than ``P.CLIENT@ID`` names: is a ``P.ID`` copy of
+        ``staged`` by the same client in ``queue/`` or in ``holders``?"""
+        name = store_names.old_name(staged.priority, staged.id)
+        for _ in range(2):  # a copy that moves on meanwhile is found where it went
+            path = f"{self._root}/queue/{staged.channel}/{name}"
+            if not os.path.lexists(path):
+                path = holders.find(staged.channel, name)
+            if path is None:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                return read_message(path).client == staged.client
+        return False
+
     def _placed_twice(self, staged, holders):
         """After the link: True (and the new link removed) if an earlier copy
         moved forward meanwhile and ``holders``, listed after the link, shows it."""
-        name = f"{staged.priority}.{staged.id}"
+        name = staged.name
         if not holders.hold(staged.channel, name):
             return False
         dest = f"{self._root}/queue/{staged.channel}/{name}"
@@ -499,6 +567,12 @@ class Store:
         st = os.statvfs(self._root)
         return st.f_bavail * st.f_frsize
 
+    def free_inodes(self):
+        """Inodes free for this process's files on the store's filesystem
+        (``None`` where the filesystem does not count them)."""
+        st = os.statvfs(self._root)
+        return st.f_favail if st.f_files else None
+
     def check_writable(self):
         """Create, write and remove a file in ``tmp/`` (readiness); ``OSError``
         if the store cannot be written. A probe left by a crash is a stale
@@ -550,16 +624,28 @@ class Store:
         keyed.sort()
         return [Path(path) for *_, path in keyed]
 
-    def get(self, channel, message_id):
-        """The message ``message_id`` of ``channel``, wherever it is; ``NotFound`` if absent."""
+    def get(self, channel, message_id, *, client=None):
+        """The message ``message_id`` of ``channel`` (of ``client``, if given),
+        wherever it is; ``NotFound`` if absent, ``ValidationError`` if several
+        clients sent that id and ``client`` does not say which."""
         names.check_name(channel, "channel")
         names.check_id(message_id)
+        found = {}
         for directory in self._dirs_of(channel):
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
                 for e in it:
-                    if e.name.partition(".")[2] == message_id:
-                        return read_message(e.path)
-        raise NotFound(f"no message {message_id} in channel {channel}")
+                    if _is_message(e.name) and id_of(e.name) == message_id:
+                        with contextlib.suppress(FileNotFoundError):
+                            m = read_message(e.path)
+                            if client is None or m.client == client:
+                                found.setdefault(m.client, m)
+        if len(found) > 1:
+            raise ValidationError(f"message {message_id} of channel {channel} came from "
+                                  f"several clients ({', '.join(sorted(found))}): name one")
+        if not found:
+            whose = f" from client {client}" if client is not None else ""
+            raise NotFound(f"no message {message_id}{whose} in channel {channel}")
+        return next(iter(found.values()))
 
     def _dirs_of(self, channel):
         yield self.root / "queue" / channel
@@ -648,7 +734,7 @@ class Store:
         self._make_dir(directory)
         tmp = self.root / "tmp" / f".retry-{secrets.token_hex(6)}"
         with _full_is_store_full(self.root):
-            with open(tmp, "wb") as f:
+            with open(tmp, "wb", opener=_private) as f:
                 f.write(failures.encode())
                 if self.fsync:
                     f.flush()  # out of the buffer first, or the fsync finds nothing to sync

@@ -15,7 +15,8 @@ def store(tmp_path):
 
 
 def tree(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name != ".format")
 
 
 def test_a_message_is_stored_once_over_its_whole_life(store):
@@ -26,14 +27,14 @@ def test_a_message_is_stored_once_over_its_whole_life(store):
     store.ack(m)
     assert store.put("c", "ID1", b"body", priority=5, client="h") == "duplicate"
     assert store.count("c") == 0 and store.count("c", "done") == 1
-    assert tree(store.root) == ["done/c/5.ID1"]
+    assert tree(store.root) == ["done/c/5.h@ID1"]
 
 
 def test_messages_in_priority_then_arrival_order(store):
     for i, prio in enumerate([5, 1, 5, 9, 1]):
         store.put("c", f"Z{9 - i}", f"m{i}".encode(), priority=prio, client="h")
         # arrival is the file's modification time; make each arrival distinct
-        path = store.root / "queue" / "c" / f"{prio}.Z{9 - i}"
+        path = store.root / "queue" / "c" / f"{prio}.h@Z{9 - i}"
         os.utime(path, ns=(i * 10**9, i * 10**9))
     got = [m.read() for m in store.messages("c")]
     assert got == [b"m1", b"m4", b"m0", b"m2", b"m3"]
@@ -79,3 +80,97 @@ def test_expiring_done_ignores_a_stray_file_beside_the_channels(store):
     (store.root / "done" / "stray.txt").write_text("not a channel")
     assert store.expire_done(0, now=10**12) == 1
     assert (store.root / "done" / "stray.txt").exists()
+
+
+# -- duplicates are judged per client -------------------------------------------
+
+def test_one_client_cannot_pre_empt_anothers_message_id(store):
+    assert store.put("orders", "order-1234", b"from a", priority=5, client="shop-a") == "stored"
+    assert store.put("orders", "order-1234", b"from b", priority=5, client="shop-b") == "stored"
+    bodies = {m.client: m.read() for m in store.messages("orders")}
+    assert bodies == {"shop-a": b"from a", "shop-b": b"from b"}
+
+
+def test_a_re_send_by_the_same_client_stays_a_duplicate_over_its_whole_life(store):
+    store.put("orders", "order-1", b"x", priority=5, client="shop-a")
+    assert store.put("orders", "order-1", b"x", priority=5, client="shop-a") == "duplicate"
+    [m] = store.claim("orders", "c1")
+    assert store.put("orders", "order-1", b"x", priority=5, client="shop-a") == "duplicate"
+    store.ack(m)
+    assert store.put("orders", "order-1", b"x", priority=5, client="shop-a") == "duplicate"
+    assert store.put("orders", "order-1", b"x", priority=5, client="shop-b") == "stored"
+    assert tree(store.root / "queue") == ["orders/5.shop-b@order-1"]
+
+
+def test_get_names_the_clients_when_two_sent_the_same_id(store):
+    store.put("orders", "order-1", b"a", priority=5, client="shop-a")
+    store.put("orders", "order-1", b"b", priority=5, client="shop-b")
+    with pytest.raises(ValidationError, match=r"several clients \(shop-a, shop-b\)"):
+        store.get("orders", "order-1")
+    assert store.get("orders", "order-1", client="shop-b").read() == b"b"
+
+
+def test_a_client_named_like_a_reason_file_is_still_listed(store):
+    store.put("orders", "ID1", b"x", priority=5, client="x.reason")
+    assert [m.client for m in store.messages("orders")] == ["x.reason"]
+
+
+def _legacy_store(root, client="shop-a"):
+    """A store as versions before client-keyed names left it: ``P.ID`` names and
+    no ``.format`` file."""
+    from dropr.store import _header
+
+    queue, done = root / "queue" / "orders", root / "done" / "orders"
+    for d in (root / "tmp", queue, root / "work", done, root / "dead"):
+        d.mkdir(parents=True)
+    (queue / "5.OLD-Q").write_bytes(_header("OLD-Q", "orders", 5, client, 1.0) + b"queued")
+    (done / "5.OLD-D").write_bytes(_header("OLD-D", "orders", 5, client, 1.0) + b"acked")
+
+
+def test_a_store_made_before_client_names_still_knows_its_old_messages(tmp_path):
+    _legacy_store(tmp_path / "old")
+    store = Store(tmp_path / "old", fsync=False)
+    # A re-send across the upgrade, by the client that sent it: still a duplicate.
+    assert store.put("orders", "OLD-Q", b"again", priority=5, client="shop-a") == "duplicate"
+    assert store.put("orders", "OLD-D", b"again", priority=5, client="shop-a") == "duplicate"
+    # Another client's message of the same id is its own.
+    assert store.put("orders", "OLD-Q", b"b", priority=5, client="shop-b") == "stored"
+    assert store.get("orders", "OLD-Q", client="shop-a").read() == b"queued"
+    assert sorted(m.client for m in store.messages("orders")) == ["shop-a", "shop-b"]
+    assert not (tmp_path / "old" / ".format").exists()
+
+
+def test_a_new_store_is_marked_with_its_name_format(tmp_path):
+    Store(tmp_path / "new", fsync=False)
+    assert (tmp_path / "new" / ".format").read_bytes() == b"dropr-store 2\n"
+
+
+def test_store_cat_asks_which_client_when_two_sent_the_id(tmp_path):
+    from tests import harness
+
+    config = harness.write_config(tmp_path)
+    store = Store(tmp_path / "server", fsync=False)
+    store.put("orders", "order-1", b"from a", priority=5, client="shop-a")
+    store.put("orders", "order-1", b"from b", priority=5, client="shop-b")
+    ambiguous = harness.run_dropr(config, "store", "cat", "orders", "order-1", check=False)
+    assert ambiguous.returncode == 2 and b"several clients (shop-a, shop-b)" in ambiguous.stderr
+    cat = harness.run_dropr(config, "store", "cat", "orders", "order-1", "--client", "shop-b")
+    assert cat.stdout == b"from b"
+
+
+def test_an_old_store_is_marked_once_no_old_name_is_left(tmp_path):
+    _legacy_store(tmp_path / "old")
+    receiver = Store(tmp_path / "old", fsync=False)
+    reaper = Store(tmp_path / "old", fsync=False)
+    assert reaper.adopt_format() is False  # P.ID names in queue/ and done/
+    [m] = reaper.claim("orders", "c1")
+    reaper.ack(m)
+    os.unlink(tmp_path / "old" / "done" / "orders" / "5.OLD-D")
+    assert reaper.adopt_format() is False  # OLD-Q, acked, is in done/ now
+    for p in (tmp_path / "old" / "done" / "orders").iterdir():
+        p.unlink()  # expired
+    assert reaper.adopt_format() is True
+    assert (tmp_path / "old" / ".format").read_bytes() == b"dropr-store 2\n"
+    # The receiver notices at its next request, and stops looking for P.ID copies.
+    assert receiver.put("orders", "N1", b"x", priority=5, client="shop-a") == "stored"
+    assert receiver._legacy is False

@@ -200,7 +200,8 @@ def test_unreadable_peer_token_file_stops_the_sender_before_it_claims(producer, 
 @pytest.mark.parametrize("peer, expected", [
     ({"url": "http://127.0.0.1:1", "ca_file": "ca.pem"}, r"\[peers.p\] ca_file: only for an "
                                                          "https:// url"),
-    ({"url": "https://h:1", "token": "t", "token_file": "f"}, r"\[peers.p\] token, token_file"),
+    ({"url": "https://h:1", "token": SHOP_TOKEN, "token_file": "f"},
+     r"\[peers.p\] token, token_file"),
     ({"url": "https://h:1", "token": "with\nnewline"}, r"\[peers.p\] token: expected a token"),
 ])
 def test_bad_peer_tls_or_token_config_names_the_key(peer, expected):

@@ -6,8 +6,8 @@ claim, ack, retry, bury), as a base class of
 import json
 
 from dropr import names
-from dropr.errors import NotFound, StoreUnavailable
-from dropr.jetstream.wire import durable_of, message_of, nats_module, subject_of
+from dropr.errors import NotFound, StoreUnavailable, ValidationError
+from dropr.jetstream.wire import durable_of, message_of, msg_id_of, nats_module, subject_of
 from dropr.store import Failures
 
 PRIORITIES = range(10)
@@ -86,14 +86,23 @@ class Consumer:
             seq = raw.seq + 1
         return out
 
-    def get(self, channel, message_id):
-        """The message ``message_id`` of ``channel`` (waiting or dead); ``NotFound`` if absent."""
+    def get(self, channel, message_id, *, client=None):
+        """The message ``message_id`` of ``channel`` (of ``client``, if given),
+        waiting or dead; ``NotFound`` if absent, ``ValidationError`` if several
+        clients sent that id and ``client`` does not say which."""
         names.check_id(message_id)
+        found = {}
         for state in ("queue", "dead"):
             for m in self.messages(channel, state=state):
-                if m.id == message_id:
-                    return m
-        raise NotFound(f"no message {message_id} in channel {channel}")
+                if m.id == message_id and (client is None or m.client == client):
+                    found.setdefault(m.client, m)
+        if len(found) > 1:
+            raise ValidationError(f"message {message_id} of channel {channel} came from "
+                                  f"several clients ({', '.join(sorted(found))}): name one")
+        if not found:
+            whose = f" from client {client}" if client is not None else ""
+            raise NotFound(f"no message {message_id}{whose} in channel {channel}")
+        return next(iter(found.values()))
 
     # -- consumers ------------------------------------------------------------
 
@@ -221,7 +230,8 @@ class Consumer:
         out of the queue. A crash in between delivers it again; burying it
         again is a duplicate of the first copy."""
         reason = failures.reason if failures is not None else ""
-        headers = {"Nats-Msg-Id": f"dead-{message.id}", "Dropr-Id": message.id,
+        headers = {"Nats-Msg-Id": "dead-" + msg_id_of(message.client, message.id),
+                   "Dropr-Id": message.id,
                    "Dropr-Channel": message.channel,
                    "Dropr-Priority": str(message.priority), "Dropr-Client": message.client,
                    "Dropr-Received-At": f"{message.received_at:.6f}",

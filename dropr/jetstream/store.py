@@ -13,8 +13,8 @@ from pathlib import Path
 from dropr import names
 from dropr.errors import TooLarge
 from dropr.jetstream.consumer import Consumer
-from dropr.jetstream.wire import (Acks, Loop, nats_module, pub_ack, require_nats, subject_of,
-                                  unavailable)
+from dropr.jetstream.wire import (Acks, Loop, connect_options, msg_id_of, nats_module, pub_ack,
+                                  require_nats, subject_of, unavailable)
 from dropr.store import DUPLICATE, STORED
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ class JetStreamStore(Consumer):
     consumers and admin commands, each with its own connection. ``scratch``
     is a local folder for staged bodies (``[receiver] store``)."""
 
-    def __init__(self, settings, *, scratch, clock=time.time):
+    def __init__(self, settings, *, scratch, clock=time.time, where="[store]"):
         require_nats()
         self.settings = settings
+        self._options = connect_options(settings, where)  # ConfigError now, not at each connect
         self.root = Path(scratch)
         self._clock = clock
         self._loop = Loop()
@@ -92,10 +93,13 @@ class JetStreamStore(Consumer):
         s = self.settings
 
         async def quiet(e):  # reconnects are expected; callers see StoreUnavailable
-            log.debug("nats: %s", e)
+            # ... but refused credentials are the operator's to fix.
+            refused = isinstance(e, nats.errors.AuthorizationError) or "uthoriz" in str(e)
+            log.log(logging.WARNING if refused else logging.DEBUG, "nats: %s", e)
         nc = await nats.connect(list(s.servers), connect_timeout=s.connect_timeout,
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                                allow_reconnect=True, error_cb=quiet, name="dropr")
+                                allow_reconnect=True, error_cb=quiet, name="dropr",
+                                **self._options)
         try:
             js = nc.jetstream(timeout=s.publish_timeout)
             await self._ensure_stream(js)
@@ -155,6 +159,7 @@ class JetStreamStore(Consumer):
         files store's sake (JetStream stores each message on its own)."""
         names.check_name(channel, "channel")
         names.check_id(message_id)
+        names.check_name(client, "client")
         priority = names.check_priority(priority)
         limit, why = self._limit(limit)
         f = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=self.root / "tmp")
@@ -228,8 +233,11 @@ class JetStreamStore(Consumer):
         return subject_of(self.settings.subject, s.channel, s.priority)
 
     def _headers(self, s):
-        headers = {"Nats-Msg-Id": s.id, "Dropr-Channel": s.channel,
-                   "Dropr-Priority": str(s.priority), "Dropr-Client": s.client or "",
+        # Duplicates are judged per client, as on the files backend: one
+        # client's id cannot pre-empt another's.
+        headers = {"Nats-Msg-Id": msg_id_of(s.client, s.id), "Dropr-Id": s.id,
+                   "Dropr-Channel": s.channel,
+                   "Dropr-Priority": str(s.priority), "Dropr-Client": s.client,
                    "Dropr-Received-At": f"{s.received_at:.6f}"}
         if s.legacy_id is not None:
             headers["Dropr-Legacy-Id"] = s.legacy_id
@@ -246,6 +254,11 @@ class JetStreamStore(Consumer):
         """Bytes free on the scratch folder's filesystem (staged bodies spill there)."""
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
+
+    def free_inodes(self):
+        """Inodes free on the scratch folder's filesystem (``None`` if it does not count them)."""
+        st = os.statvfs(self.root)
+        return st.f_favail if st.f_files else None
 
     def check_writable(self):
         """The stream answers (readiness); StoreUnavailable if not."""
@@ -278,6 +291,12 @@ def open_store(config, *, clock=time.time):
     from dropr.store import Store
 
     if config.store.backend == "jetstream":
-        return JetStreamStore(config.store, scratch=config.receiver.store, clock=clock)
-    return Store(config.receiver.store, fsync=config.receiver.fsync, group=config.receiver.group,
-                 clock=clock)
+        # Duplicates are judged per client, as on the files backend: one
+        # client's id cannot pre-empt another's.
+        headers = {"Nats-Msg-Id": msg_id_of(s.client, s.id), "Dropr-Id": s.id,
+                   "Dropr-Channel": s.channel,
+                   "Dropr-Priority": str(s.priority), "Dropr-Client": s.client,
+                   "Dropr-Received-At": f"{s.received_at:.6f}"}
+        if s.legacy_id is not None:
+            headers["Dropr-Legacy-Id"] = s.legacy_id
+        return headers

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import ssl
 import tempfile
 import threading
 
@@ -87,6 +88,46 @@ class Loop:
             return self.loop
 
 
+def connect_options(settings, where="[store]"):
+    """The keyword arguments of ``nats.connect()`` for ``[store]``'s credentials
+    and TLS (``settings``: a StoreConfig); ConfigError naming the key for a
+    file that cannot be read or loaded. Read once, where the store is opened."""
+    s, options = settings, {}
+    if s.user:
+        options.update(user=s.user, password=s.password)
+    if s.token:
+        options["token"] = s.token
+    for key, option in (("nkey_seed_file", "nkeys_seed"), ("credentials_file", "user_credentials")):
+        path = getattr(s, key)
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise ConfigError(f"{where} {key}: cannot read {path}: {e.strerror}") from None
+            options[option] = str(path)
+    if s.ca_file or s.certfile or any(u.startswith("tls://") for u in s.servers):
+        options["tls"] = _tls_context(s, where)
+    return options
+
+
+def _tls_context(s, where):
+    """Verifies the servers' certificates against ``ca_file`` (or the system's
+    CAs) and their host names; presents ``certfile`` if the servers ask."""
+    try:
+        context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+    except OSError as e:  # ssl.SSLError included
+        raise ConfigError(f"{where} ca_file: cannot load {s.ca_file}: "
+                          f"{e.strerror or e}") from None
+    if s.certfile:
+        try:
+            context.load_cert_chain(s.certfile, s.keyfile)
+        except OSError as e:
+            raise ConfigError(f"{where} certfile, keyfile: cannot load {s.certfile} with "
+                              f"{s.keyfile}: {e.strerror or e}") from None
+    return context
+
+
 def unavailable(e):
     what = type(e).__name__ + (f": {e}" if str(e) else "")
     return StoreUnavailable(f"JetStream is not available now ({what}); try later")
@@ -94,6 +135,11 @@ def unavailable(e):
 
 def subject_of(prefix, channel, priority):
     return f"{prefix}.{channel}.{priority}"
+
+
+def msg_id_of(client, message_id):
+    """The ``Nats-Msg-Id`` of a message: JetStream's duplicate key, per client."""
+    return f"{client}@{message_id}"
 
 
 def durable_of(channel, priority):

@@ -40,18 +40,20 @@ def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None
         if note:
             logging.getLogger("dropr.receiver").warning("%s", note)
     app = falcon.App(media_type=falcon.MEDIA_JSON)
-    metrics = Metrics(store, min_free_bytes=limits.min_free_bytes)
+    metrics = Metrics(store, min_free_bytes=limits.min_free_bytes,
+                      min_free_inodes=limits.min_free_inodes)
     app.add_middleware(metrics)  # first in, last out: it times all the others
     clients = Clients.load(config) if clients is None else clients
     # Before any byte of a body:
     app.add_middleware(Authenticate(clients, bind=limits.bind, basic_path=limits.legacy_path))
     app.add_middleware(Framing())  # the raw path and the body's length, for every route
-    ready = ReadyResource(store, min_free_bytes=limits.min_free_bytes)
+    ready = ReadyResource(store, min_free_bytes=limits.min_free_bytes,
+                          min_free_inodes=limits.min_free_inodes)
     store = CountingStore(store, metrics)
     app.add_middleware(BodyTimeout(limits.body_timeout))
     handlers = app.req_options.media_handlers
     handlers[falcon.MEDIA_MULTIPART] = MultipartFormHandler(_multipart_options(limits))
-    floor = DiskFloor(store.root, limits.min_free_bytes)
+    floor = DiskFloor(store.root, limits.min_free_bytes, inodes=limits.min_free_inodes)
     app.add_route("/v1/batch", BatchResource(store, limits, floor=floor))
     new_id = _locked(new_id or IdGenerator(clock=clock))
     app.add_route("/v1/channels/{channel}/messages",

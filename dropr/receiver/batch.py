@@ -201,6 +201,7 @@ class BatchResource:
         form = FormReader(req.bounded_stream.read, boundary_of(req.content_type))
         parts = form.parts()
         _, entries = read_meta(next(parts, None), self.limits.max_batch_messages)
+        self.floor.check(req.content_length, messages=len(entries))  # blocks and inodes too
         # The client is the one its bearer token names; meta's "client" is not trusted.
         client = req.context.client
         for entry in entries:

@@ -38,6 +38,7 @@ def install(app):
     for cls, (status, code) in STATUS.items():
         app.add_error_handler(cls, _dropr_error(status, code))
     app.add_error_handler(Unauthorized, _unauthorized)
+    app.add_error_handler(StoreFull, _store_full)
 
 
 def answer(resp, status, code, message):
@@ -80,6 +81,13 @@ def _unparsable_body(req, resp, ex, params):
         _internal_error(req, resp, ex, params)
     else:
         answer(resp, *refused)
+
+
+def _store_full(req, resp, ex, params):
+    """507: the path of a full store goes to the log, not to the client."""
+    if ex.path is not None:
+        log.warning("%s %s: store %s: %s", req.method, req.path, ex.path, ex)
+    answer(resp, 507, "store_full", str(ex))
 
 
 def _unauthorized(req, resp, ex, params):

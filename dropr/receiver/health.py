@@ -2,8 +2,12 @@
 store messages now). A load balancer or an orchestrator sends uploads only
 to a receiver that is ready, and restarts one that is not alive."""
 
+import logging
+
 from dropr.errors import StoreUnavailable
 from dropr.receiver import errors
+
+log = logging.getLogger("dropr.receiver")
 
 
 class HealthResource:
@@ -16,30 +20,38 @@ class HealthResource:
 
 class ReadyResource:
     """Answers 200 when the store can take a message now: a file can be
-    created in it, and its filesystem has at least ``min_free_bytes`` free;
-    503 ``not_ready`` (saying which check failed) otherwise. Each request
-    checks afresh, writing nothing that stays. Runs in receiver worker
-    processes."""
+    created in it, and its filesystem has at least ``min_free_bytes`` and
+    ``min_free_inodes`` free; 503 ``not_ready`` (saying which check failed)
+    otherwise. Each request checks afresh, writing nothing that stays. The
+    answer, open to anyone, never names the store's path: the log does. Runs
+    in receiver worker processes."""
 
-    def __init__(self, store, *, min_free_bytes=0):
+    def __init__(self, store, *, min_free_bytes=0, min_free_inodes=0):
         self.store = store
         self.min_free_bytes = min_free_bytes
+        self.min_free_inodes = min_free_inodes
 
     def on_get(self, req, resp):
-        root = self.store.root
         try:
             self.store.check_writable()
-            free = self.store.free_bytes()
+            free, inodes = self.store.free_bytes(), self.store.free_inodes()
         except OSError as e:
-            errors.answer(resp, 503, "not_ready", f"store {root} is not writable: {e.strerror}")
+            log.warning("not ready: store %s is not writable: %s", self.store.root, e.strerror)
+            errors.answer(resp, 503, "not_ready", f"the store is not writable: {e.strerror}")
             return
         except StoreUnavailable as e:
             errors.answer(resp, 503, "not_ready", str(e))
             return
         if free < self.min_free_bytes:
             errors.answer(resp, 503, "not_ready",
-                          f"store {root} has {free} bytes free, below the "
+                          f"the store has {free} bytes free, below the "
                           f"{self.min_free_bytes} of [receiver] min_free_bytes")
             return
+        if inodes is not None and inodes < self.min_free_inodes:
+            errors.answer(resp, 503, "not_ready",
+                          f"the store has {inodes} inodes free, below the "
+                          f"{self.min_free_inodes} of [receiver] min_free_inodes")
+            return
         resp.media = {"status": "ready", "free_bytes": free,
-                      "min_free_bytes": self.min_free_bytes}
+                      "min_free_bytes": self.min_free_bytes, "free_inodes": inodes,
+                      "min_free_inodes": self.min_free_inodes}

@@ -12,6 +12,7 @@ import threading
 import time
 
 from dropr.errors import StoreFull, TooLarge, ValidationError
+from dropr.store import MESSAGE_OVERHEAD
 
 #: Environ key that tells the 408 handler how long the body stalled.
 BODY_TIMEOUT_ENV = "dropr.body_timeout"
@@ -55,43 +56,58 @@ class BodyTimeout:
 
 class DiskFloor:
     """Refuses uploads (``StoreFull``, answered 507) while the free space on the
-    store's filesystem is, or would be, under ``floor`` bytes, so that senders
-    defer their messages instead of the receiver failing mid-write. ``floor``
-    0 turns the check off. Runs in receiver worker processes; thread-safe."""
+    store's filesystem is, or would be, under ``floor`` bytes, or its free
+    inodes under ``inodes``, so that senders defer their messages instead of
+    the receiver failing mid-write. A message costs what it takes on disk,
+    not its length: its bytes, then up to a block and its header line more
+    (:data:`~dropr.store.MESSAGE_OVERHEAD`), and two inodes while it is
+    stored (see :meth:`_judge`). ``floor`` and ``inodes`` 0 turn their checks
+    off. Runs in receiver worker processes; thread-safe."""
 
-    def __init__(self, path, floor, *, clock=time.monotonic, statvfs=os.statvfs,
+    def __init__(self, path, floor, *, inodes=0, clock=time.monotonic, statvfs=os.statvfs,
                  max_age=FREE_SPACE_MAX_AGE):
         self.path = path
         self.floor = floor
+        self.inodes = inodes
         self._clock = clock
         self._statvfs = statvfs
         self._max_age = max_age
         self._lock = threading.Lock()
-        self._measured = None  # (when, free bytes)
+        self._measured = None  # (when, statvfs)
 
-    def check(self, incoming=0):
-        """Refuse a request that would bring ``incoming`` more bytes, on a
-        figure at most ``max_age`` seconds old."""
-        if self.floor:
-            self._judge(self._free(fresh=False), incoming)
+    def check(self, incoming=0, messages=0):
+        """Refuse a request that would bring ``incoming`` more bytes in
+        ``messages`` more files, on a figure at most ``max_age`` seconds old."""
+        if self.floor or self.inodes:
+            self._judge(self._free(fresh=False), incoming, messages)
 
     def recheck(self):
-        """Refuse, on a fresh figure, if what was staged already crossed the floor."""
-        if self.floor:
-            self._judge(self._free(fresh=True), 0)
+        """Refuse, on a fresh figure, if what was staged already crossed a floor."""
+        if self.floor or self.inodes:
+            self._judge(self._free(fresh=True), 0, 0)
 
-    def _judge(self, free, incoming):
-        if free - incoming < self.floor:
-            more = f" and {incoming} bytes are coming" if incoming else ""
+    def _judge(self, st, incoming, messages):
+        free = st.f_bavail * st.f_frsize
+        need = incoming + messages * (st.f_frsize + MESSAGE_OVERHEAD)
+        if self.floor and free - need < self.floor:
+            more = f" and {need} bytes are coming" if need else ""
+            if messages:
+                more += f" (on disk, for {messages} messages)"
             raise StoreFull(f"the store has {free} bytes free{more}; it keeps at least "
                             f"{self.floor} ([receiver] min_free_bytes) free: try later")
+        # A filesystem that allots inodes as it goes (btrfs) reports none at all.
+        # A message takes one; tmpfs also charges one for its link into queue/
+        # until the staged name goes, after the whole batch is linked.
+        if self.inodes and st.f_files and st.f_favail - 2 * messages < self.inodes:
+            more = f" and {messages} messages (two inodes each) are coming" if messages else ""
+            raise StoreFull(f"the store has {st.f_favail} inodes free{more}; it keeps at "
+                            f"least {self.inodes} ([receiver] min_free_inodes) free: try later")
 
     def _free(self, *, fresh):
         with self._lock:
             now = self._clock()
             if fresh or self._measured is None or now - self._measured[0] >= self._max_age:
-                st = self._statvfs(self.path)
-                self._measured = (now, st.f_bavail * st.f_frsize)
+                self._measured = (now, self._statvfs(self.path))
             return self._measured[1]
 
 

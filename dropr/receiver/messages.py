@@ -47,7 +47,7 @@ class MessagesResource:
         length = req.content_length
         if self.message_limit is not None and length is not None and length > self.message_limit:
             raise TooLarge(f"message of {length} bytes is over the limit of {self.message_limit}")
-        self.floor.check(length or 0)
+        self.floor.check(length or 0, messages=1)
         status = self._store(req, channel, message_id, priority)
         if status != STORED:
             # The copy that won may be another request's, linked but not yet

@@ -68,12 +68,12 @@ class Metrics:
     also the Falcon middleware that times requests and counts refusals.
     Built by ``create_app`` in each receiver worker process, one per process."""
 
-    def __init__(self, store, *, min_free_bytes=0, timer=time.perf_counter):
+    def __init__(self, store, *, min_free_bytes=0, min_free_inodes=0, timer=time.perf_counter):
         prom = _prometheus()
         self._prom = prom
         self.multiprocess = _multiprocess(prom)
         self._timer = timer
-        self._space = StoreSpace(store, min_free_bytes)
+        self._space = StoreSpace(store, min_free_bytes, min_free_inodes)
         self._registry = None
         if not self.multiprocess:
             self._registry = prom.CollectorRegistry()
@@ -168,9 +168,10 @@ class StoreSpace:
     and the floor below which the receiver is not ready. Runs in receiver
     worker processes."""
 
-    def __init__(self, store, min_free_bytes):
+    def __init__(self, store, min_free_bytes, min_free_inodes=0):
         self.store = store
         self.min_free_bytes = min_free_bytes
+        self.min_free_inodes = min_free_inodes
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
@@ -181,6 +182,13 @@ class StoreSpace:
         yield GaugeMetricFamily(PREFIX + "store_min_free_bytes",
                                 "[receiver] min_free_bytes: below it /v1/ready answers 503.",
                                 value=self.min_free_bytes)
+        inodes = self.store.free_inodes()
+        if inodes is not None:  # not on a filesystem that does not count them
+            yield GaugeMetricFamily(PREFIX + "store_free_inodes",
+                                    "Inodes free on the store's filesystem.", value=inodes)
+        yield GaugeMetricFamily(PREFIX + "store_min_free_inodes",
+                                "[receiver] min_free_inodes: below it /v1/ready answers 503.",
+                                value=self.min_free_inodes)
 
 
 class CountingStore:

@@ -23,6 +23,9 @@ MASTER_TITLE = "dropr: receiver"
 WORKER_TITLE = "dropr: receiver worker"
 #: Request threads per worker process.
 THREADS = 4
+#: The umask gunicorn binds a unix socket with: srwxrwx--- (the receiver's
+#: user and group; a reverse proxy joins the group).
+SOCKET_UMASK = 0o007
 #: Seconds an idle kept-alive connection stays open (the senders pause about
 #: [sender] wait between batches; one reconnect after a long pause is cheap).
 KEEPALIVE = 30
@@ -54,6 +57,9 @@ def settings(config):
         "loglevel": config.supervisor.log_level,
         "proc_name": "dropr-receiver",
         "control_socket_disable": True,
+        # gunicorn's default umask 0 makes a unix socket srwxrwxrwx: any local
+        # user could upload as the loopback client. Owner and group only.
+        "umask": SOCKET_UMASK,
         "when_ready": when_ready,
         "pre_fork": pre_fork,
         "post_fork": post_fork,

@@ -161,3 +161,16 @@ def test_receiver_answers_503_while_the_cluster_is_down_then_stores(tmp_path, cl
     down = client.simulate_post("/v1/batch", body=body, headers=headers)
     assert down.status_code == 503 and down.json["error"]["code"] == "store_unavailable"
     assert client.simulate_get("/v1/ready").status_code == 503
+
+
+def test_one_client_cannot_pre_empt_anothers_message_id(store):
+    assert store.publish(store.stage("orders", "order-1", b"a", priority=5,
+                                     client="shop-a")) == "stored"
+    assert store.publish(store.stage("orders", "order-1", b"b", priority=5,
+                                     client="shop-b")) == "stored"
+    # A re-send by the same client is still a duplicate.
+    assert store.publish(store.stage("orders", "order-1", b"a", priority=5,
+                                     client="shop-a")) == "duplicate"
+    got = {m.client: (m.id, m.body) for m in store.messages("orders")}
+    assert got == {"shop-a": ("order-1", b"a"), "shop-b": ("order-1", b"b")}
+    assert store.get("orders", "order-1", client="shop-b").body == b"b"

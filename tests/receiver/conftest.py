@@ -18,8 +18,9 @@ def snapshot(root):
 
 
 def files(root):
-    """The relative paths of all files under ``root``."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """The relative paths of all files under ``root`` (but the store's ``.format``)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name != ".format")
 
 
 class Ids:

@@ -18,6 +18,7 @@ from tests.receiver.conftest import Ids, snapshot
 
 SHOP_TOKEN = "shop-token-0123456789abcdef"
 OPS_TOKEN = "ops-token-fedcba9876543210"
+SCRAPE_TOKEN = "scrape-token-0a1b2c3d4e5f"
 URL = "/v1/channels/orders/messages"
 
 
@@ -41,6 +42,7 @@ def secured(tmp_path):
     """A receiver with two clients: "shop" may write "orders" only; "ops",
     whose token is in a file, may write anywhere."""
     (tmp_path / "ops.token").write_text(f"\n  {OPS_TOKEN}\n")
+    (tmp_path / "ops.token").chmod(0o600)
     return make(tmp_path, clients={"shop": {"token": SHOP_TOKEN, "channels": ["orders"]},
                                    "ops": {"token_file": str(tmp_path / "ops.token")}})
 
@@ -160,10 +162,10 @@ def test_batch_with_one_channel_not_allowed_is_403_and_stores_nothing(secured):
 
 
 def test_client_with_no_channels_may_write_nothing(tmp_path):
-    client, store, _ = make(tmp_path, clients={"scraper": {"token": "scrape-1",
+    client, store, _ = make(tmp_path, clients={"scraper": {"token": SCRAPE_TOKEN,
                                                            "channels": []}})
-    assert client.simulate_post(URL, body=b"x", headers=auth("scrape-1")).status_code == 403
-    assert client.simulate_get("/metrics", headers=auth("scrape-1")).status_code == 200
+    assert client.simulate_post(URL, body=b"x", headers=auth(SCRAPE_TOKEN)).status_code == 403
+    assert client.simulate_get("/metrics", headers=auth(SCRAPE_TOKEN)).status_code == 200
 
 
 # -- no tokens: loopback only ---------------------------------------------------
@@ -206,15 +208,15 @@ def test_with_tokens_loopback_needs_a_token_too(secured):
 
 @pytest.mark.parametrize("clients, expected", [
     ({"a": {}}, r"\[receiver.clients.a\] token: required"),
-    ({"a": {"token": "x", "token_file": "f"}}, r"\[receiver.clients.a\] token, token_file: "
+    ({"a": {"token": SHOP_TOKEN, "token_file": "f"}}, r"\[receiver.clients.a\] token, token_file: "
                                               "give one of them, not both"),
     ({"a": {"token": "has space"}}, r"\[receiver.clients.a\] token: expected a token"),
-    ({"a": {"token": "x", "channels": "orders"}}, r"\[receiver.clients.a\] channels: expected "
+    ({"a": {"token": SHOP_TOKEN, "channels": "orders"}}, r"\[receiver.clients.a\] channels: expected "
                                                   "a list"),
-    ({"a": {"token": "x", "channels": ["ok", "../etc"]}}, r"\[receiver.clients.a\] channels: "
+    ({"a": {"token": SHOP_TOKEN, "channels": ["ok", "../etc"]}}, r"\[receiver.clients.a\] channels: "
                                                           "bad channel"),
-    ({"a/b": {"token": "x"}}, r"\[receiver.clients.a/b\]: bad client name"),
-    ({"a": {"token": "x", "chanels": []}}, r"\[receiver.clients.a\] chanels: unknown key "
+    ({"a/b": {"token": SHOP_TOKEN}}, r"\[receiver.clients.a/b\]: bad client name"),
+    ({"a": {"token": SHOP_TOKEN, "chanels": []}}, r"\[receiver.clients.a\] chanels: unknown key "
                                            r"\(did you mean 'channels'\?\)"),
 ])
 def test_bad_client_config_names_the_key(clients, expected):
@@ -226,8 +228,9 @@ def test_token_values_never_show_in_errors_or_reprs():
     with pytest.raises(ConfigError) as e:
         config_mod.from_dict({"receiver": {"clients": {"a": {"token": "sec ret"}}}})
     assert "sec ret" not in str(e.value)
-    config = config_mod.from_dict({"receiver": {"clients": {"a": {"token": "s3cr3t"}}},
-                                   "peers": {"p": {"url": "http://host:1", "token": "s3cr3t"}}})
+    config = config_mod.from_dict({"receiver": {"clients": {"a": {"token": "s3cr3t-s3cr3t-s3cr3t"}}},
+                                   "peers": {"p": {"url": "http://host:1",
+                                                   "token": "s3cr3t-s3cr3t-s3cr3t"}}})
     assert "s3cr3t" not in repr(config)
 
 
@@ -240,15 +243,17 @@ def test_bad_token_file_stops_the_receiver_naming_the_key(tmp_path, content, exp
     path = tmp_path / "t.token"
     if content is not None:
         path.write_bytes(content)
+        path.chmod(0o600)
     config = config_mod.from_dict({"receiver": {"clients": {"a": {"token_file": str(path)}}}})
     with pytest.raises(ConfigError, match=r"\[receiver.clients.a\] " + expected):
         Clients.load(config)
 
 
 def test_two_clients_with_one_token_is_a_config_error(tmp_path):
-    (tmp_path / "t").write_text("same-token\n")
+    (tmp_path / "t").write_text(SHOP_TOKEN + "\n")
+    (tmp_path / "t").chmod(0o600)
     config = config_mod.from_dict({"receiver": {"clients": {
-        "a": {"token": "same-token"}, "b": {"token_file": str(tmp_path / "t")}}}})
+        "a": {"token": SHOP_TOKEN}, "b": {"token_file": str(tmp_path / "t")}}}})
     with pytest.raises(ConfigError, match=r"\[receiver.clients.b\] token: the same as "
                                           r"\[receiver.clients.a\]"):
         Clients.load(config)
@@ -265,9 +270,9 @@ def test_loopback_and_bind_helpers():
     ({"bind": "127.0.0.1:8080"}, {}, [("info", "serving loopback clients only")]),
     ({"bind": "0.0.0.0:8080"}, {}, [("warning", "bound to 0.0.0.0:8080 but no "
                                                 "[receiver.clients] tokens")]),
-    ({"bind": "0.0.0.0:8080"}, {"a": {"token": "t"}},
+    ({"bind": "0.0.0.0:8080"}, {"a": {"token": SHOP_TOKEN}},
      [("info", "clients known by bearer token: a"), ("warning", "without TLS")]),
-    ({"bind": "0.0.0.0:8080", "certfile": "c", "keyfile": "k"}, {"a": {"token": "t"}},
+    ({"bind": "0.0.0.0:8080", "certfile": "c", "keyfile": "k"}, {"a": {"token": SHOP_TOKEN}},
      [("info", "clients known by bearer token: a")]),
 ])
 def test_startup_notes_say_who_is_served(receiver, clients, expected):
@@ -276,3 +281,56 @@ def test_startup_notes_say_who_is_served(receiver, clients, expected):
     assert [level for level, _ in notes] == [level for level, _ in expected]
     for (_, text), (_, part) in zip(notes, expected):
         assert part in text
+
+
+# -- one client cannot drop another's message ----------------------------------
+
+def test_one_client_cannot_pre_empt_anothers_idempotency_key(secured):
+    client, store, _ = secured
+    key = {"Idempotency-Key": "order-1234"}
+    r = client.simulate_post(URL, body=b"shop's", headers={**auth(SHOP_TOKEN), **key})
+    assert (r.status_code, r.json["status"]) == (201, "stored")
+    r = client.simulate_post(URL, body=b"ops'", headers={**auth(OPS_TOKEN), **key})
+    assert (r.status_code, r.json["status"]) == (201, "stored")
+    # A re-send by the same client (its answer was lost) is still a duplicate.
+    r = client.simulate_post(URL, body=b"shop's", headers={**auth(SHOP_TOKEN), **key})
+    assert (r.status_code, r.json["status"]) == (200, "duplicate")
+    r = post_batch(client, [("order-1234", "orders", 5, b"ops'")], auth(OPS_TOKEN))
+    assert r.json["results"] == {"order-1234": {"status": "duplicate"}}
+    stored = {m.client: m.read() for m in store.messages("orders")}
+    assert stored == {"shop": b"shop's", "ops": b"ops'"}
+
+
+@pytest.mark.process
+def test_one_client_cannot_drop_anothers_message_on_the_real_receiver(tmp_path):
+    import http.client
+    import json
+
+    path = harness.write_config(tmp_path, sections={
+        "receiver": {"workers": 1},
+        "receiver.clients.shop-a": {"token": SHOP_TOKEN},
+        "receiver.clients.shop-b": {"token": OPS_TOKEN}})
+    receiver = harness.Receiver(path).start()
+    host, port = receiver.url.rsplit("/", 1)[1].split(":")
+
+    def post(token, body):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("POST", URL, body=body, headers={
+                **auth(token), "Idempotency-Key": "order-1234"})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
+        finally:
+            conn.close()
+    try:
+        assert post(SHOP_TOKEN, b"a's order") == (
+            201, {"id": "order-1234", "channel": "orders", "status": "stored"})
+        assert post(OPS_TOKEN, b"b's order")[0] == 201
+        assert post(SHOP_TOKEN, b"a's order") == (
+            200, {"id": "order-1234", "channel": "orders", "status": "duplicate"})
+    finally:
+        receiver.stop()
+        harness.remove_queues(tmp_path / "client")
+    store = Store(tmp_path / "server", fsync=False)
+    assert {m.client: m.read() for m in store.messages("orders")} == {
+        "shop-a": b"a's order", "shop-b": b"b's order"}

@@ -54,8 +54,8 @@ def test_same_batch_twice_is_stored_once(client_store):
 
 def test_id_already_acked_or_claimed_is_a_duplicate(client_store):
     client, store = client_store
-    store.put("c", "DONE1", b"x", priority=5, client="h")
-    store.put("c", "WORK1", b"y", priority=5, client="h")
+    store.put("c", "DONE1", b"x", priority=5, client="local")
+    store.put("c", "WORK1", b"y", priority=5, client="local")
     store.ack(store.get("c", "DONE1"))
     store.claim("c", "consumer-1")
     body, _ = forms.batch([("DONE1", "c", 5, b"x"), ("WORK1", "c", 5, b"y"),
@@ -63,7 +63,8 @@ def test_id_already_acked_or_claimed_is_a_duplicate(client_store):
     r = post(client, body)
     assert r.json["results"] == {"DONE1": {"status": "duplicate"}, "WORK1": {"status": "duplicate"},
                                  "NEW1": {"status": "stored"}}
-    assert files(store.root) == ["done/c/5.DONE1", "queue/c/5.NEW1", "work/consumer-1/c/5.WORK1"]
+    assert files(store.root) == ["done/c/5.local@DONE1", "queue/c/5.local@NEW1",
+                                 "work/consumer-1/c/5.local@WORK1"]
 
 
 def test_bad_messages_are_rejected_alone(make_client):
@@ -90,7 +91,7 @@ def test_bad_messages_are_rejected_alone(make_client):
     assert errors["SHORT"] == "body has 3 bytes, meta says 5"
     assert errors["LONG"] == "body has 3 bytes, meta says 1"
     assert "channel" in errors["CHAN"] and "priority" in errors["PRIO"] and "size" in errors["SIZE"]
-    assert files(store.root) == ["queue/c/5.OK1", "queue/d/1.OK2"]
+    assert files(store.root) == ["queue/c/5.local@OK1", "queue/d/1.local@OK2"]
     assert store.get("c", "OK1").read() == b"ok"
 
 

@@ -33,7 +33,7 @@ class Disk:
 
     def __call__(self, path):
         self.calls += 1
-        return types.SimpleNamespace(f_bavail=self.free // 4096, f_frsize=4096)
+        return types.SimpleNamespace(f_bavail=self.free // 4096, f_frsize=4096, f_files=0)
 
 
 def test_floor_reuses_its_measure_for_half_a_second():

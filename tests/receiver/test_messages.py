@@ -45,7 +45,7 @@ def test_same_key_is_stored_once_even_after_ack(client_store):
     store.ack(store.get("orders", "K1"))
     r = client.simulate_post(URL, body=b"three", headers=headers)
     assert (r.status_code, r.json["status"]) == (200, "duplicate")
-    assert files(store.root) == ["done/orders/0.K1"]
+    assert files(store.root) == ["done/orders/0.local@K1"]
     assert store.get("orders", "K1").read() == b"one"
 
 

@@ -98,6 +98,14 @@ def test_store_free_bytes_are_read_at_each_scrape(make_app):
     assert value(text, "dropr_receiver_store_min_free_bytes") == 12345
 
 
+def test_store_free_inodes_are_read_at_each_scrape(make_app):
+    client, store, _ = make_app(min_free_inodes=4321)
+    text = client.simulate_get("/metrics", **LOOPBACK).text
+    free = os.statvfs(store.root).f_favail  # others make files meanwhile: allow some
+    assert abs(value(text, "dropr_receiver_store_free_inodes") - free) < 100_000
+    assert value(text, "dropr_receiver_store_min_free_inodes") == 4321
+
+
 def test_metrics_refuse_to_start_if_prometheus_client_chose_single_process(make_app,
                                                                             monkeypatch, tmp_path):
     # This test process imported prometheus_client without the variable: a

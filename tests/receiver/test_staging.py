@@ -19,7 +19,7 @@ def test_staged_is_invisible_until_published(store):
     assert store.count("c") == 0 and store.channels() == []
     assert store.publish(staged, sync_dir=False) == "stored"
     store.sync(["c"])
-    assert files(store.root) == ["queue/c/3.A"] and store.get("c", "A").read() == b"body"
+    assert files(store.root) == ["queue/c/3.h@A"] and store.get("c", "A").read() == b"body"
 
 
 def test_discard_leaves_nothing_and_may_be_repeated(store):
@@ -33,7 +33,7 @@ def test_publishing_a_duplicate_removes_the_staged_file(store):
     store.put("c", "A", b"first", priority=5, client="h")
     staged = store.stage("c", "A", b"second", priority=5, client="h")
     assert store.publish(staged) == "duplicate"
-    assert files(store.root) == ["queue/c/5.A"] and store.get("c", "A").read() == b"first"
+    assert files(store.root) == ["queue/c/5.h@A"] and store.get("c", "A").read() == b"first"
 
 
 def test_stage_over_the_limit_leaves_nothing(store):
@@ -50,4 +50,4 @@ def test_publishing_a_vanished_staged_file_fails_and_publishes_nothing(store):
     staged.path.unlink()
     with pytest.raises(FileNotFoundError):
         store.publish(staged)
-    assert files(store.root) == ["queue/c/5.OLD"]
+    assert files(store.root) == ["queue/c/5.h@OLD"]
