@@ -201,12 +201,11 @@ class Recorder:
         def open_(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
                   closefd=True, opener=None):
             writing = any(c in mode for c in "wax+")
-            if (not writing or isinstance(file, int) or opener is not None
-                    or self._rel(file) is None):
+            if not writing or isinstance(file, int) or self._rel(file) is None:
                 return real_open(file, mode, buffering, encoding, errors, newline, closefd,
                                  opener)
             raw_mode = mode.replace("t", "").replace("b", "")
-            raw = RecordedFileIO(file, raw_mode, closefd, opener=os.open)
+            raw = RecordedFileIO(file, raw_mode, closefd, opener=opener or os.open)
             if "+" in mode:
                 buffered = io.BufferedRandom(raw)
             else:

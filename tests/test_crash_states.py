@@ -49,6 +49,7 @@ from dropr.reaper import Reaper
 from dropr.retry import RetryScanner
 from dropr.sender import Sender
 from dropr.spool import Spool, SpoolName
+from dropr.store_names import entry_name
 from dropr.store import DUPLICATE, STORED, Failures, Store, read_message
 from dropr.spool.spool import REASON_SUFFIX
 from tests import harness
@@ -270,7 +271,7 @@ def store_state(root, bodies):
             if path.name.startswith(".") or path.name.endswith(REASON_SUFFIX):
                 continue
             message = read_message(path)  # raises on a half-written header
-            assert path.name == f"{message.priority}.{message.id}", path
+            assert path.name == entry_name(message.priority, message.client, message.id), path
             assert message.read() == bodies[message.id], f"{path} is not whole"
             where[message.id].append(path.relative_to(root))
     for path in [*root.glob("retry/*/*"), *root.glob("dead/*/*" + REASON_SUFFIX)]:
@@ -318,8 +319,10 @@ def store_check(bodies, channel_of, *, initial=(), resend=False, consume=False):
             assert message_id in where, f"{message_id} is lost"
         if resend:
             for message_id in sorted(set(bodies) - promised):
+                # As the receiver stores it: under the client the request came as
+                # (loopback: "local"), the dedupe key's client.
                 store.put(channel_of[message_id], message_id, bodies[message_id], priority=5,
-                          client="host-1")
+                          client="local")
             where = store_state(root, bodies)
             assert {i: len(p) for i, p in where.items()} == dict.fromkeys(bodies, 1)
     return check

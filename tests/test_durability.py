@@ -52,7 +52,7 @@ def test_a_batch_is_not_stored_when_write_back_failed_and_another_process_saw_it
             store.publish_many(staged)
         for s in staged:
             store.discard(s)
-        assert queued(store, "c") == ["5.OLD"]
+        assert queued(store, "c") == ["5.h@OLD"]
 
 
 def test_a_message_is_not_stored_when_its_write_back_failed_and_its_inode_left_the_cache(tmp_path):
@@ -65,7 +65,7 @@ def test_a_message_is_not_stored_when_its_write_back_failed_and_its_inode_left_t
         drop_caches()  # without a descriptor held open, the error goes with the inode
         with pytest.raises((OSError, StoreFull)):
             store.publish(staged)
-        assert queued(store, "c") == ["5.OLD"]
+        assert queued(store, "c") == ["5.h@OLD"]
 
 
 def test_a_new_channel_made_by_two_workers_at_once_stores_both(tmp_path, monkeypatch):
@@ -86,7 +86,7 @@ def test_a_new_channel_made_by_two_workers_at_once_stores_both(tmp_path, monkeyp
     assert store.put("new", "A", b"a", priority=5, client="h") == STORED
     staged = collections.deque([store.stage("newer", "B", b"b", priority=5, client="h")])
     assert store.publish_many(staged) == [STORED]
-    assert queued(store, "new") == ["5.A"] and queued(store, "newer") == ["5.B"]
+    assert queued(store, "new") == ["5.h@A"] and queued(store, "newer") == ["5.h@B"]
 
 
 def test_a_message_sent_again_after_a_consumer_buried_it_is_a_duplicate(tmp_path):
@@ -171,4 +171,4 @@ def test_the_receiver_answers_an_error_not_stored_when_write_back_failed(tmp_pat
         r = app.simulate_post("/v1/batch", body=body, content_type=forms.CONTENT_TYPE)
         assert r.status_code in (500, 507), r.text
         assert "results" not in r.json
-        assert queued(store, "c") == ["5.OLD"]
+        assert queued(store, "c") == ["5.h@OLD"]

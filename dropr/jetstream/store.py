@@ -291,12 +291,8 @@ def open_store(config, *, clock=time.time):
     from dropr.store import Store
 
     if config.store.backend == "jetstream":
-        # Duplicates are judged per client, as on the files backend: one
-        # client's id cannot pre-empt another's.
-        headers = {"Nats-Msg-Id": msg_id_of(s.client, s.id), "Dropr-Id": s.id,
-                   "Dropr-Channel": s.channel,
-                   "Dropr-Priority": str(s.priority), "Dropr-Client": s.client,
-                   "Dropr-Received-At": f"{s.received_at:.6f}"}
-        if s.legacy_id is not None:
-            headers["Dropr-Legacy-Id"] = s.legacy_id
-        return headers
+        config.warn_readable_secrets(config.store)
+        return JetStreamStore(config.store, scratch=config.receiver.store, clock=clock,
+                              where=f"{config.path}: [store]")
+    return Store(config.receiver.store, fsync=config.receiver.fsync, group=config.receiver.group,
+                 clock=clock)
