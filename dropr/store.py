@@ -38,6 +38,7 @@ from dropr import names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
 from dropr.faults import crash_point
 from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
+from dropr.store_operator import OperatorMixin
 
 MAGIC = b"DROPR1 "
 HEADER_MAX = 4096
@@ -230,7 +231,7 @@ def read_message(path):
                    meta.get("legacy_id"))
 
 
-class Store:
+class Store(OperatorMixin):
     """The filesystem store at ``root``. Used by receiver workers, consumers,
     the reaper and the admin commands, each in its own process."""
 
@@ -516,6 +517,8 @@ class Store:
         skipping those whose :class:`Failures` say not yet."""
         names.check_name(channel, "channel")
         names.check_name(consumer, "consumer")
+        if self.paused(channel):
+            return []  # `dropr store pause`: uploads go on, consumers wait
         work = self.root / "work" / consumer / channel
         work.mkdir(parents=True, exist_ok=True)
         now, failing = self._clock(), self._names(self.root / "retry" / channel)
