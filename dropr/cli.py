@@ -274,6 +274,7 @@ def cmd_store(args, config):
 
     store = open_store(config)  # [store] backend: files or jetstream
     try:
+        admin.check_backend(store, args.action, json_out=getattr(args, "json", False))
         if args.action == "channels":
             admin.channels(store, json_out=args.json)
         elif args.action == "count":

@@ -2,7 +2,19 @@
 requeue and purge, on either store backend."""
 
 from dropr.admin import emit
-from dropr.errors import NotFound, ValidationError
+from dropr.errors import DroprError, NotFound, ValidationError
+
+#: The store methods each verb needs beyond listing and counting.
+NEEDS = {"channels": "stats", "dead": "dead_messages", "pause": "pause", "resume": "resume",
+         "requeue": "requeue", "purge": "purge"}
+
+
+def check_backend(store, verb, *, json_out=True):
+    """``DroprError`` naming the backend when it cannot do ``verb`` yet."""
+    method = NEEDS.get(verb)
+    if method and (verb != "channels" or json_out) and not hasattr(store, method):
+        raise DroprError(f"dropr store {verb}: not available with the "
+                         f"{type(store).__name__} backend yet (files only)")
 
 
 def channels(store, *, json_out):

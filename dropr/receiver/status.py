@@ -5,6 +5,8 @@ its reason) — never its body. A client sees only the messages stored under
 its own name; another's is answered 404 as if absent. Runs in receiver
 worker processes."""
 
+import falcon
+
 from dropr import names
 from dropr.errors import NotFound
 
@@ -19,6 +21,9 @@ class MessageStatusResource:
         self.store = store
 
     def on_get(self, req, resp, message_id, channel=None):
+        if not hasattr(self.store, "locate"):
+            raise falcon.HTTPNotImplemented(description="this receiver's store backend cannot "
+                                            "say where a message is yet")
         names.check_id(message_id)
         if channel is None:
             found = self.store.locate_anywhere(message_id)
