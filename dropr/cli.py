@@ -63,29 +63,82 @@ def _parser():
                                    "print one table (needs no config)"))
     _consume_parser(sub)
 
-    spool = sub.add_parser("spool", help="look at the client spool")
+    _spool_parser(sub)
+    _store_parser(sub)
+    trace = sub.add_parser("trace", help="where a message is now, on this host and its peer")
+    trace.add_argument("id")
+    trace.add_argument("--channel", help="its channel, when this host no longer has the message")
+    trace.add_argument("--peer", help="its peer, when this host no longer has the message")
+    trace.add_argument("--json", action="store_true", help="one JSON object")
+    add_everywhere(p, "--config", help="config file (default: $DROPR_CONFIG, then "
+                   "conf/dropr.toml); before or after the subcommand")
+    return p
+
+
+def _selectors(p, *, ids=True):
+    if ids:
+        p.add_argument("id", nargs="*", help="message ids")
+    p.add_argument("--peer")
+    p.add_argument("--channel")
+    p.add_argument("--all", action="store_true")
+
+
+def _spool_parser(sub):
+    spool = sub.add_parser("spool", help="look at and operate on the client spool")
     ssub = spool.add_subparsers(dest="action", required=True)
     ls = ssub.add_parser("ls", help="list messages (all states, or one)")
     ls.add_argument("state", nargs="?")
-    ssub.add_parser("count", help="messages per state directory")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ssub.add_parser("count", help="messages per state directory").add_argument(
+        "--json", action="store_true", help="one JSON object")
     ssub.add_parser("dead", help="list dead messages with their reasons")
     rq = ssub.add_parser("requeue", help="send dead messages again (their expiry dropped)")
     rq.add_argument("id", nargs="?")
     rq.add_argument("--all", action="store_true")
+    _selectors(ssub.add_parser("hold", help="keep messages from being sent (queue/, deferred/ "
+                                            "into hold/)"))
+    _selectors(ssub.add_parser("release", help="send held messages again (hold/ into queue/)"))
+    purge = ssub.add_parser("purge", help="remove messages of one state for good")
+    purge.add_argument("state")
+    purge.add_argument("--peer")
+    purge.add_argument("--channel")
+    _purge_options(purge)
 
-    store = sub.add_parser("store", help="look at the server store")
+
+def _purge_options(p):
+    p.add_argument("--older-than", type=float, metavar="SECONDS",
+                   help="only messages put (stored) more than SECONDS ago")
+    p.add_argument("--yes", action="store_true", help="remove them")
+    p.add_argument("--dry-run", action="store_true", help="only count them")
+
+
+def _store_parser(sub):
+    store = sub.add_parser("store", help="look at and operate on the server store")
     tsub = store.add_subparsers(dest="action", required=True)
-    tsub.add_parser("channels")
-    for action in ("ls", "count"):
-        tsub.add_parser(action).add_argument("channel")
+    tsub.add_parser("channels").add_argument("--json", action="store_true",
+                                             help="one JSON object per channel")
+    for action in ("ls", "count", "dead"):
+        a = tsub.add_parser(action)
+        a.add_argument("channel")
+        if action != "count":
+            a.add_argument("--json", action="store_true", help="one JSON object per line")
     for action in ("cat", "ack"):
         a = tsub.add_parser(action)
         a.add_argument("channel")
         a.add_argument("id")
         a.add_argument("--client", help="the client that sent it (where several sent that id)")
-    add_everywhere(p, "--config", help="config file (default: $DROPR_CONFIG, then "
-                   "conf/dropr.toml); before or after the subcommand")
-    return p
+    for action in ("pause", "resume"):
+        tsub.add_parser(action, help=f"{action} consumers of a channel").add_argument("channel")
+    rq = tsub.add_parser("requeue", help="put dead messages back in the queue (attempts reset)")
+    rq.add_argument("channel")
+    rq.add_argument("id", nargs="*")
+    rq.add_argument("--all", action="store_true")
+    purge = tsub.add_parser("purge", help="remove messages of a channel for good")
+    purge.add_argument("channel")
+    which = purge.add_mutually_exclusive_group(required=True)
+    for state in ("queue", "done", "dead"):
+        which.add_argument(f"--{state}", dest="state", action="store_const", const=state)
+    _purge_options(purge)
 
 
 def _consume_parser(sub):
@@ -195,36 +248,38 @@ def _spool(config):
 
 
 def cmd_spool(args, config):
+    from dropr.admin import spool as admin
+
     spool = _spool(config)
     if args.action == "count":
-        for state, n in spool.counts().items():
-            print(f"{state:<9} {n}")
+        admin.count(spool, json_out=args.json)
     elif args.action == "ls":
-        _spool_ls(spool, args.state)
+        admin.ls(spool, args.state, json_out=args.json)
     elif args.action == "dead":
         for name in spool.names("dead"):
             print(f"{name.id}\t{name.peer}\t{name.channel}\t{spool.reason(name).strip()}")
     elif args.action == "requeue":
         return _spool_requeue(spool, args, config)
+    elif args.action == "hold":
+        admin.hold(spool, args)
+    elif args.action == "release":
+        if admin.release(spool, args):
+            _wake(spool, config)
+    elif args.action == "purge":
+        admin.purge(spool, args)
 
 
-def _spool_ls(spool, state):
-    from dropr.spool import STATES
+def _wake(spool, config):
+    from dropr.ipc import Notices
 
-    if state is not None and state not in STATES:
-        raise ValidationError(f"unknown state {state!r}: expected one of {', '.join(STATES)}")
-    for st in [state] if state else [s for s in STATES if s != "tmp"]:
-        dirs = spool.active_dirs() if st == "active" else [None]
-        for d in dirs:
-            for name in spool.names(st, directory=d):
-                print(f"{st}\t{name.priority}\t{name.id}\t{name.peer}\t{name.channel}\t{name.attempts}")
+    notices = Notices.open(spool.root)
+    if notices is not None and config.client.notify_max:
+        notices.wake(config.client.notify_max)
 
 
 def _spool_requeue(spool, args, config):
     """Dead messages back to queue/ as new: no attempts, no due time, and no
     expiry (the operator wants them sent, however late); then wake the senders."""
-    from dropr.ipc import Notices
-
     if bool(args.id) == bool(args.all):
         raise ValidationError("give one message ID or --all")
     dead = [n for n in spool.names("dead") if args.all or n.id == args.id]
@@ -233,36 +288,54 @@ def _spool_requeue(spool, args, config):
     for name in dead:
         spool.requeue("dead", name, attempts=0, due_ms=0, expires_ms=0)
         print(name.id)
-    notices = Notices.open(spool.root)
-    if notices is not None and config.client.notify_max:
-        notices.wake(config.client.notify_max)
+    _wake(spool, config)
 
 
 def cmd_store(args, config):
+    from dropr.admin import store as admin
     from dropr.jetstream import open_store
 
     store = open_store(config)  # [store] backend: files or jetstream
-    if args.action == "channels":
-        for channel in store.channels():
-            print(channel)
-    elif args.action == "count":
-        print(store.count(args.channel))
-    elif args.action == "ls":
-        for m in store.messages(args.channel):
-            legacy = f"\t{m.legacy_id}" if m.legacy_id is not None else ""
-            print(f"{m.priority}\t{m.id}\t{m.size}\t{m.client}\t{m.received_at:.3f}{legacy}")
-    elif args.action == "cat":
-        message = store.get(args.channel, args.id, client=args.client)
-        if message.legacy_id is not None:  # the body alone on stdout; this on stderr
-            print(f"dropr: {message.id}: sent by a PHP dropr client as {message.legacy_id}",
-                  file=sys.stderr)
-        with message.open() as f:
-            shutil.copyfileobj(f, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-    elif args.action == "ack":
-        message = store.get(args.channel, args.id, client=args.client)
-        store.ack(message)
-        print(json.dumps({"id": message.id, "status": "done"}))
+    try:
+        admin.check_backend(store, args.action, json_out=getattr(args, "json", False))
+        if args.action == "channels":
+            admin.channels(store, json_out=args.json)
+        elif args.action == "count":
+            print(store.count(args.channel))
+        elif args.action == "ls":
+            admin.ls(store, args.channel, json_out=args.json)
+        elif args.action == "dead":
+            admin.dead(store, args.channel, json_out=args.json)
+        elif args.action in ("pause", "resume"):
+            admin.pause(store, args.channel, args.action == "pause")
+        elif args.action == "requeue":
+            admin.requeue(store, args)
+        elif args.action == "purge":
+            admin.purge(store, args)
+        elif args.action == "cat":
+            _store_cat(store, args)
+        elif args.action == "ack":
+            message = store.get(args.channel, args.id, client=args.client)
+            store.ack(message)
+            print(json.dumps({"id": message.id, "status": "done"}))
+    finally:
+        store.close()
+
+
+def _store_cat(store, args):
+    message = store.get(args.channel, args.id, client=args.client)
+    if message.legacy_id is not None:  # the body alone on stdout; this on stderr
+        print(f"dropr: {message.id}: sent by a PHP dropr client as {message.legacy_id}",
+              file=sys.stderr)
+    with message.open() as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
+def cmd_trace(args, config):
+    from dropr.admin.trace import trace
+
+    return trace(config, args.id, channel=args.channel, peer=args.peer, json_out=args.json)
 
 
 _COMMANDS = {
@@ -273,6 +346,7 @@ _COMMANDS = {
     "receiver": cmd_receiver,
     "spool": cmd_spool,
     "store": cmd_store,
+    "trace": cmd_trace,
 }
 
 

@@ -58,8 +58,13 @@ CRASH_POINTS = (
     "store.after_queue_sync",
     "batch.before_answer",
     "messages.before_answer",
+    # the operator: Spool.hold and release (`dropr spool hold|release`)
+    "hold.after_move",
+    "release.after_move",
     # retry scanner (and `dropr spool requeue`): Spool.requeue
     "retry.after_requeue",
+    # the operator: Store.requeue (`dropr store requeue`)
+    "store.after_requeue",
     # reaper, and a sender starting or stopping: Spool._release_dir
     "active.after_return_to_queue",
     "active.before_remove_dir",

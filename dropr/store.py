@@ -50,6 +50,7 @@ from dropr.spool import perms
 from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
 from dropr.store_names import entry_name, id_of
 from dropr.store_names import is_message as _is_message
+from dropr.store_operator import OperatorMixin
 
 MAGIC = b"DROPR1 "
 HEADER_MAX = 4096
@@ -252,7 +253,7 @@ def read_message(path):
                    meta.get("legacy_id"))
 
 
-class Store:
+class Store(OperatorMixin):
     """The filesystem store at ``root``. Used by receiver workers, consumers,
     the reaper and the admin commands, each in its own process."""
 
@@ -660,6 +661,8 @@ class Store:
         skipping those whose :class:`Failures` say not yet."""
         names.check_name(channel, "channel")
         names.check_name(consumer, "consumer")
+        if self.paused(channel):
+            return []  # `dropr store pause`: uploads go on, consumers wait
         work = self.root / "work" / consumer / channel
         self._make_dir(work)
         now, failing = self._clock(), self._names(self.root / "retry" / channel)

@@ -46,7 +46,8 @@ def send_once(config_path):
 
 
 def spool_empty(spool):
-    return spool.counts() == {"queue": 0, "active": 0, "deferred": 0, "sent": 0, "dead": 0}
+    return spool.counts() == {"queue": 0, "active": 0, "deferred": 0, "hold": 0, "sent": 0,
+                              "dead": 0}
 
 
 def test_thousand_mixed_messages_arrive_byte_identical_exactly_once(config_path, receiver):

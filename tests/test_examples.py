@@ -40,7 +40,7 @@ def receiver(tmp_path_factory):
 
 #: Examples that use dropr itself: they run with this interpreter's packages,
 #: in a folder whose conf/dropr.toml is the test receiver's config.
-WITH_DROPR = {"python-call", "curl-call"}
+WITH_DROPR = {"python-call", "curl-call", "operate"}
 #: Examples that are not run but written where the receiver reads them.
 FILES = {"stock-responder", "stock-config"}
 
@@ -76,9 +76,9 @@ def stored(receiver, message_id):
 def test_every_example_is_marked_and_addressed_as_documented():
     found = examples()
     assert set(found) == {"curl-post", "node-post", "python-post", "curl-batch", "curl-call",
-                          "node-call", "python-call"} | FILES
+                          "node-call", "python-call", "operate"} | FILES
     assert all(DOCUMENTED_ADDRESS in code for name, (_, code) in found.items()
-               if name not in FILES | {"python-call"})
+               if name not in FILES | {"python-call", "operate"})
 
 
 @harness.needs('curl')
@@ -140,3 +140,17 @@ def test_dropr_call_and_curl_get_the_shell_responders_answers(responder, tmp_pat
 
 def test_node_caller_gets_the_shell_responders_answer(responder, tmp_path):
     assert run(responder, "node-call", tmp_path).strip() == "200 12"
+
+
+def test_the_operators_verbs_work_as_the_readme_shows(receiver, tmp_path):
+    out = run(receiver, "operate", tmp_path).splitlines()
+    channels = [json.loads(line) for line in out if line.startswith('{"channel"')]
+    out = [line for line in out if not line.startswith('{"channel"')]  # other examples' too
+    assert out[0] == "held 1" and out[2] == "released 1"
+    assert json.loads(out[1])["state"] == "hold"
+    assert json.loads(out[3])["store"]["state"] == "queued"
+    assert out[4] == "paused ops" and {"channel": "ops", "paused": True, "queued": 1}.items() \
+        <= next(c for c in channels if c["channel"] == "ops").items()
+    assert out[5] == "resumed ops"
+    assert json.loads(out[6])["reason"] and out[7] == "requeued 1"
+    assert out[8] == "would purge 0"

@@ -70,7 +70,8 @@ def test_delivered_messages_are_stored_identically_and_leave_the_spool(env):
     finally:
         sender.close()
     assert stored(config) == sent
-    assert client.spool.counts() == {"queue": 0, "active": 0, "deferred": 0, "sent": 0, "dead": 0}
+    assert client.spool.counts() == {"queue": 0, "active": 0, "deferred": 0, "hold": 0,
+                                     "sent": 0, "dead": 0}
 
 
 def test_sent_retention_keeps_acknowledged_messages_in_sent(env):

@@ -20,6 +20,7 @@ from dropr.receiver.messages import MessagesResource
 from dropr.receiver.metrics import CountingStore, Metrics, MetricsResource
 from dropr.receiver.openapi import OpenAPIResource
 from dropr.receiver.strict import Framing
+from dropr.receiver.status import MessageStatusResource
 from dropr.config import short_window_note
 from dropr.jetstream import open_store
 
@@ -64,6 +65,9 @@ def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None
     app.add_route("/v1/channels/{channel}/calls", calls)
     if limits.legacy_path:
         app.add_route(limits.legacy_path, LegacyUploadResource(store, limits, floor=floor))
+    status = MessageStatusResource(store)
+    app.add_route("/v1/channels/{channel}/messages/{message_id}", status)
+    app.add_route("/v1/messages/{message_id}", status)
     app.add_route("/v1/health", HealthResource())
     app.add_route("/v1/ready", ready)
     app.add_route("/v1/openapi.json", OpenAPIResource())

@@ -4,7 +4,7 @@
     spool/          0710  owner: droprd's user  group: [client] group
     spool/tmp/      3730  (setgid, sticky)  producers create their message here
     spool/queue/    3730  (setgid, sticky)  ... and publish it here with rename()
-    the others      0700  active/ deferred/ sent/ dead/ peers/: droprd's alone
+    the others      0700  active/ deferred/ hold/ sent/ dead/ peers/: droprd's alone
 
 A member of the group may create a file in ``tmp/`` and rename it into
 ``queue/`` (write and search), but may not list either folder (no read), and

@@ -4,6 +4,7 @@
     queue/             ready to send, sorted by name = send order
     active/<worker>/   claimed by one sender; ``.lock`` is flock-ed while it lives
     deferred/          waiting for its next attempt (due time in the name)
+    hold/              held by an operator: no sender, retry scanner or expiry touches it
     sent/              acknowledged by the receiver, kept for the retention time
     dead/              given up; ``<name>.reason`` beside each says why
     peers/             one small JSON file per peer that is marked down, and a
@@ -37,7 +38,7 @@ from dropr.spool.naming import parse
 
 log = logging.getLogger(__name__)
 
-STATES = ("tmp", "queue", "active", "deferred", "sent", "dead")
+STATES = ("tmp", "queue", "active", "deferred", "hold", "sent", "dead")
 LOCK = ".lock"
 REASON_SUFFIX = ".reason"
 _NEW_PREFIX = ".new-"
@@ -363,7 +364,7 @@ class Spool:
 
     def locate(self, message_id):
         """(state, path) of the message with ``message_id``; None if absent."""
-        for state in ("queue", "deferred", "dead", "sent"):
+        for state in ("queue", "deferred", "hold", "dead", "sent"):
             for name in self.names(state):
                 if name.id == message_id:
                     return state, self.dirs[state] / str(name)
@@ -519,6 +520,41 @@ class Spool:
     def expire(self, state, name, reason):
         """Move ``name`` from ``state`` into ``dead/`` with ``reason``."""
         self.to_dead(self.dirs[state] / str(name), name, reason)
+
+    # -- operator ---------------------------------------------------------
+
+    def hold(self, state, name):
+        """Move ``name`` from ``state`` (queue or deferred) into ``hold/``, as it
+        is: its id, metadata and attempts stay in its name. False if it is no
+        longer there (a sender claimed it meanwhile)."""
+        try:
+            os.rename(self.dirs[state] / str(name), self.dirs["hold"] / str(name))
+        except FileNotFoundError:
+            return False
+        crash_point("hold.after_move")
+        return True
+
+    def release(self, name):
+        """Move a held message back into ``queue/``, due at once (its attempts
+        and expiry kept). False if it is no longer held."""
+        try:
+            os.rename(self.dirs["hold"] / str(name), self.dirs["queue"] / str(name.replace(due_ms=0)))
+        except FileNotFoundError:
+            return False
+        crash_point("release.after_move")
+        return True
+
+    def purge(self, state, name):
+        """Remove ``name`` from ``state`` for good (and its reason, from ``dead/``).
+        False if it was no longer there."""
+        try:
+            os.unlink(self.dirs[state] / str(name))
+        except FileNotFoundError:
+            return False
+        if state == "dead":
+            with contextlib.suppress(FileNotFoundError):
+                (self.dirs["dead"] / (str(name) + REASON_SUFFIX)).unlink()
+        return True
 
     # -- reaper -----------------------------------------------------------
 
