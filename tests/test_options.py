@@ -29,6 +29,15 @@ DROPR = {
     "store count": ["store", "count", "C"],
     "store cat": ["store", "cat", "C", "ID"],
     "store ack": ["store", "ack", "C", "ID"],
+    "store dead": ["store", "dead", "C"],
+    "store pause": ["store", "pause", "C"],
+    "store resume": ["store", "resume", "C"],
+    "store requeue": ["store", "requeue", "C", "--all"],
+    "store purge": ["store", "purge", "C", "--dead", "--dry-run"],
+    "spool hold": ["spool", "hold", "--all"],
+    "spool release": ["spool", "release", "--all"],
+    "spool purge": ["spool", "purge", "sent", "--dry-run"],
+    "trace": ["trace", "ID"],
 }
 DROPRD = {
     "start": ["start", "--foreground"],
