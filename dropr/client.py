@@ -127,8 +127,9 @@ class Client:
         ``QueueFull``. Raises ``UnknownPeer``, ``ValidationError`` or
         ``SpoolFull`` (a full disk); on any error nothing is left in the spool."""
         priority = self._check(peer, channel, priority, ttl)
+        timeout = self._timeout(timeout)
         if self.backlog.limited:
-            self._wait_for_room(self._timeout(timeout))
+            self._wait_for_room(timeout)
         expires_ms = int((self._clock() + ttl) * 1000) if ttl is not None else 0
         message_id = self._new_id()
         self.spool.put(data, spool_name(priority, message_id, peer, channel, expires_ms))
