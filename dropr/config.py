@@ -164,6 +164,15 @@ class WorkersConfig:
     retry_scanner: int = key(1, 0, 1)
     reaper: int = key(1, 0, 1)
     receiver: int = key(0, 0, 1)
+    #: Not a key: 1 when [metrics] bind is set (the metrics worker serves it).
+    metrics: int = dataclasses.field(default=0, metadata={"derived": "[metrics] bind"})
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: droprd's Prometheus metrics of the producer host."""
+
+    bind: str = key("", kind="host_port")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +213,7 @@ class Config:
     workers: WorkersConfig
     supervisor: SupervisorConfig
     store: StoreConfig = StoreConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def peer(self, name):
         """The :class:`PeerConfig` called ``name``; ``UnknownPeer`` if none."""
@@ -244,6 +254,7 @@ SECTIONS = {
     "workers": WorkersConfig,
     "supervisor": SupervisorConfig,
     "store": StoreConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -283,6 +294,8 @@ def from_dict(data, *, path=Path("<dict>")):
     sections["receiver"] = _with_clients(sections["receiver"], clients, where, base)
     peers = _build_peers(data.get("peers", {}), where, base)
     _check_window(sections["store"], sections["retry"], where)
+    sections["workers"] = dataclasses.replace(sections["workers"],
+                                              metrics=int(bool(sections["metrics"].bind)))
     if not sections["client"].name:
         client = dataclasses.replace(sections["client"], name=_default_client_name())
         sections["client"] = client
@@ -398,7 +411,7 @@ def _reject_unknown(where, section, table, known):
 def _build(cls, table, where, section, base, extra=None):
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [{section}] must be a table")
-    fields = [f for f in dataclasses.fields(cls) if f.metadata]
+    fields = [f for f in dataclasses.fields(cls) if f.metadata and "derived" not in f.metadata]
     _reject_unknown(where, section, table, [f.name for f in fields])
     values = dict(extra or {})
     for f in fields:
@@ -508,6 +521,13 @@ def _check_bind(raw, label, meta, base):
     return raw
 
 
+def _check_host_port(raw, label, meta, base):
+    host, _, port = raw.rpartition(":") if isinstance(raw, str) else ("", "", "")
+    ok = raw == "" or (bool(host) and port.isdigit() and 1 <= int(port) <= 65535)
+    _want(ok, raw, label, "HOST:PORT (e.g. \"127.0.0.1:9464\") or \"\" (off)")
+    return raw
+
+
 def _check_backend(raw, label, meta, base):
     _want(raw in ("files", "jetstream"), raw, label, "'files' or 'jetstream'")
     return raw
@@ -546,6 +566,7 @@ _CHECKS = {
     "url": _check_url,
     "urls": _check_urls,
     "bind": _check_bind,
+    "host_port": _check_host_port,
     "level": _check_level,
     "backend": _check_backend,
     "nats_urls": _check_nats_urls,

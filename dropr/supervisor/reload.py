@@ -14,8 +14,9 @@ from dropr.errors import ConfigError
 # Keys that name this running instance.
 FIXED = (("client", "spool"), ("supervisor", "pidfile"), ("supervisor", "status_file"),
          ("supervisor", "log_file"))
-# Sections every worker reads ([store]: the receiver's backend).
-WORKER_SECTIONS = ("client", "sender", "retry", "reaper", "receiver", "store")
+# Sections every worker reads ([store]: the receiver's backend; [metrics]: the
+# senders count only while it is on).
+WORKER_SECTIONS = ("client", "sender", "retry", "reaper", "receiver", "store", "metrics")
 
 
 def load(current):

@@ -23,7 +23,7 @@ THEN_FAIL = "fail"  # hung: counts as a failure, restarted with backoff
 def labels(workers):
     """The slot labels a [workers] config asks for, in start order."""
     out = [("sender", n, f"sender-{n}") for n in range(1, workers.sender + 1)]
-    for kind in ("retry_scanner", "reaper", "receiver"):
+    for kind in ("retry_scanner", "reaper", "receiver", "metrics"):
         if getattr(workers, kind):
             out.append((kind, 1, kind.replace("_", "-")))
     return out

@@ -18,7 +18,7 @@ import psutil
 VERSION = 1
 
 
-KIND_ORDER = ("sender", "retry_scanner", "reaper", "receiver")
+KIND_ORDER = ("sender", "retry_scanner", "reaper", "receiver", "metrics")
 
 
 def document(*, pid, state, config, started, now, generation, reload, slots):

@@ -10,6 +10,7 @@ KINDS = {
     "retry_scanner": "dropr.workers.retry_scanner:RetryScannerWorker",
     "reaper": "dropr.workers.reaper:ReaperWorker",
     "receiver": "dropr.workers.receiver:ReceiverWorker",
+    "metrics": "dropr.workers.metrics:MetricsWorker",
 }
 
 

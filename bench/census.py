@@ -1,0 +1,71 @@
+"""What counting the client spool for the metrics costs at a deep queue.
+
+    python bench/census.py [--messages N] [--peers P] [--dir DIR] [--runs R]
+
+Fills a fresh spool's ``queue/`` with N small messages (spread over P peers,
+one in ten in ``deferred/``), then takes the census that droprd's metrics
+worker takes (:func:`dropr.spool.census.take`) R times and prints the
+fastest and slowest, and what that means for the metrics worker's refresh
+(it recounts at most every ``REFRESH_FACTOR`` times the last count's cost).
+The first run after filling finds the directory entries in the page cache,
+as a metrics worker polling a live spool does.
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dropr.hostmetrics import REFRESH_FACTOR
+from dropr.ids import IdGenerator
+from dropr.spool import Spool, census
+from dropr.spool.naming import SpoolName
+
+
+def fill(spool, messages, peers):
+    """Write ``messages`` files of 100 bytes straight into queue/ and deferred/."""
+    new_id, body = IdGenerator(), b"x" * 100
+    for i in range(messages):
+        name = SpoolName(5, new_id(), f"peer{i % peers}", "bench")
+        state = "deferred" if i % 10 == 0 else "queue"
+        fd = os.open(spool.dirs[state] / str(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        os.write(fd, body)
+        os.close(fd)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=1_000_000)
+    p.add_argument("--peers", type=int, default=4)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--dir", default=None, help="where to make the spool (default: TMPDIR)")
+    args = p.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="dropr-census-", dir=args.dir))
+    try:
+        spool = Spool(root / "spool", fsync=False).create()
+        began = time.monotonic()
+        fill(spool, args.messages, args.peers)
+        print(f"filled {args.messages} messages in {time.monotonic() - began:.1f} s", flush=True)
+        costs = []
+        for _ in range(args.runs):
+            began = time.monotonic()
+            result = census.take(spool)
+            costs.append(time.monotonic() - began)
+        waiting = sum(sum(result.counts[s].values()) for s in census.WAITING)
+        assert waiting == args.messages, (waiting, args.messages)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"census of {args.messages} waiting messages ({args.peers} peers): "
+              f"fastest {min(costs):.2f} s, slowest {max(costs):.2f} s over {args.runs} runs; "
+              f"refreshed at most every {REFRESH_FACTOR * min(costs):.0f} s "
+              f"(<= {100 / REFRESH_FACTOR:.0f}% of one core); peak RSS {rss:.0f} MiB")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

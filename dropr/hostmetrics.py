@@ -1,0 +1,229 @@
+"""The producer host's Prometheus metrics, served by droprd on ``[metrics] bind``.
+
+The ``dropr: metrics`` worker answers ``GET /metrics`` from a thread of its
+own process and gathers, at each scrape:
+
+- the spool: ``dropr_spool_messages{state,peer}``, ``dropr_spool_bytes{state,peer}``
+  and ``dropr_spool_oldest_message_age_seconds{peer}``, from a census of the
+  spool (:mod:`dropr.spool.census`) that the worker's loop takes again at most
+  every ``REFRESH_FACTOR`` times what the last one cost (at least every
+  ``MIN_REFRESH`` s): however deep the spool, counting it takes at most
+  1/REFRESH_FACTOR of one core, and a scrape never waits for it. The oldest
+  age is computed at the scrape, so it grows between counts;
+- the senders' results, ``dropr_sender_messages_total{peer,result}``: each
+  sender process counts into files of prometheus_client's multiprocess mode
+  in a folder of this supervisor's run (:func:`counts_folder`), which the
+  scrape sums (those of senders that have exited included);
+- ``dropr_peer_up{peer}``: 0 while the spool holds a down marker for the peer;
+- the workers, as the supervisor's status file lists them (the names
+  ``droprd status`` prints): ``dropr_worker_up``, ``dropr_worker_restarts_total``,
+  ``dropr_worker_heartbeat_age_seconds`` and, by psutil,
+  ``dropr_worker_rss_bytes``.
+
+prometheus_client is never imported by the supervisor: each worker process
+imports it after the fork, a sender only once it has named its folder in
+``PROMETHEUS_MULTIPROC_DIR``.
+"""
+
+import contextlib
+import os
+import shutil
+import time
+
+import psutil
+
+from dropr.errors import ConfigError
+from dropr.spool import Spool, census
+from dropr.supervisor import status
+
+ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
+#: A census is taken again at most every REFRESH_FACTOR times its last cost ...
+REFRESH_FACTOR = 20
+#: ... and at least every MIN_REFRESH seconds.
+MIN_REFRESH = 1.0
+#: The sender's results, as ``dropr_sender_messages_total{result}`` names them.
+RESULTS = ("stored", "duplicate", "deferred", "dead")
+SENDER_COUNTER = "dropr_sender_messages"
+
+
+def counts_folder(config, supervisor_pid):
+    """Where the senders of the supervisor ``supervisor_pid`` keep their counts:
+    ``droprd.metrics/<pid>/`` beside the pidfile."""
+    pidfile = config.supervisor.pidfile
+    return pidfile.with_name(pidfile.stem + ".metrics") / str(supervisor_pid)
+
+
+def remove_stale_folders(config, supervisor_pid):
+    """Remove the count folders of supervisors that no longer run; returns how many."""
+    parent, removed = counts_folder(config, supervisor_pid).parent, 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(parent) as it:
+        for entry in it:
+            if entry.name.isdigit() and int(entry.name) != supervisor_pid and \
+                    not psutil.pid_exists(int(entry.name)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+class SenderCounts:
+    """``dropr_sender_messages_total{peer,result}`` as one sender process counts
+    it, in prometheus_client's multiprocess files under ``folder``. Made in
+    the sender process, before anything there imports prometheus_client."""
+
+    def __init__(self, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[ENV_VAR] = str(folder)
+        import prometheus_client
+        import prometheus_client.values
+
+        if not prometheus_client.values.ValueClass._multiprocess:
+            raise ConfigError(f"prometheus_client was imported before {ENV_VAR} was set: "
+                              "the senders' counts would not add up")
+        self._counter = prometheus_client.Counter(
+            SENDER_COUNTER, "Messages settled by the senders, by peer and result.",
+            ("peer", "result"), registry=None)
+
+    def add(self, peer, **results):
+        """Count ``results`` (result -> how many) for ``peer``."""
+        for result, n in results.items():
+            if n:
+                self._counter.labels(peer, result).inc(n)
+
+
+class HostMetrics:
+    """The collector behind ``GET /metrics`` of the ``dropr: metrics`` worker;
+    :meth:`refresh` runs in the worker's loop, :meth:`collect` in the HTTP
+    server's threads. ``supervisor_pid`` names the senders' count folder."""
+
+    def __init__(self, config, *, supervisor_pid, clock=time.time, monotonic=time.monotonic):
+        self.config = config
+        self.spool = Spool(config.client.spool, fsync=False)
+        self.folder = counts_folder(config, supervisor_pid)
+        self._clock, self._monotonic = clock, monotonic
+        self.census = None
+        self.cost = 0.0
+        self.next_census = 0.0
+
+    def refresh(self):
+        """Take a new census if the last one is due for renewal; returns the
+        seconds until the next one is."""
+        now = self._monotonic()
+        if now >= self.next_census:
+            self.census = census.take(self.spool)  # one assignment: scrapes see old or new
+            done = self._monotonic()
+            self.cost = done - now
+            self.next_census = done + max(MIN_REFRESH, REFRESH_FACTOR * self.cost)
+        return max(0.0, self.next_census - self._monotonic())
+
+    def collect(self):
+        """The metric families of one scrape."""
+        yield from self._spool()
+        yield self._sender_messages()
+        yield self._peers_up()
+        yield from self._workers()
+
+    # -- the spool ------------------------------------------------------------
+
+    def _peers(self):
+        found = self.census.peers if self.census is not None else set()
+        return sorted(set(self.config.peers) | found)
+
+    def _spool(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        messages = GaugeMetricFamily("dropr_spool_messages", "Messages in the client spool, "
+                                     "by state (its directory) and peer.", labels=("state", "peer"))
+        size = GaugeMetricFamily("dropr_spool_bytes", "Bytes of the messages in the client "
+                                 "spool, by state (its directory) and peer.", labels=("state", "peer"))
+        oldest = GaugeMetricFamily(
+            "dropr_spool_oldest_message_age_seconds", "Age of the oldest message not yet "
+            "delivered (in queue, active or deferred), by peer; 0 when none waits.",
+            labels=("peer",))
+        took = GaugeMetricFamily("dropr_spool_census_seconds",
+                                 "Seconds the last count of the spool took.", value=self.cost)
+        got, now = self.census, self._clock()
+        for peer in self._peers():
+            for state in census.STATES:
+                messages.add_metric((state, peer), got.counts[state].get(peer, 0) if got else 0)
+                size.add_metric((state, peer), got.sizes[state].get(peer, 0) if got else 0)
+            oldest.add_metric((peer,), got.oldest_age(peer, now) if got else 0.0)
+        return messages, size, oldest, took
+
+    def _sender_messages(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        totals = {(peer, result): 0.0 for peer in self.config.peers for result in RESULTS}
+        for (peer, result), value in sender_totals(self.folder).items():
+            totals[peer, result] = totals.get((peer, result), 0.0) + value
+        family = CounterMetricFamily(SENDER_COUNTER, "Messages settled by the senders, "
+                                     "by peer and result.", labels=("peer", "result"))
+        for labels, value in sorted(totals.items()):
+            family.add_metric(labels, value)
+        return family
+
+    def _peers_up(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        down = set(self.spool.down_peers())
+        family = GaugeMetricFamily("dropr_peer_up", "1 when the peer answers, 0 while it "
+                                   "is marked down.", labels=("peer",))
+        for peer in self._peers():
+            family.add_metric((peer,), 0 if peer in down else 1)
+        return family
+
+    # -- the workers ----------------------------------------------------------
+
+    def _workers(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        doc = status.read(self.config.supervisor.status_file) or {}
+        up = GaugeMetricFamily("dropr_worker_up", "1 while the worker runs (state running).",
+                               labels=("worker",))
+        restarts = CounterMetricFamily("dropr_worker_restarts", "Times the supervisor "
+                                       "started the worker again.", labels=("worker",))
+        rss = GaugeMetricFamily("dropr_worker_rss_bytes", "Resident memory of the worker "
+                                "process (0 when it has none).", labels=("worker",))
+        age = GaugeMetricFamily("dropr_worker_heartbeat_age_seconds", "Seconds since the "
+                                "worker last reported to the supervisor.", labels=("worker",))
+        now = self._clock()
+        for entry in doc.get("workers", []):
+            name = (entry.get("name"),)
+            up.add_metric(name, 1 if entry.get("state") == "running" else 0)
+            restarts.add_metric(name, entry.get("restarts") or 0)
+            rss.add_metric(name, _rss(entry.get("pid")))
+            if entry.get("heartbeat"):
+                age.add_metric(name, max(0.0, now - entry["heartbeat"]))
+        return up, restarts, rss, age
+
+
+def sender_totals(folder):
+    """{(peer, result): count} summed over the senders' files in ``folder``."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    totals = {}
+    if not folder.is_dir():
+        return totals
+    for family in MultiProcessCollector(None, path=str(folder)).collect():
+        for sample in family.samples:
+            if sample.name == SENDER_COUNTER + "_total":
+                key = (sample.labels.get("peer", ""), sample.labels.get("result", ""))
+                totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
+
+
+def _rss(pid):
+    with contextlib.suppress(psutil.Error, TypeError, ValueError):
+        return psutil.Process(pid).memory_info().rss
+    return 0
+
+
+def serve(bind, collector):
+    """Serve ``collector`` on ``bind`` (HOST:PORT) from a daemon thread; returns
+    the server (``shutdown()`` ends it). OSError if the address is taken."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    host, _, port = bind.rpartition(":")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    return server
