@@ -34,7 +34,7 @@ import secrets
 import time
 from pathlib import Path
 
-from dropr import names
+from dropr import ids, names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
 from dropr.faults import crash_point
 from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
@@ -467,6 +467,31 @@ class Store:
         """Messages of ``channel`` waiting in ``state``: by priority, then arrival."""
         names.check_name(channel, "channel")
         return self._sorted(self.root / state / channel, limit)
+
+    def depths(self):
+        """{channel: (messages waiting in queue/, when the oldest of them was made,
+        in ms since the epoch, or None)} for the receiver's metrics. One listing
+        per channel; the time comes from the id (a ``stat()`` only for ids dropr
+        did not make: their file's mtime)."""
+        out = {}
+        for channel in self.channels():
+            count, first, first_mtime = 0, None, None
+            with contextlib.suppress(FileNotFoundError), \
+                    os.scandir(self.root / "queue" / channel) as it:
+                for e in it:
+                    if not _is_message(e.name):
+                        continue
+                    count += 1
+                    mid = e.name.partition(".")[2]
+                    if len(mid) == 26:  # a ULID: ids sort by creation time
+                        first = mid if first is None or mid < first else first
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        mtime = int(e.stat().st_mtime * 1000)
+                        first_mtime = mtime if first_mtime is None else min(first_mtime, mtime)
+            made = [t for t in (first and ids.timestamp_ms(first), first_mtime) if t]
+            out[channel] = (count, min(made) if made else None)
+        return out
 
     def _sorted(self, directory, limit):
         out = []

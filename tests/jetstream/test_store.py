@@ -10,6 +10,7 @@ from falcon import testing
 
 from dropr import config as config_mod
 from dropr.errors import StoreUnavailable, TooLarge
+from dropr.ids import IdGenerator
 from dropr.jetstream import JetStreamStore
 from dropr.receiver import create_app
 from dropr.store import Failures
@@ -161,3 +162,12 @@ def test_receiver_answers_503_while_the_cluster_is_down_then_stores(tmp_path, cl
     down = client.simulate_post("/v1/batch", body=body, headers=headers)
     assert down.status_code == 503 and down.json["error"]["code"] == "store_unavailable"
     assert client.simulate_get("/v1/ready").status_code == 503
+
+
+def test_depths_count_each_channel_and_date_its_oldest_message(store):
+    ids = {name: IdGenerator(clock=lambda t=t: t)() for name, t in
+           (("old", 1_000_000.0), ("new", 2_000_000.0), ("events", 1_500_000.0))}
+    store.publish(stage(store, ids["new"], priority=0))
+    store.publish(stage(store, ids["old"], priority=9))
+    store.publish(stage(store, ids["events"], channel="events"))
+    assert store.depths() == {"orders": (2, 1_000_000_000), "events": (1, 1_500_000_000)}
