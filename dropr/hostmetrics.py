@@ -104,12 +104,14 @@ class HostMetrics:
         self.cost = 0.0
         self.next_census = 0.0
 
-    def refresh(self):
-        """Take a new census if the last one is due for renewal; returns the
-        seconds until the next one is."""
+    def refresh(self, progress=None):
+        """Take a new census if the last one is due for renewal (calling
+        ``progress()`` now and then meanwhile); returns the seconds until the
+        next one is."""
         now = self._monotonic()
         if now >= self.next_census:
-            self.census = census.take(self.spool)  # one assignment: scrapes see old or new
+            # One assignment: a scrape meanwhile sees the old census or the new.
+            self.census = census.take(self.spool, progress=progress)
             done = self._monotonic()
             self.cost = done - now
             self.next_census = done + max(MIN_REFRESH, REFRESH_FACTOR * self.cost)

@@ -39,8 +39,14 @@ class Census:
         return 0.0 if created is None else max(0.0, now - created / 1000.0)
 
 
-def take(spool):
-    """Count ``spool`` (a :class:`~dropr.spool.Spool`) now; returns a :class:`Census`."""
+#: Files between two calls of ``progress``.
+PROGRESS_EVERY = 10_000
+
+
+def take(spool, *, progress=None):
+    """Count ``spool`` (a :class:`~dropr.spool.Spool`) now; returns a :class:`Census`.
+    ``progress()`` is called every PROGRESS_EVERY files (a worker's heartbeat:
+    a deep spool takes seconds)."""
     counts = {state: {} for state in STATES}
     sizes = {state: {} for state in STATES}
     oldest = {}  # peer -> [smallest id, smallest mtime of a foreign id]
@@ -49,7 +55,7 @@ def take(spool):
         folders = spool.active_dirs() if state == "active" else [spool.dirs[state]]
         for folder in folders:
             _count(folder, counts[state], sizes[state],
-                   oldest if state in WAITING else None, peers)
+                   oldest if state in WAITING else None, peers, progress)
     oldest_ms = {}
     for peer, (smallest_id, smallest_mtime) in oldest.items():
         made = [t for t in (ids.timestamp_ms(smallest_id) if smallest_id else None,
@@ -59,9 +65,11 @@ def take(spool):
     return Census(counts, sizes, oldest_ms, {p for p in peers.values() if p is not None})
 
 
-def _count(folder, counts, sizes, oldest, peers):
+def _count(folder, counts, sizes, oldest, peers, progress):
     with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
-        for entry in it:
+        for n, entry in enumerate(it, 1):
+            if progress is not None and n % PROGRESS_EVERY == 0:
+                progress()
             parts = entry.name.split(".", 3)
             if len(parts) < 4 or len(parts[0]) != 1:
                 continue  # a lock, a reason file, a file dropr did not name

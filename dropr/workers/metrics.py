@@ -25,12 +25,13 @@ class MetricsWorker(Worker):
         hostmetrics.remove_stale_folders(self.config, self.ppid)
         hostmetrics.counts_folder(self.config, self.ppid).mkdir(parents=True, exist_ok=True)
         self.metrics = hostmetrics.HostMetrics(self.config, supervisor_pid=self.ppid)
-        self.metrics.refresh()
+        self.metrics.refresh(progress=self.report)
         self.server = hostmetrics.serve(self.config.metrics.bind, self.metrics)
 
     def tick(self):
-        """Renew the census when it is due, else wait (at most a second)."""
-        pause(self, min(1.0, self.metrics.refresh()))
+        """Renew the census when it is due, else wait (at most a second). A
+        census of a deep spool takes seconds: it keeps the heartbeat going."""
+        pause(self, min(1.0, self.metrics.refresh(progress=self.report)))
         return 0
 
     def close(self):
