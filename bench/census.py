@@ -6,7 +6,9 @@ Fills a fresh spool's ``queue/`` with N small messages (spread over P peers,
 one in ten in ``deferred/``), then takes the census that droprd's metrics
 worker takes (:func:`dropr.spool.census.take`) R times and prints the
 fastest and slowest, and what that means for the metrics worker's refresh
-(it recounts at most every ``REFRESH_FACTOR`` times the last count's cost).
+(it recounts at most every ``REFRESH_FACTOR`` times the CPU time the last
+count took, and no sooner than ``IDLE_FACTOR`` times its duration).
+``--keep DIR`` fills DIR/spool once and counts it again on later runs.
 The first run after filling finds the directory entries in the page cache,
 as a metrics worker polling a live spool does.
 """
@@ -20,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dropr.hostmetrics import REFRESH_FACTOR
+from dropr.hostmetrics import IDLE_FACTOR, REFRESH_FACTOR
 from dropr.ids import IdGenerator
 from dropr.spool import Spool, census
 from dropr.spool.naming import SpoolName
@@ -43,29 +45,35 @@ def main(argv=None):
     p.add_argument("--peers", type=int, default=4)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to make the spool (default: TMPDIR)")
+    p.add_argument("--keep", default=None, help="a folder whose spool is kept and used again")
     args = p.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="dropr-census-", dir=args.dir))
+    root = Path(args.keep or tempfile.mkdtemp(prefix="dropr-census-", dir=args.dir))
     try:
+        filled = (root / "spool").is_dir()
         spool = Spool(root / "spool", fsync=False).create()
-        began = time.monotonic()
-        fill(spool, args.messages, args.peers)
-        print(f"filled {args.messages} messages in {time.monotonic() - began:.1f} s", flush=True)
+        if not filled:
+            began = time.monotonic()
+            fill(spool, args.messages, args.peers)
+            print(f"filled {args.messages} messages in {time.monotonic() - began:.1f} s",
+                  flush=True)
         costs, cpu = [], []
         for _ in range(args.runs):
-            began, began_cpu = time.monotonic(), time.process_time()
+            began, began_cpu = time.monotonic(), time.thread_time()
             result = census.take(spool)
             costs.append(time.monotonic() - began)
-            cpu.append(time.process_time() - began_cpu)
+            cpu.append(time.thread_time() - began_cpu)
         waiting = sum(sum(result.counts[s].values()) for s in census.WAITING)
-        assert waiting == args.messages, (waiting, args.messages)
+        assert filled or waiting == args.messages, (waiting, args.messages)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"census of {args.messages} waiting messages ({args.peers} peers): "
+        print(f"census of {waiting} waiting messages: "
               f"fastest {min(costs):.2f} s, slowest {max(costs):.2f} s over {args.runs} runs "
               f"(CPU {min(cpu):.2f} to {max(cpu):.2f} s); "
-              f"refreshed at most every {REFRESH_FACTOR * min(costs):.0f} s "
+              f"refreshed at most every "
+              f"{max(REFRESH_FACTOR * min(cpu), IDLE_FACTOR * min(costs)):.0f} s "
               f"(<= {100 / REFRESH_FACTOR:.0f}% of one core); peak RSS {rss:.0f} MiB")
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

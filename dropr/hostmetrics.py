@@ -6,8 +6,8 @@ own process and gathers, at each scrape:
 - the spool: ``dropr_spool_messages{state,peer}``, ``dropr_spool_bytes{state,peer}``
   and ``dropr_spool_oldest_message_age_seconds{peer}``, from a census of the
   spool (:mod:`dropr.spool.census`) that the worker's loop takes again at most
-  every ``REFRESH_FACTOR`` times what the last one cost (at least every
-  ``MIN_REFRESH`` s): however deep the spool, counting it takes at most
+  every ``REFRESH_FACTOR`` times the CPU time the last one took (at least
+  every ``MIN_REFRESH`` s): however deep the spool, counting it takes at most
   1/REFRESH_FACTOR of one core, and a scrape never waits for it. The oldest
   age is computed at the scrape, so it grows between counts;
 - the senders' results, ``dropr_sender_messages_total{peer,result}``: each
@@ -37,8 +37,11 @@ from dropr.spool import Spool, census
 from dropr.supervisor import status
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
-#: A census is taken again at most every REFRESH_FACTOR times its last cost ...
+#: A census is taken again at most every REFRESH_FACTOR times the CPU time the
+#: last one took, and no sooner than IDLE_FACTOR times its duration (a cold
+#: cache makes it wait for the disk, not the CPU) ...
 REFRESH_FACTOR = 20
+IDLE_FACTOR = 2
 #: ... and at least every MIN_REFRESH seconds.
 MIN_REFRESH = 1.0
 #: The sender's results, as ``dropr_sender_messages_total{result}`` names them.
@@ -95,11 +98,12 @@ class HostMetrics:
     :meth:`refresh` runs in the worker's loop, :meth:`collect` in the HTTP
     server's threads. ``supervisor_pid`` names the senders' count folder."""
 
-    def __init__(self, config, *, supervisor_pid, clock=time.time, monotonic=time.monotonic):
+    def __init__(self, config, *, supervisor_pid, clock=time.time, monotonic=time.monotonic,
+                 cpu=time.thread_time):
         self.config = config
         self.spool = Spool(config.client.spool, fsync=False)
         self.folder = counts_folder(config, supervisor_pid)
-        self._clock, self._monotonic = clock, monotonic
+        self._clock, self._monotonic, self._cpu = clock, monotonic, cpu
         self.census = None
         self.cost = 0.0
         self.next_census = 0.0
@@ -108,13 +112,14 @@ class HostMetrics:
         """Take a new census if the last one is due for renewal (calling
         ``progress()`` now and then meanwhile); returns the seconds until the
         next one is."""
-        now = self._monotonic()
+        now, cpu = self._monotonic(), self._cpu()
         if now >= self.next_census:
             # One assignment: a scrape meanwhile sees the old census or the new.
             self.census = census.take(self.spool, progress=progress)
             done = self._monotonic()
             self.cost = done - now
-            self.next_census = done + max(MIN_REFRESH, REFRESH_FACTOR * self.cost)
+            wait = max(MIN_REFRESH, REFRESH_FACTOR * (self._cpu() - cpu), IDLE_FACTOR * self.cost)
+            self.next_census = done + wait
         return max(0.0, self.next_census - self._monotonic())
 
     def collect(self):

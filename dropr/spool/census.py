@@ -66,26 +66,38 @@ def take(spool, *, progress=None):
 
 
 def _count(folder, counts, sizes, oldest, peers, progress):
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
-        for n, entry in enumerate(it, 1):
-            if progress is not None and n % PROGRESS_EVERY == 0:
-                progress()
-            parts = entry.name.split(".", 3)
-            if len(parts) < 4 or len(parts[0]) != 1:
-                continue  # a lock, a reason file, a file dropr did not name
-            peer = peers.get(parts[2], "")
-            if peer == "":
-                peer = peers[parts[2]] = _peer(parts[2])
-            if peer is None:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # moved on since the listing
-            counts[peer] = counts.get(peer, 0) + 1
-            sizes[peer] = sizes.get(peer, 0) + st.st_size
-            if oldest is not None:
-                _older(oldest, peer, parts[1], st.st_mtime)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        # Listed by descriptor, each stat() is relative to it: no path walk per file.
+        with os.scandir(fd) as it:
+            for n, entry in enumerate(it, 1):
+                if progress is not None and n % PROGRESS_EVERY == 0:
+                    progress()
+                _count_one(entry, counts, sizes, oldest, peers)
+    finally:
+        os.close(fd)
+
+
+def _count_one(entry, counts, sizes, oldest, peers):
+    parts = entry.name.split(".", 3)
+    if len(parts) < 4 or len(parts[0]) != 1:
+        return  # a lock, a reason file, a file dropr did not name
+    peer = peers.get(parts[2], "")
+    if peer == "":
+        peer = peers[parts[2]] = _peer(parts[2])
+    if peer is None:
+        return
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return  # moved on since the listing
+    counts[peer] = counts.get(peer, 0) + 1
+    sizes[peer] = sizes.get(peer, 0) + st.st_size
+    if oldest is not None:
+        _older(oldest, peer, parts[1], st.st_mtime)
 
 
 def _peer(field):
