@@ -28,6 +28,7 @@ imports it after the fork, a sender only once it has named its folder in
 import contextlib
 import os
 import shutil
+import threading
 import time
 
 import psutil
@@ -44,6 +45,9 @@ REFRESH_FACTOR = 20
 IDLE_FACTOR = 2
 #: ... and at least every MIN_REFRESH seconds.
 MIN_REFRESH = 1.0
+#: A census that took at most this long (s) is taken again at each scrape
+#: (when due), so that a small spool's figures agree with the senders' counts.
+SCRAPE_CENSUS_MAX = 0.1
 #: The sender's results, as ``dropr_sender_messages_total{result}`` names them.
 RESULTS = ("stored", "duplicate", "deferred", "dead")
 SENDER_COUNTER = "dropr_sender_messages"
@@ -105,27 +109,39 @@ class HostMetrics:
         self.folder = counts_folder(config, supervisor_pid)
         self._clock, self._monotonic, self._cpu = clock, monotonic, cpu
         self.census = None
+        self._lock = threading.Lock()
         self.cost = 0.0
         self.next_census = 0.0
 
-    def refresh(self, progress=None):
+    def refresh(self, progress=None, *, at_scrape=False):
         """Take a new census if the last one is due for renewal (calling
         ``progress()`` now and then meanwhile); returns the seconds until the
-        next one is."""
-        now, cpu = self._monotonic(), self._cpu()
-        if now >= self.next_census:
-            # One assignment: a scrape meanwhile sees the old census or the new.
-            self.census = census.take(self.spool, progress=progress)
-            done = self._monotonic()
-            self.cost = done - now
-            wait = max(MIN_REFRESH, REFRESH_FACTOR * (self._cpu() - cpu), IDLE_FACTOR * self.cost)
-            self.next_census = done + wait
-        return max(0.0, self.next_census - self._monotonic())
+        next one is. ``at_scrape``: only if the last one took at most
+        SCRAPE_CENSUS_MAX s, so that a scrape of a small spool sees it as it
+        is and one of a deep spool does not wait. Never two at once."""
+        if (at_scrape and self.cost > SCRAPE_CENSUS_MAX) or not self._lock.acquire(False):
+            return MIN_REFRESH
+        try:
+            now, cpu = self._monotonic(), self._cpu()
+            if now >= self.next_census:
+                # One assignment: a scrape meanwhile sees the old census or the new.
+                self.census = census.take(self.spool, progress=progress)
+                done = self._monotonic()
+                self.cost = done - now
+                wait = max(REFRESH_FACTOR * (self._cpu() - cpu), IDLE_FACTOR * self.cost)
+                self.next_census = done + wait
+            return max(0.0, self.next_census - self._monotonic())
+        finally:
+            self._lock.release()
 
     def collect(self):
-        """The metric families of one scrape."""
+        """The metric families of one scrape. The senders' counts are read
+        before the spool is counted: a sender counts a message once it has
+        moved it, so no count is ahead of the census."""
+        sent = self._sender_messages()
+        self.refresh(at_scrape=True)
         yield from self._spool()
-        yield self._sender_messages()
+        yield sent
         yield self._peers_up()
         yield from self._workers()
 

@@ -31,7 +31,7 @@ class MetricsWorker(Worker):
     def tick(self):
         """Renew the census when it is due, else wait (at most a second). A
         census of a deep spool takes seconds: it keeps the heartbeat going."""
-        pause(self, min(1.0, self.metrics.refresh(progress=self.report)))
+        pause(self, min(hostmetrics.MIN_REFRESH, self.metrics.refresh(progress=self.report)))
         return 0
 
     def close(self):
