@@ -12,7 +12,7 @@ own process and gathers, at each scrape:
   age is computed at the scrape, so it grows between counts;
 - the senders' results, ``dropr_sender_messages_total{peer,result}``: each
   sender process counts into files of prometheus_client's multiprocess mode
-  in a folder of this supervisor's run (:func:`counts_folder`), which the
+  in a folder of this supervisor's run (:mod:`dropr.sendercounts`), which the
   scrape sums (those of senders that have exited included);
 - ``dropr_peer_up{peer}``: 0 while the spool holds a down marker for the peer;
 - the workers, as the supervisor's status file lists them (the names
@@ -33,11 +33,10 @@ import time
 
 import psutil
 
-from dropr.errors import ConfigError
+from dropr import sendercounts
 from dropr.spool import Spool, census
 from dropr.supervisor import status
 
-ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 #: A census is taken again at most every REFRESH_FACTOR times the CPU time the
 #: last one took, and no sooner than IDLE_FACTOR times its duration (a cold
 #: cache makes it wait for the disk, not the CPU) ...
@@ -48,55 +47,6 @@ MIN_REFRESH = 1.0
 #: A census that took at most this long (s) is taken again at each scrape
 #: (when due), so that a small spool's figures agree with the senders' counts.
 SCRAPE_CENSUS_MAX = 0.1
-#: The sender's results, as ``dropr_sender_messages_total{result}`` names them.
-RESULTS = ("stored", "duplicate", "deferred", "dead")
-SENDER_COUNTER = "dropr_sender_messages"
-
-
-def counts_folder(config, supervisor_pid):
-    """Where the senders of the supervisor ``supervisor_pid`` keep their counts:
-    ``droprd.metrics/<pid>/`` beside the pidfile."""
-    pidfile = config.supervisor.pidfile
-    return pidfile.with_name(pidfile.stem + ".metrics") / str(supervisor_pid)
-
-
-def remove_stale_folders(config, supervisor_pid):
-    """Remove the count folders of supervisors that no longer run; returns how many."""
-    parent, removed = counts_folder(config, supervisor_pid).parent, 0
-    with contextlib.suppress(FileNotFoundError), os.scandir(parent) as it:
-        for entry in it:
-            if entry.name.isdigit() and int(entry.name) != supervisor_pid and \
-                    not psutil.pid_exists(int(entry.name)):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed += 1
-    return removed
-
-
-class SenderCounts:
-    """``dropr_sender_messages_total{peer,result}`` as one sender process counts
-    it, in prometheus_client's multiprocess files under ``folder``. Made in
-    the sender process, before anything there imports prometheus_client."""
-
-    def __init__(self, folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ[ENV_VAR] = str(folder)
-        import prometheus_client
-        import prometheus_client.values
-
-        if not prometheus_client.values.ValueClass._multiprocess:
-            raise ConfigError(f"prometheus_client was imported before {ENV_VAR} was set: "
-                              "the senders' counts would not add up")
-        self._counter = prometheus_client.Counter(
-            SENDER_COUNTER, "Messages settled by the senders, by peer and result.",
-            ("peer", "result"), registry=None)
-
-    def add(self, peer, **results):
-        """Count ``results`` (result -> how many) for ``peer``."""
-        for result, n in results.items():
-            if n:
-                self._counter.labels(peer, result).inc(n)
-
-
 class HostMetrics:
     """The collector behind ``GET /metrics`` of the ``dropr: metrics`` worker;
     :meth:`refresh` runs in the worker's loop, :meth:`collect` in the HTTP
@@ -106,10 +56,11 @@ class HostMetrics:
                  cpu=time.thread_time):
         self.config = config
         self.spool = Spool(config.client.spool, fsync=False)
-        self.folder = counts_folder(config, supervisor_pid)
+        self.folder = sendercounts.counts_folder(config, supervisor_pid)
         self._clock, self._monotonic, self._cpu = clock, monotonic, cpu
         self.census = None
         self._lock = threading.Lock()
+        self._counts_lock = threading.Lock()  # a fold of the senders' files is not summed
         self.cost = 0.0
         self.next_census = 0.0
 
@@ -133,6 +84,12 @@ class HostMetrics:
             return max(0.0, self.next_census - self._monotonic())
         finally:
             self._lock.release()
+
+    def fold_counts(self):
+        """Fold the exited senders' count files into one (see
+        :func:`dropr.sendercounts.compact`); in the worker's loop."""
+        with self._counts_lock:
+            return sendercounts.compact(self.folder)
 
     def collect(self):
         """The metric families of one scrape. The senders' counts are read
@@ -175,11 +132,14 @@ class HostMetrics:
     def _sender_messages(self):
         from prometheus_client.core import CounterMetricFamily
 
-        totals = {(peer, result): 0.0 for peer in self.config.peers for result in RESULTS}
-        for (peer, result), value in sender_totals(self.folder).items():
+        totals = {(peer, result): 0.0 for peer in self.config.peers
+                  for result in sendercounts.RESULTS}
+        with self._counts_lock:
+            counted = sendercounts.totals(self.folder)
+        for (peer, result), value in counted.items():
             totals[peer, result] = totals.get((peer, result), 0.0) + value
-        family = CounterMetricFamily(SENDER_COUNTER, "Messages settled by the senders, "
-                                     "by peer and result.", labels=("peer", "result"))
+        family = CounterMetricFamily(sendercounts.NAME, sendercounts.DOC,
+                                     labels=("peer", "result"))
         for labels, value in sorted(totals.items()):
             family.add_metric(labels, value)
         return family
@@ -217,21 +177,6 @@ class HostMetrics:
             if entry.get("heartbeat"):
                 age.add_metric(name, max(0.0, now - entry["heartbeat"]))
         return up, restarts, rss, age
-
-
-def sender_totals(folder):
-    """{(peer, result): count} summed over the senders' files in ``folder``."""
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    totals = {}
-    if not folder.is_dir():
-        return totals
-    for family in MultiProcessCollector(None, path=str(folder)).collect():
-        for sample in family.samples:
-            if sample.name == SENDER_COUNTER + "_total":
-                key = (sample.labels.get("peer", ""), sample.labels.get("result", ""))
-                totals[key] = totals.get(key, 0.0) + sample.value
-    return totals
 
 
 def _rss(pid):

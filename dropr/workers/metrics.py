@@ -2,7 +2,7 @@
 (:mod:`dropr.hostmetrics`) on ``[metrics] bind``; droprd runs it while that
 is set."""
 
-from dropr import hostmetrics
+from dropr import hostmetrics, sendercounts
 from dropr.workers.base import Worker
 from dropr.workers.retry_scanner import pause
 
@@ -22,16 +22,19 @@ class MetricsWorker(Worker):
     def open(self):
         """In the child: clear the count folders of dead supervisors, make this
         one's, take the first census, then listen."""
-        hostmetrics.remove_stale_folders(self.config, self.ppid)
-        hostmetrics.counts_folder(self.config, self.ppid).mkdir(parents=True, exist_ok=True)
+        sendercounts.remove_stale_folders(self.config, self.ppid)
+        sendercounts.counts_folder(self.config, self.ppid).mkdir(parents=True, exist_ok=True)
         self.metrics = hostmetrics.HostMetrics(self.config, supervisor_pid=self.ppid)
         self.metrics.refresh(progress=self.report)
         self.server = hostmetrics.serve(self.config.metrics.bind, self.metrics)
 
     def tick(self):
-        """Renew the census when it is due, else wait (at most a second). A
-        census of a deep spool takes seconds: it keeps the heartbeat going."""
-        pause(self, min(hostmetrics.MIN_REFRESH, self.metrics.refresh(progress=self.report)))
+        """Renew the census when it is due, fold the count files of exited
+        senders, then wait (at most a second). A census of a deep spool takes
+        seconds: it keeps the heartbeat going."""
+        wait = self.metrics.refresh(progress=self.report)
+        self.metrics.fold_counts()
+        pause(self, min(hostmetrics.MIN_REFRESH, wait))
         return 0
 
     def close(self):

@@ -29,7 +29,7 @@ class SenderWorker(Worker):
 
         counts = None
         if self.config.metrics.bind:  # counted for the metrics worker's scrapes
-            from dropr.hostmetrics import SenderCounts, counts_folder
+            from dropr.sendercounts import SenderCounts, counts_folder
 
             counts = SenderCounts(counts_folder(self.config, self.ppid))
         self.sender = Sender(self.config, label=self.label, notices=self.notices, counts=counts)
