@@ -4,7 +4,9 @@ spool files (see dropr/hostmetrics.py)."""
 
 import os
 import re
+import shutil
 import signal
+import subprocess
 
 import pytest
 
@@ -83,6 +85,17 @@ def test_metrics_follow_a_peer_down_then_up_and_count_a_killed_sender(make_tree)
                                    worker="sender-1") == 1, 15)
     # The dead sender's counts stay in the total.
     assert value(scrape(port), "dropr_sender_messages_total", peer="local", result="stored") == 20
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool (Prometheus) is not installed")
+def test_metrics_pass_prometheus_lint(make_tree):
+    tree, port = metrics_tree(make_tree)
+    tree.start()
+    Client(tree.config_path).put(b"x", "local", "metrics")
+    code, body = harness.wait_for(lambda: (a := harness.http_get(
+        f"http://127.0.0.1:{port}/metrics"))[0] == 200 and a, 10)
+    lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_metrics_worker_runs_only_while_bind_is_set(make_tree):
