@@ -29,7 +29,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import psutil
 from chaos import expected_ids, stored_copies, verify
-from chaosroles import CONSUMER, parse_role
+from chaosroles import parse_role
 from chaostree import Daemon, ReceiverProcess, Role, kill9, title, wait_for
 
 from dropr import config as config_mod

@@ -26,8 +26,6 @@ imports it after the fork, a sender only once it has named its folder in
 """
 
 import contextlib
-import os
-import shutil
 import threading
 import time
 

@@ -8,7 +8,6 @@ id (a ULID; ids dropr did not make fall back to the file's mtime, as the
 retry scanner does). ``bench/census.py`` measures it at a deep spool.
 """
 
-import contextlib
 import dataclasses
 import os
 
