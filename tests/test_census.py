@@ -19,7 +19,8 @@ def test_census_counts_each_state_and_peer_and_dates_the_oldest_waiting(tmp_path
     put(spool, "queue", "a", b"1", made=3_000_000.0)
     put(spool, "deferred", "b.x y", b"123", made=1_500_000.0)  # an encoded peer name
     put(spool, "sent", "a", b"12", made=1_000_000.0)  # delivered: not waiting
-    put(spool, "dead", "b.x y", b"1234", made=900_000.0)  # given up: not waiting
+    dead = put(spool, "dead", "b.x y", b"1234", made=900_000.0)  # given up: not waiting
+    dead.with_name(dead.name + ".reason").write_text("rejected\n")  # no message of its own
     active = spool.open_active("sender-1")
     put(spool, "active", "a", b"123456", made=1_800_000.0, directory=active.path)
     foreign = put(spool, "queue", "c", b"x", message_id="php-4711")
@@ -34,6 +35,7 @@ def test_census_counts_each_state_and_peer_and_dates_the_oldest_waiting(tmp_path
     assert got.counts["active"] == {"a": 1} and got.sizes["active"] == {"a": 6}
     assert got.counts["deferred"] == {"b.x y": 1}
     assert got.counts["sent"] == {"a": 1} and got.counts["dead"] == {"b.x y": 1}
+    assert got.sizes["dead"] == {"b.x y": 4}
     assert got.peers == {"a", "b.x y", "c"}
     assert got.oldest_ms == {"a": 1_800_000_000, "b.x y": 1_500_000_000, "c": 1_200_000_000}
     assert got.oldest_age("a", 1_800_010.0) == 10.0

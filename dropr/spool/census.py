@@ -14,6 +14,7 @@ import os
 from dropr import ids
 from dropr.errors import ValidationError
 from dropr.spool.naming import unquote
+from dropr.spool.spool import REASON_SUFFIX
 
 #: The states counted, as the spool's directories (``tmp/`` and ``hold/`` are not).
 STATES = ("queue", "active", "deferred", "sent", "dead")
@@ -82,8 +83,8 @@ def _count(folder, counts, sizes, oldest, peers, progress):
 
 def _count_one(entry, counts, sizes, oldest, peers):
     parts = entry.name.split(".", 3)
-    if len(parts) < 4 or len(parts[0]) != 1:
-        return  # a lock, a reason file, a file dropr did not name
+    if len(parts) < 4 or len(parts[0]) != 1 or entry.name.endswith(REASON_SUFFIX):
+        return  # a lock, a dead message's reason, a file dropr did not name
     peer = peers.get(parts[2], "")
     if peer == "":
         peer = peers[parts[2]] = _peer(parts[2])
