@@ -13,11 +13,16 @@ process and is in one of three modes:
 
 Every change of mode cuts the connections made before it (kept-alive ones
 included), except that a stall holds them until it ends.
+
+Independently of the mode, :attr:`FaultProxy.rate` (bytes per second, None =
+no limit) slows what the senders send to the receiver down, per connection:
+a slow link, for a batch that is still on the wire when something happens.
 """
 
 import selectors
 import socket
 import threading
+import time
 
 PASS, ERROR, STALL = "pass", "error", "stall"
 _CHUNK = 1 << 16
@@ -38,6 +43,7 @@ class FaultProxy:
         self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
         self.mode = PASS
+        self.rate = None  # bytes per second towards the receiver; None: no limit
         self.epoch = 0
         self._stopping = threading.Event()
         self._thread = None
@@ -97,18 +103,20 @@ class FaultProxy:
                     sel.unregister(upstream)  # hold the answers back until the stall ends
                     held = True
                 for key, _ in sel.select(0.1):
-                    if not self._forward(key.fileobj, other[key.fileobj]):
+                    if not self._forward(key.fileobj, other[key.fileobj], client):
                         return
 
-    @staticmethod
-    def _forward(src, dst):
+    def _forward(self, src, dst, client):
+        rate = self.rate if src is client else None
         try:
-            data = src.recv(_CHUNK)
+            data = src.recv(min(_CHUNK, max(1, int(rate / 10))) if rate else _CHUNK)
             if data:
                 dst.settimeout(10.0)
                 dst.sendall(data)
         except OSError:
             return False
+        if data and rate:
+            time.sleep(len(data) / rate)
         return bool(data)
 
     @staticmethod

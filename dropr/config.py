@@ -212,6 +212,8 @@ class WorkersConfig:
     reaper: int = key(1, 0, 1)
     receiver: int = key(0, 0, 1)
     legacy_spool: int = key(0, 0, 1)
+    #: Not a key: 1 when [metrics] bind is set (the metrics worker serves it).
+    metrics: int = dataclasses.field(default=0, metadata={"derived": "[metrics] bind"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +228,14 @@ class LegacyConfig:
     def peer_for(self, url):
         """The [peers.NAME] that the PHP peer ``url`` maps to, or None."""
         return dict(self.peers).get(url)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: droprd's Prometheus metrics of the producer host."""
+
+    bind: str = key("", kind="host_port")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +278,7 @@ class Config:
     supervisor: SupervisorConfig
     store: StoreConfig = StoreConfig()
     legacy: LegacyConfig = LegacyConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def peer(self, name):
         """The :class:`PeerConfig` called ``name``; ``UnknownPeer`` if none."""
@@ -365,6 +376,7 @@ SECTIONS = {
     "supervisor": SupervisorConfig,
     "store": StoreConfig,
     "legacy": LegacyConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -410,6 +422,8 @@ def from_dict(data, *, path=Path("<dict>")):
     _check_window(sections["store"], sections["retry"], where)
     _check_legacy(sections["legacy"], sections["workers"], peers, where)
     _check_nats_auth(sections["store"], where)
+    sections["workers"] = dataclasses.replace(sections["workers"],
+                                              metrics=int(bool(sections["metrics"].bind)))
     if not sections["client"].name:
         client = dataclasses.replace(sections["client"], name=_default_client_name())
         sections["client"] = client
@@ -598,7 +612,7 @@ def _reject_unknown(where, section, table, known):
 def _build(cls, table, where, section, base, extra=None):
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [{section}] must be a table")
-    fields = [f for f in dataclasses.fields(cls) if f.metadata]
+    fields = [f for f in dataclasses.fields(cls) if f.metadata and "derived" not in f.metadata]
     _reject_unknown(where, section, table, [f.name for f in fields])
     values = dict(extra or {})
     for f in fields:
@@ -730,6 +744,13 @@ def _check_bind(raw, label, meta, base):
     return raw
 
 
+def _check_host_port(raw, label, meta, base):
+    host, _, port = raw.rpartition(":") if isinstance(raw, str) else ("", "", "")
+    ok = raw == "" or (bool(host) and port.isdigit() and 1 <= int(port) <= 65535)
+    _want(ok, raw, label, "HOST:PORT (e.g. \"127.0.0.1:9464\") or \"\" (off)")
+    return raw
+
+
 def _check_backend(raw, label, meta, base):
     _want(raw in ("files", "jetstream"), raw, label, "'files' or 'jetstream'")
     return raw
@@ -808,6 +829,7 @@ _CHECKS = {
     "urls": _check_urls,
     "bind": _check_bind,
     "subject": _check_subject,
+    "host_port": _check_host_port,
     "level": _check_level,
     "backend": _check_backend,
     "nats_urls": _check_nats_urls,

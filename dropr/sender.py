@@ -47,11 +47,12 @@ class Sender:
     (under droprd, or alone as ``dropr send``). Building it has no side effects;
     :meth:`open` acquires the claim directory."""
 
-    def __init__(self, config, *, label="sender-1", notices=None,
+    def __init__(self, config, *, label="sender-1", notices=None, counts=None,
                  clock=time.time, boottime=None, rand=random.random):
         self.config = config
         self.label = label
         self.notices = notices
+        self.counts = counts  # a hostmetrics.SenderCounts, or None: not counted
         # Wall time for what is stored (due times); the boot clock for waits.
         self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock,
                            boottime=boottime)
@@ -321,6 +322,8 @@ class Sender:
                 status = "deferred"  # no (valid) answer for it: nothing known, try again
                 self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
             counts[status] += 1
+        self._count(peer, stored=counts[STORED], duplicate=counts[DUPLICATE],
+                    deferred=counts["deferred"])  # rejected: counted dead by _dead()
         log.debug("batch of %d to %s: %s", len(part), peer,
                   ", ".join(f"{n} {k}" for k, n in counts.items() if n))
 
@@ -334,6 +337,7 @@ class Sender:
         log.warning("%s: %s, next try in %.1f s", error, down, pause)
         for name, path, _ in part:
             self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
+        self._count(peer, deferred=len(part))
 
     def _hold(self, peer, part, pause):
         """Park ``part`` until its peer's pause ends; it was not tried, so no attempt counts."""
@@ -359,6 +363,11 @@ class Sender:
             log.warning("message %s is to go to dead/ (%s), but %s: deferred", name.id, reason, e)
             return
         log.warning("message %s for %s/%s is dead: %s", name.id, name.peer, name.channel, reason)
+        self._count(name.peer, dead=1)
+
+    def _count(self, peer, **results):
+        if self.counts is not None:
+            self.counts.add(peer, **results)
 
     def _transport(self, peer):
         transport = self._transports.get(peer)

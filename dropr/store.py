@@ -41,7 +41,7 @@ import secrets
 import time
 from pathlib import Path
 
-from dropr import names, store_names
+from dropr import ids, names, store_names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
 from dropr.durable import SYNCFS_REPORTS_ERRORS
 from dropr.durable import syncfs as _syncfs
@@ -605,6 +605,31 @@ class Store(OperatorMixin):
         """Messages of ``channel`` waiting in ``state``: by priority, then arrival."""
         names.check_name(channel, "channel")
         return self._sorted(self.root / state / channel, limit)
+
+    def depths(self):
+        """{channel: (messages waiting in queue/, when the oldest of them was made,
+        in ms since the epoch, or None)} for the receiver's metrics. One listing
+        per channel; the time comes from the id (a ``stat()`` only for ids dropr
+        did not make: their file's mtime)."""
+        out = {}
+        for channel in self.channels():
+            count, first, first_mtime = 0, None, None
+            with contextlib.suppress(FileNotFoundError), \
+                    os.scandir(self.root / "queue" / channel) as it:
+                for e in it:
+                    if not _is_message(e.name):
+                        continue
+                    count += 1
+                    mid = id_of(e.name)
+                    if len(mid) == 26:  # a ULID: ids sort by creation time
+                        first = mid if first is None or mid < first else first
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        mtime = int(e.stat().st_mtime * 1000)
+                        first_mtime = mtime if first_mtime is None else min(first_mtime, mtime)
+            made = [t for t in (first and ids.timestamp_ms(first), first_mtime) if t]
+            out[channel] = (count, min(made) if made else None)
+        return out
 
     def _sorted(self, directory, limit):
         out = []

@@ -5,7 +5,7 @@ claim, ack, retry, bury), as a base class of
 
 import json
 
-from dropr import names
+from dropr import ids, names
 from dropr.errors import NotFound, StoreUnavailable, ValidationError
 from dropr.jetstream.wire import durable_of, message_of, msg_id_of, nats_module, subject_of
 from dropr.store import Failures
@@ -58,6 +58,21 @@ class Consumer:
         names.check_name(channel, "channel")
         prefix = self._prefix(state)
         return sum(self._subjects(f"{prefix}.{channel}.*").values()) if prefix else 0
+
+    def depths(self):
+        """{channel: (messages waiting, claimed ones included; when the oldest
+        was made, in ms since the epoch, or None)}, from the stream's subject
+        counts and the first message of each subject that holds any."""
+        counts, firsts = {}, {}
+        for subj, n in self._subjects(f"{self.settings.subject}.>").items():
+            channel, _, priority = subj.split(".", 1)[1].rpartition(".")
+            counts[channel] = counts.get(channel, 0) + n
+            if n:
+                first = self._call(lambda s=subj: self._read_subject(s, 1))
+                made = [ids.timestamp_ms(m.id) or int(m.received_at * 1000) for m in first]
+                if made and min(made):
+                    firsts[channel] = min(firsts.get(channel, made[0]), *made)
+        return {channel: (n, firsts.get(channel)) for channel, n in counts.items()}
 
     def messages(self, channel, limit=None, *, state="queue"):
         """Messages of ``channel`` in ``state``: by priority, then arrival."""

@@ -23,7 +23,7 @@ import time
 import falcon
 import psutil
 
-from dropr.errors import ConfigError
+from dropr.errors import ConfigError, DroprError
 from dropr.store import DUPLICATE, STORED
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
@@ -74,10 +74,12 @@ class Metrics:
         self.multiprocess = _multiprocess(prom)
         self._timer = timer
         self._space = StoreSpace(store, min_free_bytes, min_free_inodes)
+        self._depth = StoreDepth(store)
         self._registry = None
         if not self.multiprocess:
             self._registry = prom.CollectorRegistry()
             self._registry.register(self._space)
+            self._registry.register(self._depth)
         self._make(prom, self._registry)
 
     def _make(self, prom, registry):
@@ -151,6 +153,7 @@ class Metrics:
             registry = self._prom.CollectorRegistry()
             self._prom.multiprocess.MultiProcessCollector(registry)
             registry.register(self._space)
+            registry.register(self._depth)
         return self._prom.generate_latest(registry)
 
 
@@ -189,6 +192,55 @@ class StoreSpace:
         yield GaugeMetricFamily(PREFIX + "store_min_free_inodes",
                                 "[receiver] min_free_inodes: below it /v1/ready answers 503.",
                                 value=self.min_free_inodes)
+
+
+class StoreDepth:
+    """A Prometheus collector: per channel, the messages waiting for a consumer
+    and the age of the oldest (from its id: since its producer made it).
+    Counted again at most every REFRESH_FACTOR times what the last count took
+    (at least every MIN_REFRESH s), so a deep store is not listed at every
+    scrape; at most MAX_CHANNELS channels (by name) are shown. Runs in
+    receiver worker processes, each with its own last count."""
+
+    REFRESH_FACTOR = 20
+    MIN_REFRESH = 1.0
+    MAX_CHANNELS = 1000
+
+    def __init__(self, store, *, clock=time.time, monotonic=time.monotonic):
+        self.store = store
+        self._clock, self._monotonic = clock, monotonic
+        self._depths, self._due = {}, 0.0
+
+    def depths(self):
+        """{channel: (waiting, oldest made ms or None)}, counted again when due."""
+        began = self._monotonic()
+        if began >= self._due:
+            self._depths = self.store.depths()
+            done = self._monotonic()
+            self._due = done + max(self.MIN_REFRESH, self.REFRESH_FACTOR * (done - began))
+        return self._depths
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            depths = self.depths()
+        except DroprError:
+            return  # the store does not answer: /v1/ready says so; no stale figures
+        waiting = GaugeMetricFamily(PREFIX + "store_messages", "Messages waiting for a "
+                                    "consumer in the store, by channel.", labels=("channel",))
+        oldest = GaugeMetricFamily(
+            PREFIX + "store_oldest_message_age_seconds", "Age of the oldest message waiting "
+            "in the store (since its producer made it), by channel; 0 when none waits.",
+            labels=("channel",))
+        now = self._clock()
+        for channel in sorted(depths)[:self.MAX_CHANNELS]:
+            count, made_ms = depths[channel]
+            waiting.add_metric((channel,), count)
+            age = max(0.0, now - made_ms / 1000.0) if count and made_ms else 0.0
+            oldest.add_metric((channel,), age)
+        yield waiting
+        yield oldest
 
 
 class CountingStore:

@@ -44,7 +44,7 @@ THEN_FAIL_YOUNG = "fail-young"  # over max_rss right after boot: counts toward t
 def labels(workers):
     """The slot labels a [workers] config asks for, in start order."""
     out = [("sender", n, f"sender-{n}") for n in range(1, workers.sender + 1)]
-    for kind in ("retry_scanner", "reaper", "receiver", "legacy_spool"):
+    for kind in ("retry_scanner", "reaper", "receiver", "legacy_spool", "metrics"):
         if getattr(workers, kind):
             out.append((kind, 1, kind.replace("_", "-")))
     return out

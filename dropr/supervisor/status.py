@@ -19,7 +19,7 @@ import psutil
 VERSION = 1
 
 
-KIND_ORDER = ("sender", "retry_scanner", "reaper", "receiver", "legacy_spool")
+KIND_ORDER = ("sender", "retry_scanner", "reaper", "receiver", "legacy_spool", "metrics")
 
 
 def document(*, pid, state, config, started, now, generation, reload, slots):

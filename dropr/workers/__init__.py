@@ -11,6 +11,7 @@ KINDS = {
     "reaper": "dropr.workers.reaper:ReaperWorker",
     "receiver": "dropr.workers.receiver:ReceiverWorker",
     "legacy_spool": "dropr.workers.legacy_spool:LegacySpoolWorker",
+    "metrics": "dropr.workers.metrics:MetricsWorker",
 }
 
 

@@ -30,7 +30,12 @@ class SenderWorker(Worker):
         """Make the Sender: spool tree, recovery of orphaned claims, its active dir."""
         from dropr.sender import Sender
 
-        self.sender = Sender(self.config, label=self.label, notices=self.notices)
+        counts = None
+        if self.config.metrics.bind:  # counted for the metrics worker's scrapes
+            from dropr.sendercounts import SenderCounts, counts_folder
+
+            counts = SenderCounts(counts_folder(self.config, self.ppid))
+        self.sender = Sender(self.config, label=self.label, notices=self.notices, counts=counts)
         self.sender.open()
 
     def tick(self):

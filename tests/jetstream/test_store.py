@@ -10,6 +10,7 @@ from falcon import testing
 
 from dropr import config as config_mod
 from dropr.errors import StoreUnavailable, TooLarge
+from dropr.ids import IdGenerator
 from dropr.jetstream import JetStreamStore
 from dropr.receiver import create_app
 from dropr.store import Failures
@@ -174,3 +175,12 @@ def test_one_client_cannot_pre_empt_anothers_message_id(store):
     got = {m.client: (m.id, m.body) for m in store.messages("orders")}
     assert got == {"shop-a": ("order-1", b"a"), "shop-b": ("order-1", b"b")}
     assert store.get("orders", "order-1", client="shop-b").body == b"b"
+
+
+def test_depths_count_each_channel_and_date_its_oldest_message(store):
+    ids = {name: IdGenerator(clock=lambda t=t: t)() for name, t in
+           (("old", 1_000_000.0), ("new", 2_000_000.0), ("events", 1_500_000.0))}
+    store.publish(stage(store, ids["new"], priority=0))
+    store.publish(stage(store, ids["old"], priority=9))
+    store.publish(stage(store, ids["events"], channel="events"))
+    assert store.depths() == {"orders": (2, 1_000_000_000), "events": (1, 1_500_000_000)}

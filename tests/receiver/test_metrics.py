@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import time
 import urllib.request
 
 import psutil
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dropr import config as config_mod
 from dropr.errors import ConfigError
+from dropr.ids import IdGenerator
 from dropr.receiver import create_app, metrics
 from dropr.store import Store
 from tests import harness
@@ -104,6 +106,40 @@ def test_store_free_inodes_are_read_at_each_scrape(make_app):
     free = os.statvfs(store.root).f_favail  # others make files meanwhile: allow some
     assert abs(value(text, "dropr_receiver_store_free_inodes") - free) < 100_000
     assert value(text, "dropr_receiver_store_min_free_inodes") == 4321
+
+
+def test_store_depth_and_oldest_age_per_channel(make_app):
+    client, store, _ = make_app()
+    old, new = IdGenerator(clock=lambda: 1_000_000.0), IdGenerator(clock=lambda: 2_000_000.0)
+    for message_id in (new(), old(), new()):
+        store.put("orders", message_id, b"x", priority=5, client="t")
+    store.put("events", new(), b"y", priority=0, client="t")
+    store.put("legacy", "php-4711", b"z", priority=5, client="t")  # an id dropr did not make
+    os.utime(store.root / "queue" / "legacy" / "5.php-4711", (1_500_000.0, 1_500_000.0))
+    now = time.time()
+    text = client.simulate_get("/metrics", **LOOPBACK).text
+    assert value(text, "dropr_receiver_store_messages", channel="orders") == 3
+    assert value(text, "dropr_receiver_store_messages", channel="events") == 1
+    assert value(text, "dropr_receiver_store_oldest_message_age_seconds",
+                 channel="orders") == pytest.approx(now - 1_000_000.0, abs=30)
+    assert value(text, "dropr_receiver_store_oldest_message_age_seconds",
+                 channel="events") == pytest.approx(now - 2_000_000.0, abs=30)
+    assert value(text, "dropr_receiver_store_oldest_message_age_seconds",
+                 channel="legacy") == pytest.approx(now - 1_500_000.0, abs=30)
+
+
+def test_store_depth_is_counted_again_only_when_due(tmp_path):
+    store, ticks = Store(tmp_path / "store", fsync=False), [100.0]
+    depth = metrics.StoreDepth(store, monotonic=lambda: ticks[0])
+    assert depth.depths() == {}
+    store.put("orders", IdGenerator()(), b"x", priority=5, client="t")
+    assert depth.depths() == {}  # the last count is fresh for MIN_REFRESH s
+    ticks[0] += metrics.StoreDepth.MIN_REFRESH
+    assert depth.depths()["orders"][0] == 1
+    [message] = store.claim("orders", "c1")
+    store.ack(message)
+    ticks[0] += metrics.StoreDepth.MIN_REFRESH
+    assert depth.depths()["orders"] == (0, None)  # an empty channel: 0 waiting, no age
 
 
 def test_metrics_refuse_to_start_if_prometheus_client_chose_single_process(make_app,
