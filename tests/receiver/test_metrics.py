@@ -115,7 +115,7 @@ def test_store_depth_and_oldest_age_per_channel(make_app):
         store.put("orders", message_id, b"x", priority=5, client="t")
     store.put("events", new(), b"y", priority=0, client="t")
     store.put("legacy", "php-4711", b"z", priority=5, client="t")  # an id dropr did not make
-    os.utime(store.root / "queue" / "legacy" / "5.php-4711", (1_500_000.0, 1_500_000.0))
+    os.utime(store.root / "queue" / "legacy" / "5.t@php-4711", (1_500_000.0, 1_500_000.0))
     now = time.time()
     text = client.simulate_get("/metrics", **LOOPBACK).text
     assert value(text, "dropr_receiver_store_messages", channel="orders") == 3
