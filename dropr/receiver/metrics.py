@@ -233,14 +233,22 @@ class StoreDepth:
             PREFIX + "store_oldest_message_age_seconds", "Age of the oldest message waiting "
             "in the store (since its producer made it), by channel; 0 when none waits.",
             labels=("channel",))
+        paused = GaugeMetricFamily(
+            PREFIX + "store_paused", "1 while consumers of the channel are paused "
+            "(dropr store pause), else 0.", labels=("channel",))
+        is_paused = getattr(self.store, "paused", None)  # the files backend, for now
         now = self._clock()
         for channel in sorted(depths)[:self.MAX_CHANNELS]:
             count, made_ms = depths[channel]
             waiting.add_metric((channel,), count)
             age = max(0.0, now - made_ms / 1000.0) if count and made_ms else 0.0
             oldest.add_metric((channel,), age)
+            if is_paused is not None:
+                paused.add_metric((channel,), 1.0 if is_paused(channel) else 0.0)
         yield waiting
         yield oldest
+        if is_paused is not None:
+            yield paused
 
 
 class CountingStore:

@@ -324,3 +324,13 @@ def test_metrics_add_up_under_droprd(tmp_path):
         killed = tree.cleanup()
     assert not killed
     assert folder_of(master) is None
+
+
+def test_a_paused_channel_shows_in_the_metrics(make_app):
+    client, store, _ = make_app()
+    store.put("orders", "o-1", b"x", priority=5, client="t")
+    store.put("events", "e-1", b"y", priority=5, client="t")
+    store.pause("orders")
+    text = client.simulate_get("/metrics", **LOOPBACK).text
+    assert value(text, "dropr_receiver_store_paused", channel="orders") == 1
+    assert value(text, "dropr_receiver_store_paused", channel="events") == 0
