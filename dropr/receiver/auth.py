@@ -150,11 +150,14 @@ class Authenticate:
         if header is None:
             raise Unauthorized("this receiver needs a bearer token: "
                                "'Authorization: Bearer TOKEN'")
-        parts = header.split()
-        if len(parts) != 2 or parts[0].lower() != "bearer":
+        # HTTP's own spaces only: str.split() would also take a no-break space.
+        scheme, _, token = header.strip(" \t").partition(" ")
+        token = token.lstrip(" ")
+        if (scheme.lower() != "bearer" or not token
+                or not all("!" <= c <= "~" for c in token)):
             raise Unauthorized("malformed Authorization header: expected 'Bearer TOKEN'",
                                error="invalid_request")
-        identity = self.clients.find(parts[1])
+        identity = self.clients.find(token)
         if identity is None:
             raise Unauthorized("unknown bearer token", error="invalid_token")
         return identity

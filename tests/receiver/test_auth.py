@@ -334,3 +334,17 @@ def test_one_client_cannot_drop_anothers_message_on_the_real_receiver(tmp_path):
     store = Store(tmp_path / "server", fsync=False)
     assert {m.client: m.read() for m in store.messages("orders")} == {
         "shop-a": b"a's order", "shop-b": b"b's order"}
+
+
+def test_a_token_after_a_no_break_space_is_malformed(tmp_path):
+    """str.split() takes U+00A0 for a space; HTTP does not."""
+    from dropr.receiver.auth import Authenticate, Clients, _digest, Identity
+    from dropr.errors import Unauthorized
+
+    auth = Authenticate(Clients([(_digest("token-0123456789"), Identity("c"))]), bind="127.0.0.1:1")
+    assert auth._by_token("Bearer token-0123456789").name == "c"
+    assert auth._by_token("Bearer   token-0123456789 ").name == "c"
+    for header in ("Bearer\xa0token-0123456789", "Bearer token-0123456789\xa0",
+                   "Bearer\u3000token-0123456789", "Bearer token 0123456789"):
+        with pytest.raises(Unauthorized, match="malformed"):
+            auth._by_token(header)
