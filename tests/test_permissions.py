@@ -146,7 +146,8 @@ def test_owner_makes_the_spool_with_the_modes_of_the_maildrop_model(shared):
     gid, uid = grp.getgrnam(GROUP).gr_gid, pwd.getpwnam(DAEMON).pw_uid
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [spool, *spool.iterdir()]}
     assert modes == {"client": 0o710, "tmp": 0o3730, "queue": 0o3730, "active": 0o700,
-                     "deferred": 0o700, "sent": 0o700, "dead": 0o700, "peers": 0o700}
+                     "deferred": 0o700, "hold": 0o700, "sent": 0o700, "dead": 0o700,
+                     "peers": 0o700}
     assert {(p.stat().st_uid, p.stat().st_gid) for p in [spool, *spool.iterdir()]} == {(uid, gid)}
     assert perms.acl_state(spool / "tmp", uid) == "ok"
 
