@@ -7,11 +7,11 @@ own backoff, in memory) and the same batch goes at once to the next one; the
 peer fails (``PeerError``) only when every URL failed for this batch.
 
 A batch is ``POST <url>/v1/batch``, multipart as the wire protocol fixes it:
-a JSON ``meta`` part, then one part per message whose body is streamed from
-the spool file in chunks, so no message is ever read whole into memory. Each
-file is opened without following a symlink and checked on its descriptor
-(:func:`~dropr.spool.files.open_message`), and its part reads from that very
-descriptor: a name swapped meanwhile cannot make the sender upload another file.
+a JSON ``meta`` part, then one part per message whose body libcurl streams
+from the spool file itself, so no message is ever read into Python memory.
+The files are in the sender's own claim folder, which only droprd's user can
+write, and the claim checked each there to be a regular file with one link:
+a producer cannot swap in a symlink to make the sender upload another file.
 The answer sorts into three outcomes the sender handles differently:
 
 - 200: a result per message id (``stored``, ``duplicate`` or ``rejected``);
@@ -40,8 +40,7 @@ import time
 import pycurl
 
 from dropr import backoff
-from dropr.errors import BatchRefused, ConfigError, Forbidden, NotAMessage, PeerError, Unreadable
-from dropr.spool.files import open_message
+from dropr.errors import BatchRefused, ConfigError, Forbidden, PeerError, Unreadable
 
 BATCH_PATH = "/v1/batch"
 READY_PATH = "/v1/ready"
@@ -143,38 +142,18 @@ def _error_of(body):
         return "unknown", text or "no error body"
 
 
-class _Body:
-    """The body of one part, read with pread() from the descriptor that was
-    checked, at the offset libcurl asks for (it may rewind to resend)."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        self.offset = 0
-
-    def read(self, _userdata, size):
-        data = os.pread(self.fd, size, self.offset)
-        self.offset += len(data)
-        return data
-
-    def seek(self, _userdata, offset, origin):
-        if origin != os.SEEK_SET:
-            return pycurl.SEEKFUNC_CANTSEEK
-        self.offset = offset
-        return pycurl.SEEKFUNC_OK
-
-
 def _add_file(form, message_id, path, fds):
-    """A part streamed from the message file ``path``; its descriptor is added
-    to ``fds`` (closed by the caller). Unreadable if it cannot be opened, or is
-    not a regular file."""
+    """A part that libcurl streams from ``path`` itself (in C: no Python per
+    chunk). ``path`` is in the sender's own claim folder under ``active/``,
+    which only droprd's user can write, and the claim checked it there, after
+    its rename, to be a regular file with one link (``Spool._claimed_size``):
+    no producer can swap a symlink in between. ``fds`` is kept for the caller's
+    sake (nothing is opened here). Unreadable if libcurl cannot open it."""
     try:
-        fd, size = open_message(path)
-    except (OSError, NotAMessage) as e:
-        raise Unreadable(message_id, getattr(e, "strerror", None) or str(e)) from None
-    fds.append(fd)
-    body = _Body(fd)
-    part = form.add(name=message_id, filename=message_id, content_type="application/octet-stream")
-    part.data_cb(size, body.read, body.seek)
+        form.add(name=message_id, file=os.fsencode(path), filename=message_id,
+                 content_type="application/octet-stream")
+    except pycurl.error as e:
+        raise Unreadable(message_id, e.args[-1] if e.args else str(e)) from None
 
 
 def _results_of(body, peer, url):
