@@ -48,6 +48,11 @@ def ahead():
     return time.time() + DAY
 
 
+def boot_ahead():
+    """The boot clock a day ahead: the retry scanner's waits run on it."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) + DAY
+
+
 def clean_environ():
     return {k: v for k, v in os.environ.items() if not k.startswith("DROPR_CRASH_")}
 
@@ -113,8 +118,11 @@ class Case:
                 "from dropr.reaper import Reaper\n"
                 "from dropr.retry import RetryScanner\n"
                 f"c = config.load({str(self.path)!r})\n"
-                f"{kind}(c, clock=lambda: time.time() + {DAY}).open()."
-                f"{'reap' if kind == 'Reaper' else 'scan'}()\n")
+                # A day ahead on both clocks: the scanner waits on the boot clock.
+                + (f"{kind}(c, clock=lambda: time.time() + {DAY}).open().reap()\n"
+                   if kind == "Reaper" else
+                   f"{kind}(c, clock=lambda: time.time() + {DAY}, boottime=lambda: "
+                   f"time.clock_gettime(time.CLOCK_BOOTTIME) + {DAY}).open().scan()\n"))
         result = subprocess.run([sys.executable, "-c", code], env=crash_env(point),
                                 capture_output=True, timeout=60)
         assert result.returncode == KILLED, (result.returncode, result.stderr.decode()[-2000:])
@@ -124,7 +132,7 @@ class Case:
         a retry-scanner pass (probes, brings back deferrals), a sender again, and
         a reaper pass that finds every leftover stale."""
         self.send_once()
-        RetryScanner(self.config, clock=ahead).open().scan()
+        RetryScanner(self.config, clock=ahead, boottime=boot_ahead).open().scan()
         self.send_once()
         Reaper(self.config, clock=ahead).open().reap()
 
