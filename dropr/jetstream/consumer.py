@@ -143,6 +143,8 @@ class Consumer:
         consumers, whatever its name."""
         names.check_name(channel, "channel")
         names.check_name(consumer, "consumer")
+        if self.paused(channel):
+            return []  # `dropr store pause`: uploads go on, consumers wait
         counts = self._subjects(f"{self.settings.subject}.{channel}.*")
         claimed = []
         for p in PRIORITIES:

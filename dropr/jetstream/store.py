@@ -13,6 +13,7 @@ from pathlib import Path
 from dropr import names
 from dropr.errors import TooLarge
 from dropr.jetstream.consumer import Consumer
+from dropr.jetstream.operator import JsOperatorMixin
 from dropr.jetstream.wire import (Acks, Loop, connect_options, msg_id_of, nats_module, pub_ack,
                                   require_nats, subject_of, unavailable)
 from dropr.store import DUPLICATE, STORED
@@ -43,7 +44,7 @@ class StagedBody:
     path = None
 
 
-class JetStreamStore(Consumer):
+class JetStreamStore(JsOperatorMixin, Consumer):
     """The server store on a JetStream stream, with the methods of the
     filesystem :class:`~dropr.store.Store` that the receiver, ``dropr
     consume`` and ``dropr store`` use. Used in receiver worker processes,

@@ -236,7 +236,7 @@ class StoreDepth:
         paused = GaugeMetricFamily(
             PREFIX + "store_paused", "1 while consumers of the channel are paused "
             "(dropr store pause), else 0.", labels=("channel",))
-        is_paused = getattr(self.store, "paused", None)  # the files backend, for now
+        is_paused = getattr(self.store, "paused", None)
         now = self._clock()
         for channel in sorted(depths)[:self.MAX_CHANNELS]:
             count, made_ms = depths[channel]
