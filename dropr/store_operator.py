@@ -50,6 +50,13 @@ class OperatorMixin:
         """True while ``channel`` is paused."""
         return os.path.exists(f"{self._root}/paused/{channel}")
 
+    def paused_channels(self):
+        """The channels paused now."""
+        try:
+            return set(os.listdir(self.root / "paused"))
+        except FileNotFoundError:
+            return set()
+
     # -- figures ----------------------------------------------------------------
 
     def stats(self, channel, *, now=None):

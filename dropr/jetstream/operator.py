@@ -29,13 +29,18 @@ class JsOperatorMixin:
 
     # -- pause ------------------------------------------------------------------
 
-    def _paused_bucket(self):
+    def _paused_bucket(self, *, make=True):
+        """The coroutine function giving the bucket; without ``make``, None
+        where no pause was ever set (a consumer's claim must not need the
+        right to make streams)."""
         async def bucket():
             nats = nats_module()
             name = f"{self.settings.stream}_PAUSED"
             try:
                 return await self._js.key_value(name)
             except nats.js.errors.BucketNotFoundError:
+                if not make:
+                    return None
                 return await self._js.create_key_value(bucket=name,
                                                         replicas=self.settings.replicas)
         return bucket
@@ -60,11 +65,13 @@ class JsOperatorMixin:
 
     def paused(self, channel):
         """True while ``channel`` is paused."""
-        make = self._paused_bucket()
+        find = self._paused_bucket(make=False)
 
         async def get():
             nats = nats_module()
-            kv = await make()
+            kv = await find()
+            if kv is None:
+                return False
             try:
                 entry = await kv.get(channel)
             except nats.js.errors.KeyNotFoundError:

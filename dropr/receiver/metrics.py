@@ -210,12 +210,18 @@ class StoreDepth:
         self.store = store
         self._clock, self._monotonic = clock, monotonic
         self._depths, self._due = {}, 0.0
+        self._paused = None  # the channels paused at the last count; None: not known
 
     def depths(self):
-        """{channel: (waiting, oldest made ms or None)}, counted again when due."""
+        """{channel: (waiting, oldest made ms or None)}, counted again when due
+        (with the channels paused then)."""
         began = self._monotonic()
         if began >= self._due:
             self._depths = self.store.depths()
+            try:
+                self._paused = self.store.paused_channels()
+            except (DroprError, AttributeError):
+                self._paused = None  # e.g. no right to read the pause bucket: no gauge
             done = self._monotonic()
             self._due = done + max(self.MIN_REFRESH, self.REFRESH_FACTOR * (done - began))
         return self._depths
@@ -236,18 +242,17 @@ class StoreDepth:
         paused = GaugeMetricFamily(
             PREFIX + "store_paused", "1 while consumers of the channel are paused "
             "(dropr store pause), else 0.", labels=("channel",))
-        is_paused = getattr(self.store, "paused", None)
         now = self._clock()
         for channel in sorted(depths)[:self.MAX_CHANNELS]:
             count, made_ms = depths[channel]
             waiting.add_metric((channel,), count)
             age = max(0.0, now - made_ms / 1000.0) if count and made_ms else 0.0
             oldest.add_metric((channel,), age)
-            if is_paused is not None:
-                paused.add_metric((channel,), 1.0 if is_paused(channel) else 0.0)
+            if self._paused is not None:
+                paused.add_metric((channel,), 1.0 if channel in self._paused else 0.0)
         yield waiting
         yield oldest
-        if is_paused is not None:
+        if self._paused is not None:
             yield paused
 
 
