@@ -31,8 +31,6 @@ small on purpose, so that a store on another engine can stand beside this one.
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import functools
 import itertools
 import json
@@ -41,14 +39,14 @@ import secrets
 import time
 from pathlib import Path
 
-from dropr import ids, names, store_names
+from dropr import fs, ids, names, store_names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
-from dropr.durable import SYNCFS_REPORTS_ERRORS
-from dropr.durable import syncfs as _syncfs
 from dropr.faults import crash_point
+from dropr.fs import FULL, LOCK, SYNCFS_REPORTS_ERRORS, LockedDir, fsync_dir, lock_file, make_dirs
+from dropr.fs import syncfs as _syncfs
+from dropr.fs import write_all
 from dropr.spool import perms
-from dropr.spool.spool import LOCK, REASON_SUFFIX, LockedDir, fsync_dir, make_dirs
-from dropr.store_names import entry_name, id_of
+from dropr.store_names import REASON_SUFFIX, entry_name, id_of
 from dropr.store_names import is_message as _is_message
 from dropr.store_operator import OperatorMixin
 
@@ -56,7 +54,6 @@ MAGIC = b"DROPR1 "
 HEADER_MAX = 4096
 STORED, DUPLICATE = "stored", "duplicate"
 _CHUNK = 1 << 20
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 #: With ``[receiver] group``: members (consumer accounts) may pass the root,
 #: claim, read, ack, retry and bury (the rest), and write their failure notes
 #: into ``tmp/`` but neither list it nor touch the bodies being received there.
@@ -160,7 +157,7 @@ def _full_is_store_full(root):
     try:
         yield
     except OSError as e:
-        if e.errno in _FULL:
+        if e.errno in FULL:
             # The path is for the log, not for a client's answer.
             raise StoreFull(f"the store is full: {e.strerror}", path=root) from None
         raise
@@ -175,12 +172,6 @@ def _close_fd(staged):
 def _private(path, flags):
     """An ``opener`` for ``open()``: files of the store are 0640, as messages."""
     return os.open(path, flags, 0o640)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class _Holders:
@@ -523,10 +514,10 @@ class Store(OperatorMixin):
             written += len(chunk)
             if limit is not None and written > limit:
                 raise TooLarge(f"message is over the limit of {limit} bytes")
-            _write_all(fd, pending + chunk if pending else chunk)
+            write_all(fd, pending + chunk if pending else chunk)
             pending = b""
         if pending:
-            _write_all(fd, pending)
+            write_all(fd, pending)
         crash_point("store.after_tmp_write")
         return written
 
@@ -565,14 +556,12 @@ class Store(OperatorMixin):
 
     def free_bytes(self):
         """Bytes free for this process's writes on the store's filesystem."""
-        st = os.statvfs(self._root)
-        return st.f_bavail * st.f_frsize
+        return fs.free_bytes(self._root)
 
     def free_inodes(self):
         """Inodes free for this process's files on the store's filesystem
         (``None`` where the filesystem does not count them)."""
-        st = os.statvfs(self._root)
-        return st.f_favail if st.f_files else None
+        return fs.free_inodes(self._root)
 
     def check_writable(self):
         """Create, write and remove a file in ``tmp/`` (readiness); ``OSError``
@@ -798,11 +787,8 @@ class Store(OperatorMixin):
         names.check_name(consumer, "consumer")
         path = self.root / "work" / consumer
         self._make_dir(path)
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = lock_file(path / LOCK)
+        if fd is None:
             raise AlreadyRunning(f"consumer {consumer} is already running "
                                  f"(another process holds {path / LOCK})") from None
         work = WorkDir(consumer, path, fd)

@@ -16,7 +16,8 @@ Used by :mod:`dropr.store` alone, which owns the layout.
 import contextlib
 import os
 
-from dropr.spool.spool import REASON_SUFFIX
+#: Beside a message in ``dead/<channel>/``: why a consumer gave it up.
+REASON_SUFFIX = ".reason"
 
 #: Written into a store whose names are ``P.CLIENT@ID``.
 FORMAT_FILE = ".format"

@@ -15,8 +15,8 @@ import os
 from dropr import names
 from dropr.errors import NotFound
 from dropr.faults import crash_point
-from dropr.spool.spool import REASON_SUFFIX, fsync_dir
-from dropr.store_names import id_of
+from dropr.fs import fsync_dir
+from dropr.store_names import REASON_SUFFIX, id_of
 from dropr.store_names import is_message as _is_message
 
 #: The states of a stored message, as trace and the HTTP API name them.

@@ -20,7 +20,7 @@ import os
 import shutil
 import stat
 
-import dropr.durable
+import dropr.fs
 import dropr.store
 
 
@@ -230,8 +230,8 @@ class Recorder:
             (os, "rmdir", lambda r: self._path_op(r, "rmdir")),
             (builtins, "open", self._open_file), (io, "open", self._open_file),
         ]
-        if dropr.durable._SYNCFS is not None:
-            patches.append((dropr.durable, "_SYNCFS", self._syncfs))
+        if dropr.fs._SYNCFS is not None:
+            patches.append((dropr.fs, "_SYNCFS", self._syncfs))
         for module, name, wrap in patches:
             real = getattr(module, name)
             self._saved.append((module, name, real))

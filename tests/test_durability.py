@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from falcon import testing
 
-import dropr.durable
+import dropr.fs
 import dropr.store
 from dropr import config as config_mod
 from dropr.errors import StoreFull
@@ -122,7 +122,7 @@ def test_put_whose_queue_sync_fails_leaves_nothing_to_deliver(tmp_path, monkeypa
 @pytest.mark.parametrize("release, reports", [("5.7.19", False), ("5.8.0-63-generic", True),
                                               ("6.18.44-fc", True), ("weird", False)])
 def test_syncfs_is_trusted_only_on_kernels_that_report_its_errors(release, reports):
-    assert dropr.durable.kernel_at_least(5, 8, release) is reports
+    assert dropr.fs.kernel_at_least(5, 8, release) is reports
 
 
 @pytest.mark.parametrize("reports", [True, False])

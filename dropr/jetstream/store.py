@@ -5,12 +5,11 @@ import asyncio
 import dataclasses
 import io
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from dropr import names
+from dropr import fs, names
 from dropr.errors import TooLarge
 from dropr.jetstream.consumer import Consumer
 from dropr.jetstream.operator import JsOperatorMixin
@@ -253,13 +252,11 @@ class JetStreamStore(JsOperatorMixin, Consumer):
 
     def free_bytes(self):
         """Bytes free on the scratch folder's filesystem (staged bodies spill there)."""
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
+        return fs.free_bytes(self.root)
 
     def free_inodes(self):
         """Inodes free on the scratch folder's filesystem (``None`` if it does not count them)."""
-        st = os.statvfs(self.root)
-        return st.f_favail if st.f_files else None
+        return fs.free_inodes(self.root)
 
     def check_writable(self):
         """The stream answers (readiness); StoreUnavailable if not."""

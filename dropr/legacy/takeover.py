@@ -37,9 +37,10 @@ import sysv_ipc
 from dropr import names
 from dropr.errors import ValidationError
 from dropr.faults import crash_point
+from dropr.fs import fsync_dir
+from dropr.fs import write_all
 from dropr.receiver.legacy import dropr_id
 from dropr.spool import Spool, SpoolName
-from dropr.spool.spool import fsync_dir
 
 log = logging.getLogger("dropr.legacy")
 
@@ -159,7 +160,7 @@ class Takeover:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
             try:
                 while chunk := src.read(_CHUNK):
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
                 if self.spool.fsync:
                     os.fsync(fd)
             except BaseException:
@@ -176,12 +177,6 @@ class Takeover:
 
 def _no_follow(path, flags):
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class PhpWakeups:

@@ -17,7 +17,6 @@ dies) in a private folder of the receiver's (:func:`slots_folder`).
 """
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -29,6 +28,7 @@ import time
 
 from dropr import names
 from dropr.errors import DroprError, TooLarge
+from dropr.fs import lock_file
 from dropr.receiver.auth import check_channel
 
 log = logging.getLogger("dropr.receiver")
@@ -69,13 +69,9 @@ class Slots:
         None when all ``limit`` are taken."""
         self._ensure_folder()
         for i in range(limit):
-            fd = os.open(f"{self.folder}/{channel}.{i}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = lock_file(f"{self.folder}/{channel}.{i}", mode=0o600)
+            if fd is not None:
                 return fd
-            except BlockingIOError:
-                os.close(fd)
         return None
 
     def _ensure_folder(self):

@@ -19,7 +19,6 @@ from a live one, without trusting pids.
 """
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -28,9 +27,11 @@ import shutil
 import time
 from pathlib import Path
 
-from dropr.durable import FsFlush
 from dropr.errors import SpoolFull, ValidationError
 from dropr.faults import crash_point
+from dropr.fs import FULL as _FULL
+from dropr.fs import LOCK, FsFlush, LockedDir, fsync_dir, lock_file, make_dirs
+from dropr.fs import write_all as _write_all
 from dropr.spool import perms
 from dropr.spool.files import check_message, is_message_file
 from dropr.spool.listing import Listing
@@ -39,12 +40,10 @@ from dropr.spool.naming import parse
 log = logging.getLogger(__name__)
 
 STATES = ("tmp", "queue", "active", "deferred", "hold", "sent", "dead")
-LOCK = ".lock"
 REASON_SUFFIX = ".reason"
 _NEW_PREFIX = ".new-"
 _REVIVED_PREFIX = ".revived-"
 _CHUNK = 1 << 20
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 #: A claim listing keeps the first max(_KEEP_BATCHES * limit, _KEEP_MIN) names.
 _KEEP_BATCHES = 100
 _KEEP_MIN = 10_000
@@ -64,35 +63,6 @@ def _read_boot_id():
 
 #: This boot's id: a boot-clock time stored by another boot means nothing here.
 _BOOT_ID = _read_boot_id()
-
-
-def fsync_dir(path):
-    """Make the entries of directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dirs(root, paths, *, fsync):
-    """Make the directories ``paths`` under ``root`` (idempotent). With ``fsync``
-    a tree made now is synced, because a new directory lasts through an OS
-    crash only once the directory that holds it is synced."""
-    made = False
-    for path in paths:
-        if not path.is_dir():
-            path.mkdir(parents=True, exist_ok=True)
-            made = True
-    if made and fsync:
-        fsync_dir(root)
-        fsync_dir(root.parent)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _copy_into(fd, data):
@@ -129,23 +99,6 @@ def _create_afresh(path, tries=5):
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-
-
-class LockedDir:
-    """A directory whose ``.lock`` this process holds with ``flock`` for as long
-    as it lives: a sender's claim directory, or a consumer's work folder in the
-    store. The kernel drops the lock when the process dies, which is how others
-    tell an orphaned directory from a live one."""
-
-    def __init__(self, path, fd):
-        self.path = path
-        self._fd = fd
-
-    def close(self):
-        """Release the lock (the directory stays; the reaper removes it when empty)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 #: A sender's claim directory ``active/<label>.<pid>/``.
@@ -568,15 +521,12 @@ class Spool:
 
     def _release_dir(self, path):
         try:
-            fd = os.open(path / LOCK, os.O_RDWR | os.O_CLOEXEC)
+            fd = lock_file(path / LOCK, create=False)
         except FileNotFoundError:
             # A claim directory gets its lock before it gets its name, so one
             # without a lock was being removed when its remover died: finish that.
             return self._empty_and_remove(path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if fd is None:
             return 0  # its sender is alive
         try:
             return self._empty_and_remove(path)

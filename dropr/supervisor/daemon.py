@@ -11,7 +11,6 @@ does the command that launched it exit, with the daemon's answer.
 """
 
 import contextlib
-import fcntl
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 import psutil
 
 from dropr.errors import AlreadyRunning
+from dropr.fs import lock_file, try_lock
 
 _READY, _FAILED = "ready", "error"
 
@@ -34,12 +34,9 @@ class Pidfile:
     def acquire(self):
         """Lock the pidfile and write our pid; ``AlreadyRunning`` if it is held."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(_running_message(self.path)) from None
+        fd = lock_file(self.path, mode=0o644)
+        if fd is None:
+            raise AlreadyRunning(_running_message(self.path))
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -75,11 +72,8 @@ def running_pid(path, settle=1.0):
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        if try_lock(fd, shared=True):
             return None  # nobody holds it: stale
-        except BlockingIOError:
-            pass
         # The holder writes its pid right after locking: give it a moment.
         deadline = time.monotonic() + settle
         while True:

@@ -1,0 +1,174 @@
+"""Filesystem primitives that both sides use, the client spool and the
+server store: a folder's fsync, a write that writes everything, the folder a
+process holds with ``flock`` for its whole life, free space, the errors of a
+full disk, and syncfs(2).
+
+Nothing here knows a layout: the spool module alone knows the client's, the
+store package alone the server's.
+
+syncfs(2) flushes a whole filesystem for many files (the spool's bulk put and
+the store's batches). Linux reports a write-back error to every descriptor of
+the filesystem that was open when the error happened and has not seen it yet
+(``errseq``, from 5.8 on for syncfs). A descriptor opened *after* the error,
+or a kernel before 5.8, may be told nothing: so the descriptor is opened
+before anything is written, and where the kernel cannot report, callers
+fsync each file instead.
+"""
+
+import ctypes
+import errno
+import fcntl
+import os
+
+#: The file in a :class:`LockedDir` that its process holds with ``flock``.
+LOCK = ".lock"
+
+#: The errors of a full disk (no space, or over a quota).
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def fsync_dir(path):
+    """Make the entries of directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(root, paths, *, fsync):
+    """Make the directories ``paths`` under ``root`` (idempotent). With ``fsync``
+    a tree made now is synced, because a new directory lasts through an OS
+    crash only once the directory that holds it is synced."""
+    made = False
+    for path in paths:
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            made = True
+    if made and fsync:
+        fsync_dir(root)
+        fsync_dir(root.parent)
+
+
+def write_all(fd, data):
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def try_lock(fd, *, shared=False):
+    """Take ``flock`` on ``fd`` without waiting: True if taken, False if
+    another process holds it. The kernel drops the lock when the last
+    descriptor of the open file closes, so when its process dies."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock_file(path, *, create=True, mode=0o640):
+    """Open ``path`` (made with ``mode`` if ``create``) and lock it without
+    waiting: the descriptor, or None (and nothing left open) if another
+    process holds the lock. ``FileNotFoundError`` if absent and not ``create``."""
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, mode)
+    if try_lock(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
+class LockedDir:
+    """A directory whose ``.lock`` this process holds with ``flock`` for as long
+    as it lives: a sender's claim directory, or a consumer's work folder in the
+    store. The kernel drops the lock when the process dies, which is how others
+    tell an orphaned directory from a live one."""
+
+    def __init__(self, path, fd):
+        self.path = path
+        self._fd = fd
+
+    def close(self):
+        """Release the lock (the directory stays; the reaper removes it when empty)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def free_bytes(path):
+    """Bytes free for this process's writes on the filesystem that holds ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def free_inodes(path):
+    """Inodes free for this process's files on the filesystem that holds
+    ``path`` (``None`` where the filesystem does not count them)."""
+    st = os.statvfs(path)
+    return st.f_favail if st.f_files else None
+
+
+# -- syncfs(2) -----------------------------------------------------------------
+
+def _syncfs_function():
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    return function
+
+
+#: libc's syncfs(2), or None where there is none.
+_SYNCFS = _syncfs_function()
+
+
+def kernel_at_least(major, minor, release=None):
+    """Is the running kernel (or ``release``) at least ``major.minor``?"""
+    release = release or os.uname().release
+    try:
+        found = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return found >= (major, minor)
+
+
+#: syncfs(2) reports write-back errors only since Linux 5.8, and then to each
+#: descriptor those that happened since it was opened (or since its last
+#: syncfs). Before that it returns 0 even when data was lost: one fsync per file.
+SYNCFS_REPORTS_ERRORS = _SYNCFS is not None and kernel_at_least(5, 8)
+
+
+def syncfs(fd):
+    """syncfs(2) through ``fd``, a descriptor opened before the first write it
+    must vouch for: a descriptor opened later would miss an error that another
+    process (another worker's syncfs, ``sync -f``) saw first."""
+    if _SYNCFS(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class FsFlush:
+    """A flush of the whole filesystem that holds ``path``, armed before the
+    first write. Made and used in one process (a producer's put_many)."""
+
+    def __init__(self, path):
+        self._fd = (os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    if SYNCFS_REPORTS_ERRORS else None)
+
+    @property
+    def available(self):
+        """False where syncfs cannot be trusted: fsync each file instead."""
+        return self._fd is not None
+
+    def flush(self):
+        """Everything written on the filesystem since this was made is on disk,
+        or ``OSError`` (the write-back error) is raised."""
+        syncfs(self._fd)
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
