@@ -20,8 +20,7 @@ from dropr.errors import (
     UnknownPeer,
     ValidationError,
 )
-from dropr.jetstream import open_store
-from dropr.store import Message, Store
+from dropr.store import Message, Store, open_store
 
 __version__ = "0.1.0"
 

@@ -293,7 +293,7 @@ def _spool_requeue(spool, args, config):
 
 def cmd_store(args, config):
     from dropr.admin import store as admin
-    from dropr.jetstream import open_store
+    from dropr.store import open_store
 
     store = open_store(config)  # [store] backend: files or jetstream
     try:

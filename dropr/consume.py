@@ -297,7 +297,7 @@ def main(config, *, channel, command, consumer=None, once=False, batch=1, max_at
     _check(channel, command, batch=batch, max_attempts=max_attempts, timeout=timeout, poll=poll)
     if config.receiver.store is None:
         raise ConfigError(f"{config.path}: [receiver] store is not set; dropr consume reads it")
-    from dropr.jetstream import open_store
+    from dropr.store import open_store
 
     store = open_store(config)  # [store] backend: files or jetstream
     signals = []

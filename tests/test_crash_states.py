@@ -49,8 +49,8 @@ from dropr.reaper import Reaper
 from dropr.retry import RetryScanner
 from dropr.sender import Sender
 from dropr.spool import Spool, SpoolName
-from dropr.store_names import entry_name
-from dropr.store import DUPLICATE, STORED, Failures, Store, read_message
+from dropr.store import DUPLICATE, STORED, Failures, Store
+from dropr.store.files.format import entry_name, read_message
 from dropr.spool.spool import REASON_SUFFIX
 from tests import harness
 from tests.crashrecord import Recorder

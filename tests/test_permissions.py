@@ -269,7 +269,7 @@ def _store_as_receiver(config, *bodies):
     """Store ``bodies`` in channel common as the receiver's user; their ids."""
     script = f"""
 from dropr import config as c
-from dropr.jetstream import open_store
+from dropr.store import open_store
 store = open_store(c.load({str(config)!r}))
 for i, body in enumerate({list(bodies)!r}):
     store.put("common", f"m{{i}}", body.encode(), priority=5, client="test")

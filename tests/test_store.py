@@ -118,13 +118,13 @@ def test_a_client_named_like_a_reason_file_is_still_listed(store):
 def _legacy_store(root, client="shop-a"):
     """A store as versions before client-keyed names left it: ``P.ID`` names and
     no ``.format`` file."""
-    from dropr.store import _header
+    from dropr.store.files.format import header_line
 
     queue, done = root / "queue" / "orders", root / "done" / "orders"
     for d in (root / "tmp", queue, root / "work", done, root / "dead"):
         d.mkdir(parents=True)
-    (queue / "5.OLD-Q").write_bytes(_header("OLD-Q", "orders", 5, client, 1.0) + b"queued")
-    (done / "5.OLD-D").write_bytes(_header("OLD-D", "orders", 5, client, 1.0) + b"acked")
+    (queue / "5.OLD-Q").write_bytes(header_line("OLD-Q", "orders", 5, client, 1.0) + b"queued")
+    (done / "5.OLD-D").write_bytes(header_line("OLD-D", "orders", 5, client, 1.0) + b"acked")
 
 
 def test_a_store_made_before_client_names_still_knows_its_old_messages(tmp_path):

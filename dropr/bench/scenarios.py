@@ -12,7 +12,7 @@ import time
 from dropr import Client, Store
 from dropr.bench import cluster, limit, procs
 from dropr.errors import BenchError, NotFound, StoreUnavailable
-from dropr.jetstream import open_store
+from dropr.store import open_store
 from dropr.spool import Spool
 
 KiB, MiB = 1 << 10, 1 << 20

@@ -22,7 +22,7 @@ from dropr.receiver.openapi import OpenAPIResource
 from dropr.receiver.strict import Framing
 from dropr.receiver.status import MessageStatusResource
 from dropr.config import short_window_note
-from dropr.jetstream import open_store
+from dropr.store import open_store
 
 
 def create_app(config, *, store=None, new_id=None, clock=time.time, clients=None):

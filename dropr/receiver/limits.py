@@ -12,7 +12,7 @@ import threading
 import time
 
 from dropr.errors import StoreFull, TooLarge, ValidationError
-from dropr.store import MESSAGE_OVERHEAD
+from dropr.store.files.format import MESSAGE_OVERHEAD
 
 #: Environ key that tells the 408 handler how long the body stalled.
 BODY_TIMEOUT_ENV = "dropr.body_timeout"
@@ -60,7 +60,7 @@ class DiskFloor:
     inodes under ``inodes``, so that senders defer their messages instead of
     the receiver failing mid-write. A message costs what it takes on disk,
     not its length: its bytes, then up to a block and its header line more
-    (:data:`~dropr.store.MESSAGE_OVERHEAD`), and two inodes while it is
+    (:data:`~dropr.store.files.format.MESSAGE_OVERHEAD`), and two inodes while it is
     stored (see :meth:`_judge`). ``floor`` and ``inodes`` 0 turn their checks
     off. Runs in receiver worker processes; thread-safe."""
 

@@ -17,7 +17,7 @@ from dropr.receiver import metrics
 from dropr.errors import ConfigError
 from dropr.receiver.app import create_app
 from dropr.receiver.auth import Clients, startup_notes
-from dropr.jetstream.wire import require_nats
+from dropr.store.jetstream.wire import require_nats
 
 MASTER_TITLE = "dropr: receiver"
 WORKER_TITLE = "dropr: receiver worker"

@@ -16,9 +16,9 @@ import pytest
 from dropr import config as config_mod
 from dropr.bench.cluster import available, nats_server
 from dropr.errors import ConfigError, StoreUnavailable
-from dropr.jetstream import JetStreamStore
-from dropr.jetstream.wire import connect_options
 from dropr.store import Failures
+from dropr.store.jetstream import JetStreamStore
+from dropr.store.jetstream.wire import connect_options
 from tests import harness
 
 pytestmark = [pytest.mark.process,
@@ -116,7 +116,7 @@ def test_the_store_authenticates_and_a_refused_login_is_logged(tmp_path, server,
         assert [m.id for m in store.messages("orders")] == ["ID1"]
     finally:
         store.close()
-    caplog.set_level(logging.WARNING, logger="dropr.jetstream")
+    caplog.set_level(logging.WARNING, logger="dropr.store.jetstream")
     for settings in ({}, wrong):
         refused = store_of(tmp_path, url, connect_timeout=0.2, publish_timeout=0.5, **settings)
         try:

@@ -14,7 +14,7 @@ import time
 
 from dropr.client import Client
 from dropr.errors import StoreUnavailable
-from dropr.jetstream import open_store
+from dropr.store import open_store
 from dropr.spool import Spool
 from tests import harness
 from tests.supervisor.conftest import FAST, Droprd

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from dropr import config as config_mod
-from dropr.jetstream import JetStreamStore
+from dropr.store.jetstream import JetStreamStore
 from tests import harness
 from tests.jetstream.test_store import gone
 

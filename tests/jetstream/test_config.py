@@ -5,8 +5,8 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.errors import ConfigError
-from dropr.jetstream import JetStreamStore, open_store
-from dropr.store import Store
+from dropr.store import Store, open_store
+from dropr.store.jetstream import JetStreamStore
 
 
 def load(root="/nonexistent", **sections):

@@ -11,9 +11,9 @@ from falcon import testing
 from dropr import config as config_mod
 from dropr.errors import StoreUnavailable, TooLarge
 from dropr.ids import IdGenerator
-from dropr.jetstream import JetStreamStore
 from dropr.receiver import create_app
 from dropr.store import Failures
+from dropr.store.jetstream import JetStreamStore
 from tests import harness
 from tests.receiver.forms import CONTENT_TYPE, batch
 

@@ -6,7 +6,7 @@ what the filesystem store already held stays readable there."""
 from dropr import Store
 from dropr import config as config_mod
 from dropr.client import Client
-from dropr.jetstream import open_store
+from dropr.store import open_store
 from dropr.spool import Spool
 from tests import harness
 from tests.supervisor.conftest import make_tree  # noqa: F401 - the fixture

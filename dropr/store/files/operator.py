@@ -1,6 +1,6 @@
 """The files store's side of the operator's toolbox: pause and resume a
 channel, the dead letters and their requeue, purge, per-channel figures, and
-where one message is now. Mixed into :class:`dropr.store.Store`, which owns the
+where one message is now. Mixed into :class:`dropr.store.files.Store`, which owns the
 layout; this adds one folder to it:
 
     paused/<channel>   present while the channel's consumers are paused
@@ -16,11 +16,9 @@ from dropr import names
 from dropr.errors import NotFound
 from dropr.faults import crash_point
 from dropr.fs import fsync_dir
-from dropr.store_names import REASON_SUFFIX, id_of
-from dropr.store_names import is_message as _is_message
-
-#: The states of a stored message, as trace and the HTTP API name them.
-QUEUED, CLAIMED, ACKED, DEAD = "queued", "claimed", "acked", "dead"
+from dropr.store import ACKED, CLAIMED, DEAD, QUEUED
+from dropr.store.files.format import REASON_SUFFIX, id_of, read_message
+from dropr.store.files.format import is_message as _is_message
 
 
 class OperatorMixin:
@@ -150,8 +148,6 @@ class OperatorMixin:
         raise NotFound(f"no message {message_id} in channel {channel}")
 
     def _where(self, state, consumer, path, channel):
-        from dropr.store import read_message
-
         message = read_message(path)
         found = {"id": message.id, "channel": message.channel, "state": state,
                  "priority": message.priority, "client": message.client,

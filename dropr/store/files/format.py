@@ -7,14 +7,28 @@ name, so one client cannot pre-empt another's ids, while a re-send by the
 same client finds its earlier copy and is a duplicate.
 
 Stores made before carry ``P.ID`` names. A store made since holds the file
-``.format``; one without it is an older store, where :class:`dropr.store.Store`
+``.format``; one without it is an older store, where :class:`dropr.store.files.Store`
 also looks for a ``P.ID`` copy of the same client, until
 :func:`old_names_left` finds none and the store is marked (by the reaper).
-Used by :mod:`dropr.store` alone, which owns the layout.
+Used by :mod:`dropr.store.files` alone, which owns the layout.
 """
 
 import contextlib
+import functools
+import json
 import os
+from pathlib import Path
+
+from dropr.errors import ValidationError
+from dropr.store import Message
+
+MAGIC = b"DROPR1 "
+HEADER_MAX = 4096
+
+#: Bytes of disk a stored message may take beyond its body and the rounding of
+#: its last block: its header line (ids, channel and client of at most 64
+#: characters each) and its directory entry.
+MESSAGE_OVERHEAD = 512
 
 #: Beside a message in ``dead/<channel>/``: why a consumer gave it up.
 REASON_SUFFIX = ".reason"
@@ -90,3 +104,31 @@ def _dedupe_folders(root):
         tops = _subfolders(f"{root}/work") if state == "work" else [f"{root}/{state}"]
         for top in tops:
             yield from _subfolders(top)
+
+
+def header_line(message_id, channel, priority, client, received_at, legacy_id=None):
+    """The first line of a stored file. Formatted by hand, as json.dumps would
+    with these separators: id and channel are checked names that need no
+    escaping (the caller checks them first), and the client is encoded once."""
+    legacy = f',"legacy_id":{json.dumps(legacy_id)}' if legacy_id is not None else ""
+    return (f'DROPR1 {{"id":"{message_id}","channel":"{channel}","priority":{priority:d},'
+            f'"client":{_json_string(client)},"received_at":{float(received_at)!r}'
+            f'{legacy}}}\n').encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_string(text):
+    return json.dumps(text)
+
+
+def read_message(path):
+    """The :class:`Message` stored at ``path``; ``ValidationError`` if it is not one."""
+    with open(path, "rb") as f:
+        line = f.readline(HEADER_MAX)
+        size = os.fstat(f.fileno()).st_size
+    if not line.startswith(MAGIC) or not line.endswith(b"\n"):
+        raise ValidationError(f"{path}: not a dropr message file")
+    meta = json.loads(line[len(MAGIC):])
+    return Message(meta["id"], meta["channel"], meta["priority"], meta["client"],
+                   meta["received_at"], size - len(line), Path(path), len(line),
+                   meta.get("legacy_id"))

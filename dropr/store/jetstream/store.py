@@ -1,5 +1,5 @@
-"""The receiver side of the JetStream store, its connection, and
-:func:`open_store` (see :mod:`dropr.jetstream`)."""
+"""The receiver side of the JetStream store and its connection (see
+:mod:`dropr.store.jetstream`)."""
 
 import asyncio
 import dataclasses
@@ -11,11 +11,11 @@ from pathlib import Path
 
 from dropr import fs, names
 from dropr.errors import TooLarge
-from dropr.jetstream.consumer import Consumer
-from dropr.jetstream.operator import JsOperatorMixin
-from dropr.jetstream.wire import (Acks, Loop, connect_options, msg_id_of, nats_module, pub_ack,
-                                  require_nats, subject_of, unavailable)
 from dropr.store import DUPLICATE, STORED
+from dropr.store.jetstream.claims import JsClaimsMixin
+from dropr.store.jetstream.operator import JsOperatorMixin
+from dropr.store.jetstream.wire import (Acks, Loop, connect_options, msg_id_of, nats_module,
+                                        pub_ack, require_nats, subject_of, unavailable)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,10 @@ class StagedBody:
     path = None
 
 
-class JetStreamStore(JsOperatorMixin, Consumer):
+class JetStreamStore(JsOperatorMixin, JsClaimsMixin):
     """The server store on a JetStream stream, with the methods of the
-    filesystem :class:`~dropr.store.Store` that the receiver, ``dropr
+    filesystem :class:`~dropr.store.Store` (the interface
+    :class:`~dropr.store.Backend`) that the receiver, ``dropr
     consume`` and ``dropr store`` use. Used in receiver worker processes,
     consumers and admin commands, each with its own connection. ``scratch``
     is a local folder for staged bodies (``[receiver] store``)."""
@@ -282,15 +283,3 @@ def _read_all(f):
     f.seek(0)
     return f.read() if not isinstance(f, io.BytesIO) else f.getvalue()
 
-
-def open_store(config, *, clock=time.time):
-    """The server store ``config`` names in ``[store] backend``: the filesystem
-    :class:`~dropr.store.Store` at ``[receiver] store``, or a :class:`JetStreamStore`."""
-    from dropr.store import Store
-
-    if config.store.backend == "jetstream":
-        config.warn_readable_secrets(config.store)
-        return JetStreamStore(config.store, scratch=config.receiver.store, clock=clock,
-                              where=f"{config.path}: [store]")
-    return Store(config.receiver.store, fsync=config.receiver.fsync, group=config.receiver.group,
-                 clock=clock)

@@ -23,8 +23,7 @@ Each process that uses the store runs one asyncio loop in a thread of its own,
 started on first use (so after a fork, never in a parent that forks).
 """
 
-from dropr.jetstream.store import JetStreamStore, StagedBody, open_store
-from dropr.jetstream.wire import StreamMessage, durable_of, subject_of
+from dropr.store.jetstream.store import JetStreamStore, StagedBody
+from dropr.store.jetstream.wire import StreamMessage, durable_of, subject_of
 
-__all__ = ["JetStreamStore", "StagedBody", "StreamMessage", "durable_of", "open_store",
-           "subject_of"]
+__all__ = ["JetStreamStore", "StagedBody", "StreamMessage", "durable_of", "subject_of"]

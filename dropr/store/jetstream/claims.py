@@ -1,14 +1,14 @@
 """The consumer side of the JetStream store: what ``dropr consume``,
 ``dropr store`` and :func:`dropr.open_store` readers call (counts, listings,
 claim, ack, retry, bury), as a base class of
-:class:`~dropr.jetstream.store.JetStreamStore`."""
+:class:`~dropr.store.jetstream.store.JetStreamStore`."""
 
 import json
 
 from dropr import ids, names
 from dropr.errors import NotFound, StoreUnavailable, ValidationError
-from dropr.jetstream.wire import durable_of, message_of, msg_id_of, nats_module, subject_of
 from dropr.store import Failures
+from dropr.store.jetstream.wire import durable_of, message_of, msg_id_of, nats_module, subject_of
 
 PRIORITIES = range(10)
 #: Seconds a claim waits for a priority that shows messages (they may all be
@@ -29,7 +29,7 @@ class _Work:
         pass
 
 
-class Consumer:
+class JsClaimsMixin:
     """Reading and settling messages; needs ``settings``, ``_call``, ``_js``,
     ``_subs``, ``_held`` and ``_clock`` from the store it is a base of."""
 

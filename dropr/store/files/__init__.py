@@ -1,7 +1,7 @@
 """The server store: the receiver writes it, consumers read it.
 
     .format                      names are P.CLIENT@ID (absent: an older store,
-                                 see :mod:`dropr.store_names`)
+                                 see :mod:`dropr.store.files.format`)
     tmp/                         bodies being received
     queue/<channel>/P.CLIENT@ID  stored, waiting for a consumer
     work/<consumer>/<channel>/   claimed by a consumer
@@ -19,7 +19,7 @@ finished, fsync-ed ``tmp/`` file into ``queue/<channel>/``: the link fails if
 the name exists, so two uploads of the same id cannot both win.
 
 A message is known by its channel, priority, client and id (its name,
-:mod:`dropr.store_names`). In a store made before client names (no
+:mod:`dropr.store.files.format`). In a store made before client names (no
 ``.format``) a message is also a duplicate of an old ``P.ID`` copy of the same
 client, so that a re-send across the upgrade is not stored twice, until the
 reaper marks the store (:meth:`Store.adopt_format`).
@@ -31,67 +31,31 @@ small on purpose, so that a store on another engine can stand beside this one.
 
 import contextlib
 import dataclasses
-import functools
 import itertools
-import json
 import os
 import secrets
 import time
 from pathlib import Path
 
-from dropr import fs, ids, names, store_names
+from dropr import fs, ids, names
 from dropr.errors import AlreadyRunning, NotFound, StoreFull, TooLarge, ValidationError
 from dropr.faults import crash_point
 from dropr.fs import FULL, LOCK, SYNCFS_REPORTS_ERRORS, LockedDir, fsync_dir, lock_file, make_dirs
 from dropr.fs import syncfs as _syncfs
 from dropr.fs import write_all
 from dropr.spool import perms
-from dropr.store_names import REASON_SUFFIX, entry_name, id_of
-from dropr.store_names import is_message as _is_message
-from dropr.store_operator import OperatorMixin
+from dropr.store import DUPLICATE, STORED, Failures
+from dropr.store.files import format as store_names
+from dropr.store.files.format import REASON_SUFFIX, entry_name, header_line, id_of, read_message
+from dropr.store.files.format import is_message as _is_message
+from dropr.store.files.operator import OperatorMixin
 
-MAGIC = b"DROPR1 "
-HEADER_MAX = 4096
-STORED, DUPLICATE = "stored", "duplicate"
 _CHUNK = 1 << 20
 #: With ``[receiver] group``: members (consumer accounts) may pass the root,
 #: claim, read, ack, retry and bury (the rest), and write their failure notes
 #: into ``tmp/`` but neither list it nor touch the bodies being received there.
 SHARED_MODES = {"": 0o2750, "tmp": 0o3730, "queue": 0o2770, "work": 0o2770, "done": 0o2770,
                 "dead": 0o2770, "retry": 0o2770}
-
-#: Bytes of disk a stored message may take beyond its body and the rounding of
-#: its last block: its header line (ids, channel and client of at most 64
-#: characters each) and its directory entry.
-MESSAGE_OVERHEAD = 512
-
-
-@dataclasses.dataclass(frozen=True)
-class Message:
-    """A stored message; ``read()`` gives its body."""
-
-    id: str
-    channel: str
-    priority: int
-    client: str
-    received_at: float
-    size: int
-    path: Path
-    offset: int
-    legacy_id: str = None  # a PHP dropr client's own id of the message, if it came from one
-
-    def read(self):
-        """The whole body as bytes."""
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            return f.read()
-
-    def open(self):
-        """A binary file object positioned at the start of the body."""
-        f = open(self.path, "rb")
-        f.seek(self.offset)
-        return f
-
 
 @dataclasses.dataclass
 class Staged:
@@ -120,26 +84,6 @@ class Staged:
     def path(self):
         """The staged file, as a Path."""
         return Path(self.file)
-
-
-@dataclasses.dataclass(frozen=True)
-class Failures:
-    """What consumers recorded about a message whose command failed: how many
-    tries failed, the time before which no claim takes it, and the last reason."""
-
-    attempts: int = 0
-    not_before: float = 0.0
-    reason: str = ""
-
-    def encode(self):
-        meta = {"attempts": self.attempts, "not_before": self.not_before}
-        return (json.dumps(meta) + "\n" + self.reason.rstrip("\n") + "\n").encode()
-
-    @classmethod
-    def decode(cls, data):
-        line, _, reason = data.decode(errors="replace").partition("\n")
-        meta = json.loads(line)
-        return cls(meta["attempts"], meta["not_before"], reason.rstrip("\n"))
 
 
 class WorkDir(LockedDir):
@@ -216,34 +160,6 @@ class _Holders:
         return dirs
 
 
-def _header(message_id, channel, priority, client, received_at, legacy_id=None):
-    """The first line of a stored file. Formatted by hand, as json.dumps would
-    with these separators: id and channel are checked names that need no
-    escaping (the caller checks them first), and the client is encoded once."""
-    legacy = f',"legacy_id":{json.dumps(legacy_id)}' if legacy_id is not None else ""
-    return (f'DROPR1 {{"id":"{message_id}","channel":"{channel}","priority":{priority:d},'
-            f'"client":{_json_string(client)},"received_at":{float(received_at)!r}'
-            f'{legacy}}}\n').encode()
-
-
-@functools.lru_cache(maxsize=1024)
-def _json_string(text):
-    return json.dumps(text)
-
-
-def read_message(path):
-    """The :class:`Message` stored at ``path``; ``ValidationError`` if it is not one."""
-    with open(path, "rb") as f:
-        line = f.readline(HEADER_MAX)
-        size = os.fstat(f.fileno()).st_size
-    if not line.startswith(MAGIC) or not line.endswith(b"\n"):
-        raise ValidationError(f"{path}: not a dropr message file")
-    meta = json.loads(line[len(MAGIC):])
-    return Message(meta["id"], meta["channel"], meta["priority"], meta["client"],
-                   meta["received_at"], size - len(line), Path(path), len(line),
-                   meta.get("legacy_id"))
-
-
 class Store(OperatorMixin):
     """The filesystem store at ``root``. Used by receiver workers, consumers,
     the reaper and the admin commands, each in its own process."""
@@ -299,7 +215,7 @@ class Store(OperatorMixin):
         names.check_id(message_id)
         names.check_name(client, "client")
         priority = names.check_priority(priority)
-        header = _header(message_id, channel, priority, client, self._clock(), legacy_id)
+        header = header_line(message_id, channel, priority, client, self._clock(), legacy_id)
         with _full_is_store_full(self.root):
             fd, tmp = self._create_tmp(message_id)
             try:

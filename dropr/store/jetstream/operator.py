@@ -1,5 +1,5 @@
 """The JetStream store's side of the operator's toolbox (as
-:mod:`dropr.store_operator` is the files store's): pause and resume a channel,
+:mod:`dropr.store.files.operator` is the files store's): pause and resume a channel,
 the dead letters and their requeue, purge, per-channel figures, and where one
 message is now.
 
@@ -18,14 +18,14 @@ import json
 
 from dropr import names
 from dropr.errors import NotFound
-from dropr.jetstream.wire import message_of, msg_id_of, nats_module, subject_of
-from dropr.store_operator import ACKED, CLAIMED, DEAD, QUEUED  # noqa: F401 - the same words
+from dropr.store import ACKED, CLAIMED, DEAD, QUEUED  # noqa: F401 - the same words
+from dropr.store.jetstream.wire import message_of, msg_id_of, nats_module, subject_of
 
 PRIORITIES = range(10)
 
 
 class JsOperatorMixin:
-    """Operator verbs of :class:`~dropr.jetstream.store.JetStreamStore`."""
+    """Operator verbs of :class:`~dropr.store.jetstream.store.JetStreamStore`."""
 
     # -- pause ------------------------------------------------------------------
 
@@ -97,7 +97,7 @@ class JsOperatorMixin:
     def _pending(self, channel, priority):
         """(messages delivered and not yet acked, the stream sequence below
         which all are acked) of the channel's durable consumer of ``priority``."""
-        from dropr.jetstream.wire import durable_of
+        from dropr.store.jetstream.wire import durable_of
 
         async def info():
             nats = nats_module()
@@ -188,7 +188,7 @@ class JsOperatorMixin:
         raise NotFound(f"no message {message_id} in channel {channel}")
 
     def _delivered(self, channel, message):
-        from dropr.jetstream.wire import durable_of
+        from dropr.store.jetstream.wire import durable_of
 
         async def info():
             ci = await self._js.consumer_info(self.settings.stream,
