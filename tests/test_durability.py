@@ -13,7 +13,7 @@ import pytest
 from falcon import testing
 
 import dropr.fs
-import dropr.store.files
+import dropr.store.files.intake
 from dropr import config as config_mod
 from dropr.errors import StoreFull
 from dropr.receiver import create_app
@@ -128,7 +128,7 @@ def test_syncfs_is_trusted_only_on_kernels_that_report_its_errors(release, repor
 @pytest.mark.parametrize("reports", [True, False])
 def test_a_batch_is_flushed_by_one_syncfs_only_where_the_kernel_reports_its_errors(
         tmp_path, monkeypatch, reports):
-    monkeypatch.setattr(dropr.store.files, "SYNCFS_REPORTS_ERRORS", reports)
+    monkeypatch.setattr(dropr.store.files.intake, "SYNCFS_REPORTS_ERRORS", reports)
     store = Store(tmp_path / "server", fsync=True)
     with Recorder(store.root) as rec:
         staged = collections.deque()
