@@ -1,10 +1,10 @@
-"""The retry-scanner worker: :class:`dropr.retry.RetryScanner` under droprd."""
+"""The retry-scanner worker: :class:`dropr.retry_scanner.scanner.RetryScanner` under droprd."""
 
 import os
 import time
 
-from dropr import transport
-from dropr.retry import RetryScanner
+from dropr.retry_scanner.scanner import RetryScanner
+from dropr.sender import transport
 from dropr.workers.base import Worker
 
 #: Longest uninterrupted sleep between ticks: bounds how late a stop request,

@@ -2,9 +2,9 @@
 
 import time
 
-from dropr.reaper import Reaper
+from dropr.reaper.reaper import Reaper
 from dropr.workers.base import Worker
-from dropr.workers.retry_scanner import pause
+from dropr.retry_scanner.shell import pause
 
 
 class ReaperWorker(Worker):
