@@ -3,9 +3,8 @@
 is set."""
 
 from dropr.metrics import host as hostmetrics
-from dropr.retry_scanner.shell import pause
 from dropr.sender import counts as sendercounts
-from dropr.workers.base import Worker
+from dropr.workers.base import Worker, pause
 
 
 class MetricsWorker(Worker):

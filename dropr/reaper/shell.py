@@ -3,8 +3,7 @@
 import time
 
 from dropr.reaper.reaper import Reaper
-from dropr.workers.base import Worker
-from dropr.retry_scanner.shell import pause
+from dropr.workers.base import Worker, pause
 
 
 class ReaperWorker(Worker):
