@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dropr.hostmetrics import IDLE_FACTOR, REFRESH_FACTOR
+from dropr.metrics.host import IDLE_FACTOR, REFRESH_FACTOR
 from dropr.ids import IdGenerator
 from dropr.spool import Spool, census
 from dropr.spool.naming import SpoolName

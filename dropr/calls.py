@@ -16,7 +16,7 @@ import pycurl
 
 from dropr import names
 from dropr.errors import CallFailed
-from dropr.transport import _base_handle, _urls_of
+from dropr.sender.transport import _base_handle, _urls_of
 
 CALLS_PATH = "/v1/channels/{channel}/calls"
 #: curl errors that mean no connection was made: name not resolved, connection

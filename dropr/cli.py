@@ -221,7 +221,7 @@ def cmd_call(args, config):
 
 
 def cmd_send(args, config):
-    from dropr.sender import main as send_main
+    from dropr.sender.sender import main as send_main
 
     return send_main(config, once=args.once)
 

@@ -283,7 +283,7 @@ def post_message(config, body):
 def test_sender_on_a_full_client_disk_defers_instead_of_crashing(tmp_path, tmpfs):
     """Found by the chaos run: marking a peer down wrote a file, and ENOSPC
     there crashed the sender, over and over, until the supervisor gave up."""
-    from dropr.sender import Sender
+    from dropr.sender.sender import Sender
 
     disk = tmpfs("client-disk", "1m")
     path = harness.write_config(tmp_path, sections={"client": {"spool": str(disk / "spool")}})
@@ -306,8 +306,8 @@ def test_expired_message_on_a_full_client_disk_waits_for_room_to_go_to_dead(tmp_
     goes to dead/ with its reason once there is room."""
     import time
 
-    from dropr.retry import RetryScanner
-    from dropr.sender import Sender
+    from dropr.retry_scanner.scanner import RetryScanner
+    from dropr.sender.sender import Sender
 
     disk = tmpfs("client-disk", "1m")
     path = harness.write_config(tmp_path, sections={"client": {"spool": str(disk / "spool")}})

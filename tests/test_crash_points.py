@@ -27,8 +27,8 @@ from dropr import config as config_mod
 from dropr.client import Client
 from dropr.faults import CRASH_POINTS
 from dropr.ids import IdGenerator
-from dropr.reaper import Reaper
-from dropr.retry import RetryScanner
+from dropr.reaper.reaper import Reaper
+from dropr.retry_scanner.scanner import RetryScanner
 from dropr.spool import Spool, SpoolName
 from dropr.store import Store
 from tests import harness
@@ -115,8 +115,8 @@ class Case:
         """One reaper or retry-scanner pass, a day ahead, in a process that dies at ``point``."""
         code = ("import sys, time\n"
                 "from dropr import config\n"
-                "from dropr.reaper import Reaper\n"
-                "from dropr.retry import RetryScanner\n"
+                "from dropr.reaper.reaper import Reaper\n"
+                "from dropr.retry_scanner.scanner import RetryScanner\n"
                 f"c = config.load({str(self.path)!r})\n"
                 # A day ahead on both clocks: the scanner waits on the boot clock.
                 + (f"{kind}(c, clock=lambda: time.time() + {DAY}).open().reap()\n"

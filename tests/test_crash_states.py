@@ -45,9 +45,9 @@ from dropr import config as config_mod
 from dropr.client import Client
 from dropr.errors import PeerError
 from dropr.receiver import create_app
-from dropr.reaper import Reaper
-from dropr.retry import RetryScanner
-from dropr.sender import Sender
+from dropr.reaper.reaper import Reaper
+from dropr.retry_scanner.scanner import RetryScanner
+from dropr.sender.sender import Sender
 from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Failures, Store
 from dropr.store.files.format import entry_name, read_message

@@ -14,7 +14,7 @@ from dropr import config as config_mod
 from dropr.client import Client
 from dropr.spool import Spool
 from dropr.store import Store
-from dropr.transport import Transport
+from dropr.sender.transport import Transport
 from tests import harness
 
 pytestmark = pytest.mark.process

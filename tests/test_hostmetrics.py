@@ -1,7 +1,8 @@
-"""The pacing of the spool census behind droprd's metrics (dropr/hostmetrics.py),
+"""The pacing of the spool census behind droprd's metrics (dropr/metrics/host.py),
 with fake clocks."""
 
-from dropr import config as config_mod, hostmetrics
+from dropr import config as config_mod
+from dropr.metrics import host as hostmetrics
 from dropr.client import Client
 from tests import harness
 

@@ -6,9 +6,9 @@ peer is down only when neither answers."""
 import pytest
 
 from dropr import config as config_mod
-from dropr import transport
+from dropr.sender import transport
 from dropr.client import Client
-from dropr.sender import Sender
+from dropr.sender.sender import Sender
 from dropr.store import Store
 from tests import harness
 

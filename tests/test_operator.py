@@ -14,7 +14,7 @@ import time
 import pytest
 
 from dropr import Client, config as config_mod
-from dropr.retry import RetryScanner
+from dropr.retry_scanner.scanner import RetryScanner
 from dropr.spool import Spool
 from dropr.store import Store
 from tests import harness

@@ -9,7 +9,7 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.client import Client
-from dropr.sender import Sender
+from dropr.sender.sender import Sender
 from dropr.store import Store
 from tests import harness
 
@@ -88,7 +88,7 @@ def test_a_message_on_a_forbidden_channel_does_not_hold_back_the_others(two_peer
 def test_a_hung_peer_s_probe_does_not_hold_up_the_retry_scan(two_peers):
     # The hung peer's probe takes its connect_timeout (3 s); the healthy peer's
     # due message must go back to queue/ in the same scan, at once.
-    from dropr.retry import RetryScanner
+    from dropr.retry_scanner.scanner import RetryScanner
 
     config = two_peers(hung={"connect_timeout": 3.0})
     client = Client(config)
@@ -112,7 +112,7 @@ def test_a_hung_peer_s_probe_does_not_hold_up_the_retry_scan(two_peers):
 
 def test_a_sender_may_stay_silent_while_it_fails_over_across_every_url(tmp_path):
     # Stopping, it finishes the upload on the wire, which may try all 3 URLs.
-    from dropr.workers.sender import SenderWorker
+    from dropr.sender.shell import SenderWorker
 
     urls = [f"http://127.0.0.1:{harness.free_port()}" for _ in range(3)]
     config = config_mod.load(harness.write_config(tmp_path, peers={
@@ -149,7 +149,7 @@ def test_a_message_put_while_a_hung_upload_is_in_flight_goes_at_once(two_peers, 
 def test_a_down_peer_s_backlog_stays_deferred_while_its_probe_fails(two_peers):
     # Nothing listens on the peer's port: each probe fails, so its 50 due
     # messages must stay in deferred/, not be requeued to be held again.
-    from dropr.retry import RetryScanner
+    from dropr.retry_scanner.scanner import RetryScanner
 
     config = two_peers(hung={"url": f"http://127.0.0.1:{harness.free_port()}"})
     client = Client(config)

@@ -10,8 +10,8 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.client import Client
-from dropr.retry import RetryScanner
-from dropr.sender import Sender
+from dropr.retry_scanner.scanner import RetryScanner
+from dropr.sender.sender import Sender
 from dropr.store import Store
 from tests import harness
 

@@ -13,10 +13,10 @@ import pytest
 from dropr import config as config_mod
 from dropr.client import Client
 from dropr.ipc import Notices
-from dropr.reaper import Reaper
+from dropr.reaper.reaper import Reaper
 from dropr.spool import Spool, SpoolName
 from dropr.store import Store
-from dropr.workers.reaper import ReaperWorker
+from dropr.reaper.shell import ReaperWorker
 from tests import harness
 
 

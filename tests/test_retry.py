@@ -9,12 +9,12 @@ import time
 import pytest
 
 from dropr import config as config_mod
-from dropr import transport
+from dropr.sender import transport
 from dropr.ids import IdGenerator
 from dropr.ipc import Notices
-from dropr.retry import RetryScanner, format_age
+from dropr.retry_scanner.scanner import RetryScanner, format_age
 from dropr.spool import Spool, SpoolName
-from dropr.workers.retry_scanner import RetryScannerWorker
+from dropr.retry_scanner.shell import RetryScannerWorker
 from tests import harness
 
 T = 1_800_000_000.0  # the injected "now" of most tests

@@ -9,7 +9,7 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.client import Client
-from dropr.sender import Sender
+from dropr.sender.sender import Sender
 from dropr.spool import SpoolName
 from dropr.store import Store
 from tests import harness

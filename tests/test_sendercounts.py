@@ -1,4 +1,4 @@
-"""The senders' count files for droprd's metrics (dropr/sendercounts.py): summed,
+"""The senders' count files for droprd's metrics (dropr/sender/counts.py): summed,
 and folded into one without losing or doubling a count, even when the fold
 is interrupted."""
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dropr import sendercounts
+from dropr.sender import counts as sendercounts
 
 
 def write(folder, name, counts):

@@ -12,7 +12,7 @@ import pytest
 from dropr import config as config_mod
 from dropr.client import Client
 from dropr.errors import NotAMessage
-from dropr.sender import Sender
+from dropr.sender.sender import Sender
 from dropr.spool import Spool, SpoolName
 from dropr.spool.files import open_message
 from dropr.store import Store

@@ -9,7 +9,7 @@ import pytest
 
 import dropr
 from dropr import config as config_mod
-from dropr import transport
+from dropr.sender import transport
 from dropr.errors import ConfigError, NotFound
 from dropr.spool import Spool
 from dropr.store import Store

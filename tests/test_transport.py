@@ -16,7 +16,7 @@ import pytest
 from dropr.config import PeerConfig
 from dropr.errors import BatchRefused, Forbidden, PeerError, Unreadable
 from dropr.spool import SpoolName
-from dropr.transport import Transport, probe
+from dropr.sender.transport import Transport, probe
 from tests import harness
 
 

@@ -83,7 +83,7 @@ def putfile(config, path):
 
 def _sender(config):
     from dropr import config as config_mod
-    from dropr.sender import Sender
+    from dropr.sender.sender import Sender
 
     return Sender(config_mod.load(config), label="bench").open()
 

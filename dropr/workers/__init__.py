@@ -6,12 +6,12 @@ Each kind is one module with one :class:`~dropr.workers.base.Worker` subclass.
 import importlib
 
 KINDS = {
-    "sender": "dropr.workers.sender:SenderWorker",
-    "retry_scanner": "dropr.workers.retry_scanner:RetryScannerWorker",
-    "reaper": "dropr.workers.reaper:ReaperWorker",
-    "receiver": "dropr.workers.receiver:ReceiverWorker",
-    "legacy_spool": "dropr.workers.legacy_spool:LegacySpoolWorker",
-    "metrics": "dropr.workers.metrics:MetricsWorker",
+    "sender": "dropr.sender.shell:SenderWorker",
+    "retry_scanner": "dropr.retry_scanner.shell:RetryScannerWorker",
+    "reaper": "dropr.reaper.shell:ReaperWorker",
+    "receiver": "dropr.receiver.shell:ReceiverWorker",
+    "legacy_spool": "dropr.legacy.shell:LegacySpoolWorker",
+    "metrics": "dropr.metrics.shell:MetricsWorker",
 }
 
 

@@ -33,6 +33,24 @@ PR_SET_PDEATHSIG = 1
 log = logging.getLogger(__name__)
 
 
+#: Longest uninterrupted sleep between ticks: bounds how late a stop request,
+#: a vanished supervisor or a due heartbeat is noticed.
+PAUSE_STEP = 0.05
+
+
+def pause(worker, seconds, *, clock=time.monotonic):
+    """Sleep ``seconds`` in short steps, ending early when ``worker`` is told to
+    stop or its supervisor is gone, and keeping its heartbeat going meanwhile
+    (an interval longer than the heartbeat timeout must not look like a hang)."""
+    deadline = clock() + seconds
+    while not worker.stopping and os.getppid() == worker.ppid:
+        left = deadline - clock()
+        if left <= 0:
+            return
+        time.sleep(min(PAUSE_STEP, left))
+        worker.report()
+
+
 def set_parent_death_signal(sig):
     """Ask Linux to send ``sig`` to this process when its parent dies; False
     where prctl is not available."""

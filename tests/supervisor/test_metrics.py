@@ -1,6 +1,6 @@
 """droprd's Prometheus metrics of the producer host, against a real tree:
 ``droprd`` with its senders and a metrics worker, a real receiver, real
-spool files (see dropr/hostmetrics.py)."""
+spool files (see dropr/metrics/host.py)."""
 
 import os
 import re

@@ -13,7 +13,7 @@ import pytest
 
 from dropr import Client, Store, config as config_mod
 from dropr.receiver.serve import settings
-from dropr.workers.receiver import ReceiverWorker
+from dropr.receiver.shell import ReceiverWorker
 from tests import harness
 
 

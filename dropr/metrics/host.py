@@ -12,7 +12,7 @@ own process and gathers, at each scrape:
   age is computed at the scrape, so it grows between counts;
 - the senders' results, ``dropr_sender_messages_total{peer,result}``: each
   sender process counts into files of prometheus_client's multiprocess mode
-  in a folder of this supervisor's run (:mod:`dropr.sendercounts`), which the
+  in a folder of this supervisor's run (:mod:`dropr.sender.counts`), which the
   scrape sums (those of senders that have exited included);
 - ``dropr_peer_up{peer}``: 0 while the spool holds a down marker for the peer;
 - the workers, as the supervisor's status file lists them (the names
@@ -31,7 +31,7 @@ import time
 
 import psutil
 
-from dropr import sendercounts
+from dropr.sender import counts as sendercounts
 from dropr.spool import Spool, census
 from dropr.supervisor import status
 
@@ -85,7 +85,7 @@ class HostMetrics:
 
     def fold_counts(self):
         """Fold the exited senders' count files into one (see
-        :func:`dropr.sendercounts.compact`); in the worker's loop."""
+        :func:`dropr.sender.counts.compact`); in the worker's loop."""
         with self._counts_lock:
             return sendercounts.compact(self.folder)
 

@@ -47,7 +47,7 @@ class Reaped:
 class Reaper:
     """Returns orphaned claims to ``queue/`` and expires old files in the client spool
     and (if this host has one) the server store. Runs in the reaper process under
-    droprd (:class:`dropr.workers.reaper.ReaperWorker`), or in any process that
+    droprd (:class:`dropr.reaper.shell.ReaperWorker`), or in any process that
     calls :meth:`reap`."""
 
     def __init__(self, config, *, notices=None, clock=time.time):

@@ -2,9 +2,8 @@
 
 import time
 
-from dropr.reaper import Reaper
-from dropr.workers.base import Worker
-from dropr.workers.retry_scanner import pause
+from dropr.reaper.reaper import Reaper
+from dropr.workers.base import Worker, pause
 
 
 class ReaperWorker(Worker):

@@ -1,10 +1,10 @@
 """The metrics worker: serves the producer host's Prometheus metrics
-(:mod:`dropr.hostmetrics`) on ``[metrics] bind``; droprd runs it while that
+(:mod:`dropr.metrics.host`) on ``[metrics] bind``; droprd runs it while that
 is set."""
 
-from dropr import hostmetrics, sendercounts
-from dropr.workers.base import Worker
-from dropr.workers.retry_scanner import pause
+from dropr.metrics import host as hostmetrics
+from dropr.sender import counts as sendercounts
+from dropr.workers.base import Worker, pause
 
 
 class MetricsWorker(Worker):

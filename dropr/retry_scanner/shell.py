@@ -1,29 +1,10 @@
-"""The retry-scanner worker: :class:`dropr.retry.RetryScanner` under droprd."""
+"""The retry-scanner worker: :class:`dropr.retry_scanner.scanner.RetryScanner` under droprd."""
 
-import os
 import time
 
-from dropr import transport
-from dropr.retry import RetryScanner
-from dropr.workers.base import Worker
-
-#: Longest uninterrupted sleep between ticks: bounds how late a stop request,
-#: a vanished supervisor or a due heartbeat is noticed.
-PAUSE_STEP = 0.05
-
-
-def pause(worker, seconds, *, clock=time.monotonic):
-    """Sleep ``seconds`` in short steps, ending early when ``worker`` is told to
-    stop or its supervisor is gone, and keeping its heartbeat going meanwhile
-    (an interval longer than the heartbeat timeout must not look like a hang)."""
-    deadline = clock() + seconds
-    while not worker.stopping and os.getppid() == worker.ppid:
-        left = deadline - clock()
-        if left <= 0:
-            return
-        time.sleep(min(PAUSE_STEP, left))
-        worker.report()
-
+from dropr.retry_scanner.scanner import RetryScanner
+from dropr.sender import transport
+from dropr.workers.base import Worker, pause
 
 class RetryScannerWorker(Worker):
     """The ``dropr: retry-scanner`` process: one scan of ``deferred/`` per

@@ -27,8 +27,9 @@ import logging
 import os
 import time
 
-from dropr import backoff, ids, transport
+from dropr import backoff, ids
 from dropr.errors import SpoolFull
+from dropr.sender import transport
 from dropr.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def format_age(seconds):
 class RetryScanner:
     """Moves due messages from ``deferred/`` back to ``queue/``, expires old ones to
     ``dead/`` and probes peers marked down. Runs in the retry-scanner process under
-    droprd (:class:`dropr.workers.retry_scanner.RetryScannerWorker`), or in any
+    droprd (:class:`dropr.retry_scanner.shell.RetryScannerWorker`), or in any
     process that calls :meth:`scan`."""
 
     def __init__(self, config, *, notices=None, clock=time.time, boottime=None,

@@ -28,11 +28,11 @@ class SenderWorker(Worker):
 
     def open(self):
         """Make the Sender: spool tree, recovery of orphaned claims, its active dir."""
-        from dropr.sender import Sender
+        from dropr.sender.sender import Sender
 
         counts = None
         if self.config.metrics.bind:  # counted for the metrics worker's scrapes
-            from dropr.sendercounts import SenderCounts, counts_folder
+            from dropr.sender.counts import SenderCounts, counts_folder
 
             counts = SenderCounts(counts_folder(self.config, self.ppid))
         self.sender = Sender(self.config, label=self.label, notices=self.notices, counts=counts)

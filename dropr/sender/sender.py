@@ -31,7 +31,7 @@ from dropr.errors import BatchRefused, Forbidden, PeerError, SpoolFull, Unreadab
 from dropr.faults import crash_point
 from dropr.ipc import Notices
 from dropr.spool import Spool
-from dropr.transport import Transport, check_client_certs
+from dropr.sender.transport import Transport, check_client_certs
 
 log = logging.getLogger(__name__)
 
