@@ -5,7 +5,7 @@ import collections
 
 import pytest
 
-from tests import harness
+from tests.support import harness
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from dropr import Client, QueueFull, SpoolFull, ValidationError
 from dropr.client import Backlog
 from dropr.spool import Spool
 from dropr.store import Store
-from tests import harness
 from tests.supervisor.conftest import FAST, Droprd
+from tests.support import harness
 
 
 class FakeTime:

@@ -12,7 +12,7 @@ import pytest
 from dropr import Client, SpoolFull, UnknownPeer, ValidationError, config
 from dropr.ipc import Notices
 from dropr.spool import parse
-from tests import harness
+from tests.support import harness
 
 
 def spool_files(root):

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from dropr.store import Failures, Store
-from tests import harness
+from tests.support import harness
 
 
 def _config(tmp_path, **retry):

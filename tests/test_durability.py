@@ -1,5 +1,5 @@
 """Durability defects, each caused for real where it can be: a disk whose
-write-back fails (tests/failing_disk.py), a folder made by another process
+write-back fails (tests/support/failing_disk.py), a folder made by another process
 at the worst moment, an OS crash's lost directory entries (see also
 tests/test_crash_states.py, which builds every such state)."""
 
@@ -19,10 +19,10 @@ from dropr.errors import StoreFull
 from dropr.receiver import create_app
 from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Store, Failures
-from tests import harness
-from tests.crashrecord import Recorder
-from tests.failing_disk import failing_disk
 from tests.receiver import forms
+from tests.support import harness
+from tests.support.crashrecord import Recorder
+from tests.support.failing_disk import failing_disk
 
 BODY = os.urandom(256 << 10)  # new blocks to write back: the failing disk refuses them
 

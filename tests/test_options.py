@@ -9,7 +9,7 @@ import pytest
 from dropr import cli
 from dropr.options import subcommands
 from dropr.supervisor import cli as droprd_cli
-from tests import harness
+from tests.support import harness
 
 # The least each command needs besides --config. --config may go before the
 # command, after each of its words ("store", "count") and at the end.

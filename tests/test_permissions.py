@@ -22,7 +22,7 @@ import sysv_ipc
 
 from dropr.ipc import queue_key
 from dropr.spool import Spool, perms
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
                                 reason="needs root and useradd to create users and a group")

@@ -17,7 +17,7 @@ from dropr.reaper import Reaper
 from dropr.spool import Spool, SpoolName
 from dropr.store import Store
 from dropr.workers.reaper import ReaperWorker
-from tests import harness
+from tests.support import harness
 
 
 class Clock:

@@ -15,7 +15,7 @@ from dropr.ipc import Notices
 from dropr.retry import RetryScanner, format_age
 from dropr.spool import Spool, SpoolName
 from dropr.workers.retry_scanner import RetryScannerWorker
-from tests import harness
+from tests.support import harness
 
 T = 1_800_000_000.0  # the injected "now" of most tests
 T_MS = int(T * 1000)

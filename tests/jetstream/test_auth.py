@@ -19,7 +19,7 @@ from dropr.errors import ConfigError, StoreUnavailable
 from dropr.jetstream import JetStreamStore
 from dropr.jetstream.wire import connect_options
 from dropr.store import Failures
-from tests import harness
+from tests.support import harness
 
 pytestmark = [pytest.mark.process,
               pytest.mark.skipif(not available(), reason="nats-server is not installed")]

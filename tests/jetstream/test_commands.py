@@ -7,8 +7,8 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.jetstream import JetStreamStore
-from tests import harness
 from tests.jetstream.test_store import gone
+from tests.support import harness
 
 
 @pytest.fixture

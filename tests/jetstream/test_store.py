@@ -14,8 +14,8 @@ from dropr.ids import IdGenerator
 from dropr.jetstream import JetStreamStore
 from dropr.receiver import create_app
 from dropr.store import Failures
-from tests import harness
 from tests.receiver.forms import CONTENT_TYPE, batch
+from tests.support import harness
 
 
 def js_config(tmp_path, cluster, **store):

@@ -20,8 +20,8 @@ from dropr.faults import CRASH_POINTS
 from dropr.legacy.takeover import Takeover, ftok, parse_php_name, php_queue_key
 from dropr.spool import Spool
 from dropr.store import Store
-from tests import harness
 from tests.supervisor.conftest import make_tree  # noqa: F401 - the fixture
+from tests.support import harness
 
 PHP = Path(__file__).parent / "php"
 PHP_URL = "http://old-receiver.example/server/server.php"

@@ -18,9 +18,9 @@ import pytest
 from dropr.errors import StoreFull, TooLarge, ValidationError
 from dropr.receiver import batch
 from dropr.receiver.limits import DiskFloor, check_json_depth
-from tests import harness
 from tests.receiver import forms
 from tests.receiver.test_hostile import tree_hash
+from tests.support import harness
 
 MiB = 1024 * 1024
 

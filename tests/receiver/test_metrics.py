@@ -22,8 +22,8 @@ from dropr.errors import ConfigError
 from dropr.ids import IdGenerator
 from dropr.receiver import create_app, metrics
 from dropr.store import Store
-from tests import harness
 from tests.receiver.forms import CONTENT_TYPE, batch
+from tests.support import harness
 
 LOOPBACK = {"remote_addr": "127.0.0.1"}  # a receiver without tokens serves loopback only
 MESSAGES = "/v1/channels/{channel}/messages"

@@ -16,7 +16,7 @@ from dropr.supervisor import control, daemon, reload, status
 from dropr.supervisor.health import Health
 from dropr.supervisor.slots import THEN_FAIL, THEN_FAIL_YOUNG, THEN_RESTART, Slot
 from dropr.supervisor.states import State
-from tests import harness
+from tests.support import harness
 
 
 def test_pidfile_lock_is_the_truth(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from dropr import Client, Store, config as config_mod
 from dropr.receiver.serve import settings
 from dropr.workers.receiver import ReceiverWorker
-from tests import harness
+from tests.support import harness
 
 
 def test_gunicorn_recycles_after_max_messages_per_life_requests_with_jitter(tmp_path):
