@@ -77,6 +77,7 @@ def test_an_unknown_peer_url_or_a_bad_channel_leaves_the_message_and_says_so(tmp
     harness.remove_queues(config.client.spool)
 
 
+@pytest.mark.process
 def test_the_queue_key_is_the_one_php_derives(tmp_path):
     spool = tmp_path / "php-spool"
     spool.mkdir()

@@ -151,6 +151,7 @@ def test_metrics_refuse_to_start_if_prometheus_client_chose_single_process(make_
         metrics.Metrics(Store(tmp_path / "store", fsync=False))
 
 
+@pytest.mark.process
 def test_folders_of_masters_that_are_gone_are_removed(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -123,6 +123,7 @@ def test_reload_refuses_bad_files_and_keys_that_need_a_restart(tmp_path):
         reload.load(current)
 
 
+@pytest.mark.process
 def test_health_verdicts_on_a_real_process():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -62,6 +62,7 @@ def units():
 
 
 @pytest.mark.parametrize("unit", units())
+@pytest.mark.process
 def test_systemd_unit_verifies(unit, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

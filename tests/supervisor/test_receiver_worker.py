@@ -38,6 +38,7 @@ class Master:
         self.killed.append((pid, sig))
 
 
+@pytest.mark.process
 def test_http_worker_over_max_rss_is_recycled_once_it_is_no_longer_young(tmp_path):
     fat = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
