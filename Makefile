@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tests that start no process (tests/support/guard.py keeps the marker honest).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not process" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m dropr.cli bench --fs here --quick

@@ -45,7 +45,7 @@ from chaosroles import CONSUMER, parse_role
 from chaostree import Daemon, Disk, ReceiverProcess, Role, kill9, wait_for
 from faultproxy import ERROR, PASS, STALL, FaultProxy
 
-from dropr import config as config_mod
+from dropr.bench import configfile
 from dropr.bench.procs import free_port
 from dropr.ipc import Notices
 from dropr.spool import Spool
@@ -81,58 +81,20 @@ def parse_args(argv):
 def write_config(root, *, receiver_port, proxy_port, max_backlog):
     """The chaos config: small timeouts and backoffs so that the tree heals fast,
     and restarts that never give up (every kill -9 counts as a failure)."""
-    text = f"""
-[client]
-spool = "{root / 'client-disk' / 'spool'}"
-fsync = false
-max_messages = {max_backlog}
-
-[peers.local]
-url = "http://127.0.0.1:{proxy_port}"
-connect_timeout = 1.0
-timeout = 3.0
-
-[sender]
-batch_messages = 200
-wait = 0.2
-peer_backoff_base = 0.1
-peer_backoff_cap = 1.0
-
-[retry]
-base = 0.1
-cap = 0.5
-interval = 0.1
-
-[reaper]
-interval = 1.0
-tmp_max_age = 10.0
-done_retention = 86400.0
-
-[receiver]
-bind = "127.0.0.1:{receiver_port}"
-store = "{root / 'store-disk' / 'store'}"
-fsync = false
-min_free_bytes = {MiB}
-workers = 2
-timeout = 10.0
-
-[workers]
-sender = 2
-
-[supervisor]
-pidfile = "{root / 'droprd.pid'}"
-status_file = "{root / 'droprd.status.json'}"
-log_file = "{root / 'droprd.log'}"
-tick = 0.1
-backoff_base = 0.05
-backoff_cap = 0.5
-max_restarts = 1000000
-stop_timeout = 5.0
-kill_timeout = 2.0
-"""
-    path = root / "dropr.toml"
-    path.write_text(text)
-    return config_mod.load(path)
+    proxy = {"url": f"http://127.0.0.1:{proxy_port}", "connect_timeout": 1.0, "timeout": 3.0}
+    return configfile.write_config(root, port=receiver_port, peers={"local": proxy}, sections={
+        "client": {"spool": root / "client-disk" / "spool", "fsync": False,
+                   "max_messages": max_backlog},
+        "sender": {"batch_messages": 200, "wait": 0.2, "peer_backoff_base": 0.1,
+                   "peer_backoff_cap": 1.0},
+        "retry": {"base": 0.1, "cap": 0.5, "interval": 0.1},
+        "reaper": {"interval": 1.0, "tmp_max_age": 10.0, "done_retention": 86400.0},
+        "receiver": {"store": root / "store-disk" / "store", "fsync": False,
+                     "min_free_bytes": MiB, "workers": 2, "timeout": 10.0},
+        "workers": {"sender": 2},
+        "supervisor": {"tick": 0.1, "backoff_base": 0.05, "backoff_cap": 0.5,
+                       "max_restarts": 1000000, "stop_timeout": 5.0, "kill_timeout": 2.0},
+    })
 
 
 def schedule(rng, faults, duration):

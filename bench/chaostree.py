@@ -16,10 +16,10 @@ import sys
 
 import psutil
 
-from dropr.bench import procs
 from dropr.bench.procs import healthy
 from dropr.supervisor import daemon
 from dropr.supervisor.daemon import alive
+from tests.support import wait
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
 DROPRD = [sys.executable, "-m", "dropr.supervisor.cli"]
@@ -27,7 +27,7 @@ DROPRD = [sys.executable, "-m", "dropr.supervisor.cli"]
 
 def wait_for(predicate, timeout, what, interval=0.05):
     """Poll ``predicate`` until truthy; ``RuntimeError`` after ``timeout`` s."""
-    return procs.wait_for(predicate, timeout, what, interval, error=RuntimeError)
+    return wait.wait_for(predicate, timeout, interval, what, error=RuntimeError)
 
 
 def title(proc):

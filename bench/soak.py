@@ -41,7 +41,7 @@ from chaos import expected_ids, stored_copies, verify
 from chaosroles import parse_role
 from chaostree import Daemon, ReceiverProcess, Role, kill9, title, wait_for
 
-from dropr import config as config_mod
+from dropr.bench import configfile
 from dropr.bench.procs import free_port
 from dropr.ipc import Notices
 from dropr.spool import Spool
@@ -70,40 +70,15 @@ def parse_args(argv):
 def write_config(root, *, port):
     """A config close to the shipped defaults (fsync on, default backoffs and
     timeouts), with restarts that never turn a killed worker fatal."""
-    text = f"""
-[client]
-spool = "{root / 'spool'}"
-
-[peers.local]
-url = "http://127.0.0.1:{port}"
-connect_timeout = 2.0
-timeout = 20.0
-
-[retry]
-cap = 60.0
-
-[reaper]
-done_retention = 86400.0
-
-[receiver]
-bind = "127.0.0.1:{port}"
-store = "{root / 'store'}"
-min_free_bytes = 0
-workers = 2
-
-[workers]
-sender = 2
-receiver = 0
-
-[supervisor]
-pidfile = "{root / 'droprd.pid'}"
-status_file = "{root / 'droprd.status.json'}"
-log_file = "{root / 'droprd.log'}"
-max_restarts = 1000000
-"""
-    path = root / "dropr.toml"
-    path.write_text(text)
-    return config_mod.load(path)
+    peer = {"url": f"http://127.0.0.1:{port}", "connect_timeout": 2.0, "timeout": 20.0}
+    return configfile.write_config(root, port=port, peers={"local": peer}, sections={
+        "client": {"spool": root / "spool"},
+        "retry": {"cap": 60.0},
+        "reaper": {"done_retention": 86400.0},
+        "receiver": {"store": root / "store", "min_free_bytes": 0, "workers": 2},
+        "workers": {"sender": 2, "receiver": 0},
+        "supervisor": {"max_restarts": 1000000},
+    })
 
 
 def say(*parts):

@@ -1,11 +1,33 @@
 """Fixtures shared by all tests: a config in a temporary folder, and a real
-receiver under gunicorn on a free loopback port, stopped by pid afterwards."""
+receiver under gunicorn on a free loopback port, stopped by pid afterwards.
+A test that starts a process must be marked ``process`` (tests/support/guard.py
+fails it otherwise), so that ``-m "not process"`` selects the fast layer."""
 
 import collections
 
 import pytest
 
-from tests import harness
+from tests.support import guard, harness
+
+guard.install()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with guard.check(item, "setup"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with guard.check(item, "call"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item):
+    with guard.check(item, "teardown"):
+        return (yield)
 
 
 @pytest.fixture

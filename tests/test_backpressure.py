@@ -11,8 +11,8 @@ from dropr import Client, QueueFull, SpoolFull, ValidationError
 from dropr.client import Backlog
 from dropr.spool import Spool
 from dropr.store import Store
-from tests import harness
 from tests.supervisor.conftest import FAST, Droprd
+from tests.support import harness
 
 
 class FakeTime:
@@ -157,6 +157,7 @@ def test_blocked_put_goes_through_once_a_sender_makes_room(tmp_path):
         harness.remove_queues(tmp_path / "client")
 
 
+@pytest.mark.process
 def test_dropr_put_at_the_limit_exits_1_with_a_clear_error(tmp_path):
     path = limited(tmp_path, max_messages=1)
     harness.run_dropr(path, "put", "--peer", "local", input=b"a")
@@ -280,6 +281,7 @@ def post_message(config, body):
         return e.code, e.read()
 
 
+@pytest.mark.process
 def test_sender_on_a_full_client_disk_defers_instead_of_crashing(tmp_path, tmpfs):
     """Found by the chaos run: marking a peer down wrote a file, and ENOSPC
     there crashed the sender, over and over, until the supervisor gave up."""
@@ -301,6 +303,7 @@ def test_sender_on_a_full_client_disk_defers_instead_of_crashing(tmp_path, tmpfs
     harness.remove_queues(disk / "spool")
 
 
+@pytest.mark.process
 def test_expired_message_on_a_full_client_disk_waits_for_room_to_go_to_dead(tmp_path, tmpfs):
     """No room for the reason: the message stays in deferred/ (no crash), and
     goes to dead/ with its reason once there is room."""

@@ -28,6 +28,7 @@ def _rows(stdout):
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
 
 
+@pytest.mark.process
 def test_bench_runs_every_scenario_and_prints_one_table(tmp_path):
     result = _bench(tmp_path, *TINY, "--json", str(tmp_path / "out.json"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -52,6 +53,7 @@ def test_bench_runs_every_scenario_and_prints_one_table(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # its work folder is gone
 
 
+@pytest.mark.process
 def test_bench_refuses_an_unknown_scenario_and_runs_nothing(tmp_path):
     result = _bench(tmp_path, "--only", "put,nosuch", timeout=30)
     assert result.returncode == 2

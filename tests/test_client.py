@@ -12,7 +12,7 @@ import pytest
 from dropr import Client, SpoolFull, UnknownPeer, ValidationError, config
 from dropr.ipc import Notices
 from dropr.spool import parse
-from tests import harness
+from tests.support import harness
 
 
 def spool_files(root):
@@ -69,6 +69,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.process
 def test_full_disk_raises_spool_full_and_leaves_no_partial_file(tmp_path, small_disk):
     path = harness.write_config(tmp_path, sections={"client": {"spool": str(small_disk / "spool")}})
     client = Client(path)
@@ -195,6 +196,7 @@ def test_put_many_refused_leaves_nothing(client, tmp_path):
     assert spool_files(tmp_path / "client") == []
 
 
+@pytest.mark.process
 def test_put_many_on_a_full_disk_raises_spool_full_and_takes_back_the_batch(tmp_path, small_disk):
     path = harness.write_config(tmp_path, sections={"client": {"spool": str(small_disk / "spool")}})
     client = Client(path)
@@ -206,6 +208,7 @@ def test_put_many_on_a_full_disk_raises_spool_full_and_takes_back_the_batch(tmp_
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (Debian package strace)")
+@pytest.mark.process
 def test_put_many_with_fsync_flushes_once_for_the_batch(tmp_path):
     # One syncfs for the batch (and one fsync of queue/), not an fsync per message.
     path = harness.write_config(tmp_path, sections={"client": {"fsync": True, "notify_max": 0}})

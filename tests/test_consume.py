@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from dropr.store import Failures, Store
-from tests import harness
+from tests.support import harness
 
 
 def _config(tmp_path, **retry):
@@ -67,6 +67,7 @@ def gone(pid):
 # -- the command's view -------------------------------------------------------
 
 
+@pytest.mark.process
 def test_each_body_reaches_the_command_byte_identical_with_its_metadata(env):
     bodies = {"EMPTY": b"", "BIN": bytes(range(256)) * 3, "BIG": os.urandom(3 * 2**20 + 7)}
     for mid, body in bodies.items():
@@ -87,6 +88,7 @@ def test_each_body_reaches_the_command_byte_identical_with_its_metadata(env):
     assert r.stderr.count(b"done, attempt 1") == 3
 
 
+@pytest.mark.process
 def test_messages_go_to_the_command_by_priority_then_arrival(env):
     for i, prio in enumerate([9, 0, 5, 0, 9]):  # ids sort in arrival order
         env.store.put("c", f"M{i}", b"x", priority=prio, client="h")
@@ -99,6 +101,7 @@ def test_messages_go_to_the_command_by_priority_then_arrival(env):
 # -- failures -------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_a_failing_command_is_retried_with_backoff_then_acked(env):
     env.store.put("c", "R1", b"body", priority=5, client="h")
     count, log = env.out / "count", env.out / "attempts"
@@ -120,6 +123,7 @@ def test_a_failing_command_is_retried_with_backoff_then_acked(env):
     assert "R1 retry in 0.40s, attempt 2 failed" in text and "R1 done, attempt 3" in text
 
 
+@pytest.mark.process
 def test_a_message_that_keeps_failing_goes_dead_with_its_reason(env):
     config = _config(env.tmp, base=0.0)  # no wait: --once sees every attempt
     env.store.put("c", "BAD", b"bad", priority=1, client="h")
@@ -136,6 +140,7 @@ def test_a_message_that_keeps_failing_goes_dead_with_its_reason(env):
     assert b"boom 1" in r.stderr  # the command's stderr reaches ours as well
 
 
+@pytest.mark.process
 def test_a_command_over_its_timeout_is_killed_with_its_children(env):
     env.store.put("c", "SLOW", b"x", priority=5, client="h")
     pidfile = env.out / "pid"
@@ -152,6 +157,7 @@ def test_a_command_over_its_timeout_is_killed_with_its_children(env):
 # -- processes ------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_a_consumer_killed_mid_command_leaves_the_message_for_the_next_run(env):
     env.store.put("c", "K1", b"kill me", priority=5, client="h")
     marker, pidfile = env.out / "slept", env.out / "pid"
@@ -179,6 +185,7 @@ def test_a_consumer_killed_mid_command_leaves_the_message_for_the_next_run(env):
     assert b"returned 1 messages of an earlier run" in r.stderr
 
 
+@pytest.mark.process
 def test_a_second_consumer_with_the_same_name_refuses_to_start(env):
     log = env.tmp / "first.log"
     proc = start(env.config, log, "--channel", "c", "--consumer", "solo", "--", "true")
@@ -192,6 +199,7 @@ def test_a_second_consumer_with_the_same_name_refuses_to_start(env):
         assert stop(proc) == 0
 
 
+@pytest.mark.process
 def test_sigterm_lets_the_running_command_finish_then_stops(env):
     env.store.put("c", "T1", b"first", priority=5, client="h")
     env.store.put("c", "T2", b"second", priority=5, client="h")
@@ -206,6 +214,7 @@ def test_sigterm_lets_the_running_command_finish_then_stops(env):
     assert env.store.count("c", "done") == 1 and env.store.count("c") == 1  # T2 waits
 
 
+@pytest.mark.process
 def test_a_second_sigterm_kills_the_command_and_puts_the_message_back_uncounted(env):
     env.store.put("c", "S1", b"x", priority=5, client="h")
     pidfile = env.out / "pid"
@@ -231,6 +240,7 @@ def test_a_second_sigterm_kills_the_command_and_puts_the_message_back_uncounted(
     (["--channel", "c", "--", "/no/such/command"], b"not found or not executable"),
     (["--channel", "c", "--batch", "0", "--", "true"], b"--batch must be at least 1"),
 ])
+@pytest.mark.process
 def test_usage_errors_exit_2_and_change_nothing(env, args, message):
     env.store.put("c", "U1", b"x", priority=5, client="h")
     r = consume(env.config, "--once", *args, check=False)

@@ -31,8 +31,8 @@ from dropr.reaper.reaper import Reaper
 from dropr.retry_scanner.scanner import RetryScanner
 from dropr.spool import Spool, SpoolName
 from dropr.store import Store
-from tests import harness
 from tests.supervisor.conftest import DROPRD, Droprd
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

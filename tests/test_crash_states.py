@@ -1,5 +1,5 @@
 """Every state change against the states an OS crash or a power loss may leave
-on disk (tests/crashstates.py has the rules; docs/reliability.md the figures).
+on disk (tests/support/crashstates.py has the rules; docs/reliability.md the figures).
 
 Each scenario runs the real code on a real tree while a Recorder notes its
 file-system operations; then every crash state the rules allow is written
@@ -52,10 +52,10 @@ from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Failures, Store
 from dropr.store.files.format import entry_name, read_message
 from dropr.spool.spool import REASON_SUFFIX
-from tests import harness
-from tests.crashrecord import Recorder
-from tests.crashstates import explore
 from tests.receiver import forms
+from tests.support import harness
+from tests.support.crashrecord import Recorder
+from tests.support.crashstates import explore
 
 #: Recovery runs a month after the crash: every leftover is stale, every deferral due.
 LATER = 30 * 86400.0

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

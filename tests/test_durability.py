@@ -1,5 +1,5 @@
 """Durability defects, each caused for real where it can be: a disk whose
-write-back fails (tests/failing_disk.py), a folder made by another process
+write-back fails (tests/support/failing_disk.py), a folder made by another process
 at the worst moment, an OS crash's lost directory entries (see also
 tests/test_crash_states.py, which builds every such state)."""
 
@@ -19,10 +19,10 @@ from dropr.errors import StoreFull
 from dropr.receiver import create_app
 from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Store, Failures
-from tests import harness
-from tests.crashrecord import Recorder
-from tests.failing_disk import failing_disk
 from tests.receiver import forms
+from tests.support import harness
+from tests.support.crashrecord import Recorder
+from tests.support.failing_disk import failing_disk
 
 BODY = os.urandom(256 << 10)  # new blocks to write back: the failing disk refuses them
 
@@ -38,6 +38,7 @@ def queued(store, channel):
     return sorted(p.name for p in (store.root / "queue" / channel).iterdir())
 
 
+@pytest.mark.process
 def test_a_batch_is_not_stored_when_write_back_failed_and_another_process_saw_it_first(tmp_path):
     with failing_disk(tmp_path / "disk") as disk:
         store = Store(disk.root / "store", fsync=True)
@@ -55,6 +56,7 @@ def test_a_batch_is_not_stored_when_write_back_failed_and_another_process_saw_it
         assert queued(store, "c") == ["5.h@OLD"]
 
 
+@pytest.mark.process
 def test_a_message_is_not_stored_when_its_write_back_failed_and_its_inode_left_the_cache(tmp_path):
     with failing_disk(tmp_path / "disk") as disk:
         store = Store(disk.root / "store", fsync=True)
@@ -68,6 +70,7 @@ def test_a_message_is_not_stored_when_its_write_back_failed_and_its_inode_left_t
         assert queued(store, "c") == ["5.h@OLD"]
 
 
+@pytest.mark.process
 def test_a_new_channel_made_by_two_workers_at_once_stores_both(tmp_path, monkeypatch):
     """Worker A's link fails (no folder yet); worker B makes the folder before A
     looks. The interleaving is forced: B is a real mkdir in another process,
@@ -159,6 +162,7 @@ class SyncedElsewhereFirst(Store):
         return super().publish_many(staged)
 
 
+@pytest.mark.process
 def test_the_receiver_answers_an_error_not_stored_when_write_back_failed(tmp_path):
     with failing_disk(tmp_path / "disk") as disk:
         store = SyncedElsewhereFirst(disk.root / "store", disk)

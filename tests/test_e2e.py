@@ -15,7 +15,7 @@ from dropr.client import Client
 from dropr.spool import Spool
 from dropr.store import Store
 from dropr.sender.transport import Transport
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

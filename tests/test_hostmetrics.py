@@ -4,7 +4,7 @@ with fake clocks."""
 from dropr import config as config_mod
 from dropr.metrics import host as hostmetrics
 from dropr.client import Client
-from tests import harness
+from tests.support import harness
 
 
 def make(tmp_path, clocks):

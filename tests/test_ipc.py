@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from dropr.ipc import Notices
-from tests import harness
+from tests.support import harness
 
 
 @pytest.fixture

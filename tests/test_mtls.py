@@ -17,7 +17,7 @@ from dropr import config as config_mod
 from dropr.errors import ConfigError
 from dropr.spool import Spool
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 from tests.test_tls import make_ca, openssl, pki  # noqa: F401 - pki is a fixture
 
 pytestmark = pytest.mark.process  # the certificates: harness.require("openssl") in pki

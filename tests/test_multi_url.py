@@ -10,7 +10,7 @@ from dropr.sender import transport
 from dropr.client import Client
 from dropr.sender.sender import Sender
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

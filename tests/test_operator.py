@@ -17,7 +17,7 @@ from dropr import Client, config as config_mod
 from dropr.retry_scanner.scanner import RetryScanner
 from dropr.spool import Spool
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -9,7 +9,7 @@ import pytest
 from dropr import cli
 from dropr.options import subcommands
 from dropr.supervisor import cli as droprd_cli
-from tests import harness
+from tests.support import harness
 
 # The least each command needs besides --config. --config may go before the
 # command, after each of its words ("store", "count") and at the end.
@@ -82,6 +82,7 @@ def test_config_before_between_or_after_the_subcommand(parser, name, words):
     assert after.config == "F"  # the last one given wins, as for any option
 
 
+@pytest.mark.process
 def test_dropr_commands_read_the_config_given_after_them(config_path, receiver):
     harness.run_dropr(config_path, "put", "--peer", "local", "--channel", "c", "-",
                       input=b"hello")

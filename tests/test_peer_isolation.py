@@ -11,7 +11,7 @@ from dropr import config as config_mod
 from dropr.client import Client
 from dropr.sender.sender import Sender
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

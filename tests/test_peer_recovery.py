@@ -13,7 +13,7 @@ from dropr.client import Client
 from dropr.retry_scanner.scanner import RetryScanner
 from dropr.sender.sender import Sender
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

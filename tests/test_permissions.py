@@ -22,10 +22,11 @@ import sysv_ipc
 
 from dropr.ipc import queue_key
 from dropr.spool import Spool, perms
-from tests import harness
+from tests.support import harness
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
-                                reason="needs root and useradd to create users and a group")
+pytestmark = [pytest.mark.process,
+              pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+                                 reason="needs root and useradd to create users and a group")]
 
 GROUP = "droprtprod"
 DAEMON, MEMBER_A, MEMBER_B, OUTSIDER = "droprtd", "droprtpa", "droprtpb", "droprtpo"

@@ -9,7 +9,7 @@ import pytest
 
 from dropr import Client
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -17,7 +17,7 @@ from dropr.reaper.reaper import Reaper
 from dropr.spool import Spool, SpoolName
 from dropr.store import Store
 from dropr.reaper.shell import ReaperWorker
-from tests import harness
+from tests.support import harness
 
 
 class Clock:
@@ -187,6 +187,7 @@ def test_a_client_only_host_grows_no_store(tmp_path):
 
 
 @harness.needs('ps')
+@pytest.mark.process
 def test_reaper_worker_reaps_reports_while_pausing_and_stops_at_once(tmp_path):
     config, spool = make(tmp_path, reaper={"interval": 30.0})  # one pass, then a long pause
     notices = Notices.replace(spool.root)

@@ -15,7 +15,7 @@ from dropr.ipc import Notices
 from dropr.retry_scanner.scanner import RetryScanner, format_age
 from dropr.spool import Spool, SpoolName
 from dropr.retry_scanner.shell import RetryScannerWorker
-from tests import harness
+from tests.support import harness
 
 T = 1_800_000_000.0  # the injected "now" of most tests
 T_MS = int(T * 1000)
@@ -140,6 +140,7 @@ def test_messages_of_a_down_peer_are_left_alone_and_stale_markers_go(setup):
     assert spool.down_peers() == ["other"]  # "retired" is no longer configured
 
 
+@pytest.mark.process
 def test_a_ready_peer_gets_one_trial_batch_then_all_once_a_sender_gets_through(
         config_path, receiver):
     config = config_mod.load(config_path)
@@ -209,6 +210,7 @@ def test_format_age():
 
 
 @harness.needs('ps')
+@pytest.mark.process
 def test_retry_scanner_worker_scans_shows_its_title_and_stops_at_once(setup):
     config, spool, notices = setup
     # A long pause between scans must not delay the stop.

@@ -12,7 +12,7 @@ from dropr.client import Client
 from dropr.sender.sender import Sender
 from dropr.spool import SpoolName
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from dropr.spool import Spool, SpoolName
 
 
@@ -49,6 +51,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.process
 def test_orphaned_claims_return_to_queue_only_when_their_owner_is_dead(tmp_path):
     spool = Spool(tmp_path, fsync=False).create()
     names = fill(spool, 20)

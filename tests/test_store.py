@@ -145,8 +145,9 @@ def test_a_new_store_is_marked_with_its_name_format(tmp_path):
     assert (tmp_path / "new" / ".format").read_bytes() == b"dropr-store 2\n"
 
 
+@pytest.mark.process
 def test_store_cat_asks_which_client_when_two_sent_the_id(tmp_path):
-    from tests import harness
+    from tests.support import harness
 
     config = harness.write_config(tmp_path)
     store = Store(tmp_path / "server", fsync=False)

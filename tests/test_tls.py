@@ -13,7 +13,7 @@ from dropr.sender import transport
 from dropr.errors import ConfigError, NotFound
 from dropr.spool import Spool
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

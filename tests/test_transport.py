@@ -17,7 +17,7 @@ from dropr.config import PeerConfig
 from dropr.errors import BatchRefused, Forbidden, PeerError, Unreadable
 from dropr.spool import SpoolName
 from dropr.sender.transport import Transport, probe
-from tests import harness
+from tests.support import harness
 
 
 class CannedPeer:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import harness
+from tests.support import harness
 
 pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -9,7 +9,8 @@ fraction of that limit, and the target. Everything runs in the bench's own
 process tree and is stopped by pid or process group.
 
 Modules: :mod:`fs` (where it measures), :mod:`limit` (the raw loop),
-:mod:`procs` (receiver, tree, probes), :mod:`probe` (the child processes that
-put, send and post), :mod:`scenarios`, :mod:`report` (targets and the table),
-:mod:`cli` (``dropr bench``).
+:mod:`configfile` (the one writer of a run's dropr.toml, which the tests
+and the chaos scripts use too), :mod:`procs` (receiver, tree, probes),
+:mod:`probe` (the child processes that put, send and post), :mod:`scenarios`,
+:mod:`report` (targets and the table), :mod:`cli` (``dropr bench``).
 """

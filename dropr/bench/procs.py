@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from dropr import config as config_mod
+from dropr.bench import configfile
 from dropr.errors import BenchError
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
@@ -32,53 +32,32 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout, what, interval=0.02, *, error=BenchError):
-    """Poll ``predicate`` until truthy and return its value; raise ``error``
-    (an exception class) after ``timeout`` s. The tests and the chaos
-    scripts use it too, with the exception their callers expect."""
+def wait_for(predicate, timeout, what, interval=0.02):
+    """Poll ``predicate`` until truthy and return its value; BenchError after
+    ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         if time.monotonic() > deadline:
-            raise error(f"timed out after {timeout:g}s waiting for {what}")
+            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
     return value
 
 
 def write_config(root, *, fsync, notify=True, senders=2, tree_receiver=False, defaults=False,
-                 extra=""):
-    """A dropr.toml with a spool, a store and droprd's files under ``root``
-    (and ``extra``, more TOML); returns the loaded Config. No message-size
-    limit (the large scenario), and unless ``defaults``, no recycling of
-    workers mid-run."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    flag = "true" if fsync else "false"
-    text = f"""
-[client]
-spool = "{root / 'client'}"
-fsync = {flag}
-notify_max = {4 if notify else 0}
-[peers.local]
-url = "http://127.0.0.1:{port}"
-[receiver]
-bind = "127.0.0.1:{port}"
-store = "{root / 'server'}"
-fsync = {flag}
-workers = 2
-max_message_bytes = 0
-min_free_bytes = 0
-[workers]
-sender = {senders}
-receiver = {1 if tree_receiver else 0}
-[supervisor]
-pidfile = "{root / 'droprd.pid'}"
-status_file = "{root / 'droprd.status.json'}"
-log_file = "{root / 'droprd.log'}"
-""" + ("" if defaults else "max_messages_per_life = 0\nmax_rss = 0\n") + extra
-    path = root / "dropr.toml"
-    path.write_text(text)
-    return config_mod.load(path)
+                 sections=None):
+    """The bench's dropr.toml under ``root`` (:mod:`dropr.bench.configfile`;
+    ``sections``: more keys); returns the loaded Config. No message-size limit
+    (the large scenario), and unless ``defaults``, no recycling of workers
+    mid-run."""
+    keys = {
+        "client": {"fsync": fsync, "notify_max": 4 if notify else 0},
+        "receiver": {"fsync": fsync, "workers": 2, "max_message_bytes": 0, "min_free_bytes": 0},
+        "workers": {"sender": senders, "receiver": 1 if tree_receiver else 0},
+        "supervisor": {} if defaults else {"max_messages_per_life": 0, "max_rss": 0},
+    }
+    for section, values in (sections or {}).items():
+        keys.setdefault(section, {}).update(values)
+    return configfile.write_config(root, port=free_port(), sections=keys)
 
 
 def healthy(url):

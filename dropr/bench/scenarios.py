@@ -5,7 +5,6 @@ limit is the raw loop of :mod:`dropr.bench.limit` measured in the same run."""
 
 import contextlib
 import dataclasses
-import json
 import statistics
 import time
 
@@ -110,9 +109,9 @@ def jetstream(ctx, root, fsync):
             ctx.notes.append(note)
         return {}
     with cluster.Cluster(root / "nats") as nodes:
-        extra = (f'[store]\nbackend = "jetstream"\nservers = {json.dumps(nodes.urls)}\n'
-                 f"replicas = 3\n")
-        config = procs.write_config(root / "dropr", fsync=fsync, notify=False, extra=extra)
+        store = {"backend": "jetstream", "servers": nodes.urls, "replicas": 3}
+        config = procs.write_config(root / "dropr", fsync=fsync, notify=False,
+                                    sections={"store": store})
         count = ctx.sizes.count(fsync)
         ctx.progress.say("waiting for the stream")
         _stream_ready(config)
@@ -232,8 +231,9 @@ def calls(ctx, root, fsync, callers=8):
     body from as many clients in the same run (the limit: the same HTTP work
     without the responder); p50 and p99 of one caller's calls, and of
     starting ``cat`` alone (the cost a long-lived responder would save)."""
-    extra = '[receiver.responders.bench]\ncommand = ["cat"]\nmax_concurrent = 64\n'
-    config = procs.write_config(root, fsync=fsync, notify=False, extra=extra)
+    bench = {"command": ["cat"], "max_concurrent": 64}
+    config = procs.write_config(root, fsync=fsync, notify=False,
+                                sections={"receiver": {"responders": {"bench": bench}}})
     count = max(8, ctx.sizes.posts // 8)
     out = {}
     with procs.Receiver(config) as receiver:

@@ -1,8 +1,22 @@
+from pathlib import Path
+
 import pytest
 
 from dropr.bench.cluster import Cluster, missing
 
-pytestmark = pytest.mark.process
+HERE = Path(__file__).parent
+
+#: The fixtures here that start nats-server.
+SERVERS = {"cluster", "single"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test here that uses a nats-server fixture is marked ``process`` (a
+    conftest's own pytestmark would mark nothing); the JetStream tests of
+    config alone stay in the fast layer."""
+    for item in items:
+        if item.path.is_relative_to(HERE) and SERVERS & set(item.fixturenames):
+            item.add_marker(pytest.mark.process)
 
 
 def _run(root, size):

@@ -19,7 +19,7 @@ from dropr.errors import ConfigError, StoreUnavailable
 from dropr.store import Failures
 from dropr.store.jetstream import JetStreamStore
 from dropr.store.jetstream.wire import connect_options
-from tests import harness
+from tests.support import harness
 
 pytestmark = [pytest.mark.process,
               pytest.mark.skipif(not available(), reason="nats-server is not installed")]

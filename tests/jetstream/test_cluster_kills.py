@@ -16,8 +16,8 @@ from dropr.client import Client
 from dropr.errors import StoreUnavailable
 from dropr.store import open_store
 from dropr.spool import Spool
-from tests import harness
 from tests.supervisor.conftest import FAST, Droprd
+from tests.support import harness
 
 TOTAL = 5000
 

@@ -7,7 +7,7 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.store.jetstream import JetStreamStore
-from tests import harness
+from tests.support import harness
 from tests.jetstream.test_store import gone
 
 

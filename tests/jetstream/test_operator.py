@@ -6,8 +6,8 @@ import pytest
 
 from dropr.errors import NotFound
 from dropr.store import Failures
-from tests import harness
 from tests.jetstream.test_store import js_config, store  # noqa: F401 - the fixture
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

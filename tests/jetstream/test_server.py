@@ -7,9 +7,12 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from dropr.bench import cluster
 
 
+@pytest.mark.process
 def test_the_packaged_nats_server_comes_before_one_on_path(tmp_path, monkeypatch):
     old = tmp_path / "nats-server"
     old.write_text("#!/bin/sh\necho 'nats-server: v2.9.10'\n")

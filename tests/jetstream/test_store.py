@@ -14,7 +14,7 @@ from dropr.ids import IdGenerator
 from dropr.receiver import create_app
 from dropr.store import Failures
 from dropr.store.jetstream import JetStreamStore
-from tests import harness
+from tests.support import harness
 from tests.receiver.forms import CONTENT_TYPE, batch
 
 

@@ -8,8 +8,8 @@ from dropr import config as config_mod
 from dropr.client import Client
 from dropr.store import open_store
 from dropr.spool import Spool
-from tests import harness
 from tests.supervisor.conftest import make_tree  # noqa: F401 - the fixture
+from tests.support import harness
 
 SENDS = {"sender": {"wait": 0.1}, "workers": {"receiver": 1, "sender": 1}}
 

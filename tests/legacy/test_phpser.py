@@ -77,6 +77,7 @@ def test_large_hostile_input_is_dealt_with_in_linear_time(data):
 
 
 @pytest.mark.skipif(shutil.which("php") is None, reason="needs php (Debian package php-cli)")
+@pytest.mark.process
 def test_php_reads_what_dumps_writes_and_writes_what_loads_reads():
     value = {"9_1796024531-36079900_abc+/=_Y29tbW9u": {"inqueue": True}, "7": {"inqueue": False},
              "ünïcode": None, "n": -12}

@@ -20,8 +20,8 @@ from dropr.faults import CRASH_POINTS
 from dropr.legacy.takeover import Takeover, ftok, parse_php_name, php_queue_key
 from dropr.spool import Spool
 from dropr.store import Store
-from tests import harness
 from tests.supervisor.conftest import make_tree  # noqa: F401 - the fixture
+from tests.support import harness
 
 PHP = Path(__file__).parent / "php"
 PHP_URL = "http://old-receiver.example/server/server.php"
@@ -77,6 +77,7 @@ def test_an_unknown_peer_url_or_a_bad_channel_leaves_the_message_and_says_so(tmp
     harness.remove_queues(config.client.spool)
 
 
+@pytest.mark.process
 def test_the_queue_key_is_the_one_php_derives(tmp_path):
     spool = tmp_path / "php-spool"
     spool.mkdir()

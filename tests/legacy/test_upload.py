@@ -19,7 +19,7 @@ from dropr import config as config_mod
 from dropr.legacy import phpser
 from dropr.receiver.legacy import dropr_id
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

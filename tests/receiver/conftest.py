@@ -7,7 +7,7 @@ from falcon import testing
 from dropr import config as config_mod
 from dropr.receiver import create_app
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 
 def snapshot(root):

@@ -12,9 +12,9 @@ from dropr.errors import ConfigError
 from dropr.receiver import create_app
 from dropr.receiver.auth import Clients, bind_is_local, is_loopback, startup_notes
 from dropr.store import Store
-from tests import harness
 from tests.receiver import forms
 from tests.receiver.conftest import Ids, snapshot
+from tests.support import harness
 
 SHOP_TOKEN = "shop-token-0123456789abcdef"
 OPS_TOKEN = "ops-token-fedcba9876543210"

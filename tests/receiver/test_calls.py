@@ -17,7 +17,7 @@ import pycurl
 import pytest
 
 from dropr import CallFailed, Client, DroprError
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from tests import harness
 from tests.receiver import forms
 from tests.receiver.test_hostile import tree_hash
 from tests.receiver.test_limits import send
+from tests.support import harness
 
 pytestmark = [pytest.mark.process,
               pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")]

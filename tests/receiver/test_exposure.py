@@ -11,9 +11,9 @@ import subprocess
 import pytest
 
 from dropr.store import Failures, Store
-from tests import harness
 from tests.receiver.test_disk_floor import mount, receiver_on  # noqa: F401 - fixtures
 from tests.receiver.test_limits import post, send
+from tests.support import harness
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
 

@@ -17,7 +17,7 @@ import schemathesis
 from schemathesis.checks import negative_data_rejection, not_a_server_error
 
 import dropr.receiver
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

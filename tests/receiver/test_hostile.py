@@ -18,8 +18,8 @@ import time
 import pytest
 
 from dropr.store import Store
-from tests import harness
 from tests.receiver import forms
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -18,9 +18,9 @@ import pytest
 from dropr.errors import StoreFull, TooLarge, ValidationError
 from dropr.receiver import batch
 from dropr.receiver.limits import DiskFloor, check_json_depth
-from tests import harness
 from tests.receiver import forms
 from tests.receiver.test_hostile import tree_hash
+from tests.support import harness
 
 MiB = 1024 * 1024
 
@@ -188,6 +188,7 @@ def post(channel, body, *, length=None, chunked=False):
     return head.encode() + b"\r\n" + body
 
 
+@pytest.mark.process
 def test_store_under_its_floor_answers_507_and_stores_nothing(tmp_path, small_fs):
     receiver = small_receiver(tmp_path, small_fs, 12 * MiB).start()
     root = small_fs / "server"
@@ -222,6 +223,7 @@ def test_store_under_its_floor_answers_507_and_stores_nothing(tmp_path, small_fs
         harness.remove_queues(tmp_path / "client")
 
 
+@pytest.mark.process
 def test_disk_full_mid_batch_without_a_floor_is_507_and_leaves_nothing(tmp_path, small_fs):
     receiver = small_receiver(tmp_path, small_fs, 0).start()
     root = small_fs / "server"

@@ -12,8 +12,8 @@ from falcon import testing
 from dropr import config as config_mod
 from dropr.receiver import create_app
 from dropr.store import Store
-from tests import harness
 from tests.receiver.conftest import files, snapshot
+from tests.support import harness
 
 URL = "/v1/channels/orders/messages"
 

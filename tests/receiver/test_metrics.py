@@ -22,8 +22,8 @@ from dropr.errors import ConfigError
 from dropr.ids import IdGenerator
 from dropr.receiver import create_app, metrics
 from dropr.store import Store
-from tests import harness
 from tests.receiver.forms import CONTENT_TYPE, batch
+from tests.support import harness
 
 LOOPBACK = {"remote_addr": "127.0.0.1"}  # a receiver without tokens serves loopback only
 MESSAGES = "/v1/channels/{channel}/messages"
@@ -151,6 +151,7 @@ def test_metrics_refuse_to_start_if_prometheus_client_chose_single_process(make_
         metrics.Metrics(Store(tmp_path / "store", fsync=False))
 
 
+@pytest.mark.process
 def test_folders_of_masters_that_are_gone_are_removed(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()

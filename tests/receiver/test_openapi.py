@@ -21,8 +21,8 @@ from dropr import names
 from dropr.errors import ValidationError
 from dropr.receiver import create_app
 from dropr.store import Store
-from tests import harness
 from tests.receiver.forms import CONTENT_TYPE, batch, form, meta_part
+from tests.support import harness
 
 DOCUMENT = Path(dropr.__file__).parent / "receiver" / "openapi.json"
 LOOPBACK = {"remote_addr": "127.0.0.1"}

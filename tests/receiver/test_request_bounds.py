@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from dropr.receiver import batch as batch_module
-from tests import harness
 from tests.receiver import forms
 from tests.receiver.test_hostile import A, meta_form, request
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

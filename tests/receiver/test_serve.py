@@ -16,7 +16,7 @@ from dropr import config as config_mod
 from dropr.receiver import serve
 from dropr.receiver.worker import ThreadWorker
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -15,7 +15,7 @@ import pytest
 from dropr import config as config_mod
 from dropr.ipc import ROLES, queue_key
 from dropr.supervisor.daemon import alive
-from tests import harness
+from tests.support import harness
 
 DROPRD = [sys.executable, "-m", "dropr.supervisor.cli"]
 

@@ -4,7 +4,11 @@ units and init scripts often write it."""
 import json
 import subprocess
 
+import pytest
+
 from tests.supervisor.conftest import DROPRD
+
+pytestmark = pytest.mark.process
 
 
 def test_start_status_reload_stop_with_the_config_after_the_subcommand(make_tree):

@@ -13,8 +13,8 @@ import pytest
 
 from dropr import Client, Store
 from dropr.spool import Spool
-from tests import harness
 from tests.supervisor.conftest import DROPRD, alive, deadline_wait, queues_exist
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

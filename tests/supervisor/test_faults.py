@@ -14,8 +14,8 @@ import pytest
 
 from dropr import Client, Store
 from dropr.spool import Spool
-from tests import harness
 from tests.supervisor.conftest import DROPRD, alive
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

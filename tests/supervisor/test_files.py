@@ -16,7 +16,7 @@ from dropr.supervisor import control, daemon, reload, status
 from dropr.supervisor.health import Health
 from dropr.supervisor.slots import THEN_FAIL, THEN_FAIL_YOUNG, THEN_RESTART, Slot
 from dropr.supervisor.states import State
-from tests import harness
+from tests.support import harness
 
 
 def test_pidfile_lock_is_the_truth(tmp_path):
@@ -123,6 +123,7 @@ def test_reload_refuses_bad_files_and_keys_that_need_a_restart(tmp_path):
         reload.load(current)
 
 
+@pytest.mark.process
 def test_health_verdicts_on_a_real_process():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

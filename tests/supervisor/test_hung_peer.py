@@ -7,7 +7,7 @@ import contextlib
 import pytest
 
 from dropr.client import Client
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import harness
 from tests.supervisor.conftest import alive
+from tests.support import harness
 
 INIT = Path(__file__).resolve().parents[2] / "init"
 #: Where the units and the script expect dropr to be installed.
@@ -62,6 +62,7 @@ def units():
 
 
 @pytest.mark.parametrize("unit", units())
+@pytest.mark.process
 def test_systemd_unit_verifies(unit, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

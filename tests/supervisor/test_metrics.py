@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from dropr.client import Client
-from tests import harness
 from tests.supervisor.conftest import deadline_wait
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

@@ -14,7 +14,7 @@ import pytest
 from dropr import Client, Store, config as config_mod
 from dropr.receiver.serve import settings
 from dropr.receiver.shell import ReceiverWorker
-from tests import harness
+from tests.support import harness
 
 
 def test_gunicorn_recycles_after_max_messages_per_life_requests_with_jitter(tmp_path):
@@ -38,6 +38,7 @@ class Master:
         self.killed.append((pid, sig))
 
 
+@pytest.mark.process
 def test_http_worker_over_max_rss_is_recycled_once_it_is_no_longer_young(tmp_path):
     fat = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -12,7 +12,7 @@ import pytest
 from dropr.client import Client
 from dropr.spool import Spool
 from dropr.store import Store
-from tests import harness
+from tests.support import harness
 
 pytestmark = pytest.mark.process
 

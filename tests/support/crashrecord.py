@@ -1,5 +1,5 @@
 """Recording what a scenario does to a tree, for the crash-state explorer
-(tests/crashstates.py, which has the rules).
+(tests/support/crashstates.py, which has the rules).
 
 :class:`Recorder` records, in this process, the file-system operations a
 scenario makes under one root (the crashing host's tree) at the ``os`` level:

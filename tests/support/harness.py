@@ -17,9 +17,10 @@ import pytest
 import sysv_ipc
 
 from dropr import config as config_mod
-from dropr.bench import procs
+from dropr.bench import configfile
 from dropr.bench.procs import free_port  # noqa: F401 - the tests' one too
 from dropr.ipc import ROLES, queue_key
+from tests.support import wait
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
 
@@ -60,52 +61,32 @@ def require_root(what="mounts a tmpfs"):
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
     """Poll ``predicate`` until it returns a truthy value; fail (AssertionError)
     after ``timeout`` s."""
-    return procs.wait_for(predicate, timeout, what, interval, error=AssertionError)
+    return wait.wait_for(predicate, timeout, interval, what)
 
 
-def _toml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+#: The tests' keys: no fsync, two receiver workers, and short waits, backoffs
+#: and ticks so that a test heals in a fraction of a second.
+TEST_KEYS = {
+    "client": {"fsync": False},
+    "sender": {"wait": 0.2, "peer_backoff_base": 0.2, "peer_backoff_cap": 1.0},
+    "retry": {"base": 0.1, "cap": 0.5, "interval": 0.1},
+    "reaper": {"interval": 0.2},
+    "receiver": {"fsync": False, "workers": 2},
+    "supervisor": {"tick": 0.1, "backoff_base": 0.1, "backoff_cap": 1.0},
+}
 
 
 def write_config(root, *, port=None, sections=None, peers=None):
-    """Write ``root/dropr.toml`` for a spool and a store under ``root``; returns its path.
+    """Write ``root/dropr.toml`` for a spool and a store under ``root``, with
+    :data:`TEST_KEYS` (:mod:`dropr.bench.configfile`); returns its path.
 
     ``sections`` overrides keys: ``{"sender": {"wait": 0.1}}``. ``peers``
     replaces the default single peer ``local`` on ``port``."""
-    root = Path(root)
-    port = port or free_port()
-    data = {
-        "client": {"spool": str(root / "client"), "fsync": False},
-        "sender": {"wait": 0.2, "peer_backoff_base": 0.2, "peer_backoff_cap": 1.0},
-        "retry": {"base": 0.1, "cap": 0.5, "interval": 0.1},
-        "reaper": {"interval": 0.2},
-        "receiver": {"bind": f"127.0.0.1:{port}", "store": str(root / "server"), "fsync": False,
-                     "workers": 2},
-        "supervisor": {"pidfile": str(root / "droprd.pid"),
-                       "status_file": str(root / "droprd.status.json"),
-                       "log_file": str(root / "droprd.log"), "tick": 0.1,
-                       "backoff_base": 0.1, "backoff_cap": 1.0},
-    }
+    keys = {section: dict(values) for section, values in TEST_KEYS.items()}
     for section, values in (sections or {}).items():
-        data.setdefault(section, {}).update(values)
-    peers = peers or {"local": {"url": f"http://127.0.0.1:{port}"}}
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    for name, values in peers.items():
-        lines.append(f"[peers.{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    path = root / "dropr.toml"
-    path.write_text("\n".join(lines) + "\n")
-    config_mod.load(path)  # fail here, not in a child process, if the test wrote a bad config
-    return path
+        keys.setdefault(section, {}).update(values)
+    return configfile.write_config(root, port=port or free_port(), sections=keys,
+                                   peers=peers).path
 
 
 def http_get(url, timeout=2.0, ca_file=None, cert=None):

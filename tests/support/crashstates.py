@@ -1,7 +1,7 @@
 """A crash-state explorer: which on-disk states may an OS crash or a power loss
 leave in the middle of a scenario, under the persistence rules below?
 
-A :class:`~tests.crashrecord.Recorder` records the file-system operations a
+A :class:`~tests.support.crashrecord.Recorder` records the file-system operations a
 scenario makes under one root. :func:`explore` then builds, for a
 crash after every operation, the states the disk may hold, and a scenario
 runs recovery on each and checks its invariants (tests/test_crash_states.py).
