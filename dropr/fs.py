@@ -1,7 +1,8 @@
 """Filesystem primitives that both sides use, the client spool and the
 server store: a folder's fsync, a write that writes everything, the folder a
 process holds with ``flock`` for its whole life, free space, the errors of a
-full disk, and syncfs(2).
+full disk, the modes and group of a tree shared with a group's members, and
+syncfs(2).
 
 Nothing here knows a layout: the spool module alone knows the client's, the
 store package alone the server's.
@@ -18,7 +19,16 @@ fsync each file instead.
 import ctypes
 import errno
 import fcntl
+import grp
+import logging
 import os
+import pwd
+import stat
+from pathlib import Path
+
+from dropr.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: The file in a :class:`LockedDir` that its process holds with ``flock``.
 LOCK = ".lock"
@@ -108,6 +118,98 @@ def free_inodes(path):
     ``path`` (``None`` where the filesystem does not count them)."""
     st = os.statvfs(path)
     return st.f_favail if st.f_files else None
+
+
+# -- a tree shared with a group -------------------------------------------------
+
+def group_id(name, key="[client] group"):
+    """The gid of group ``name``; ConfigError naming ``key`` if there is none."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"{key}: no group named {name!r} on this host") from None
+
+
+def group_name(gid):
+    """The name of group ``gid`` (its number where it has none)."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def user_name(uid):
+    """The name of user ``uid`` (its number where it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def fix_folder(path, mode, gid, uid, group, problems):
+    """Give the folder ``path`` ``mode`` and group ``gid`` (named ``group``)
+    if this user ``uid`` owns it; the change made as a list of one line, or
+    none. What it cannot fix is appended to ``problems``, with the commands
+    that would."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        problems.append(f"{path} is not a folder (a symlink?): make it a folder owned by "
+                        f"{user_name(uid)}")
+        return []
+    have = stat.S_IMODE(st.st_mode)
+    if st.st_uid == uid and have == mode and st.st_gid == gid:
+        return []
+    fix = (f"chown {user_name(uid)}:{group} {path} && chmod {mode:04o} {path}")
+    if st.st_uid != uid:
+        problems.append(f"{path} belongs to {user_name(st.st_uid)}, not to "
+                        f"{user_name(uid)} (droprd's user): as root, {fix}")
+        return []
+    try:
+        if st.st_gid != gid:
+            os.chown(path, -1, gid)
+        os.chmod(path, mode)
+    except PermissionError:
+        problems.append(f"{path}: cannot give it to group {group}: is {user_name(uid)} "
+                        f"a member? (as root: usermod -a -G {group} {user_name(uid)})")
+        return []
+    return [f"{path}: mode {have:04o} group {group_name(st.st_gid)} -> "
+            f"mode {mode:04o} group {group}"]
+
+
+def share(root, modes, group, *, key):
+    """A tree shared by its owner with the members of ``group`` (the server
+    store with ``[receiver] group``): this process makes its new folders and
+    files the group's (umask 007; the setgid folders give them the group), and
+    sets ``modes`` ({relative folder: mode}, "" = ``root``) and the group on
+    the folders it owns, and on their sub-folders (channels, consumers) the
+    mode of their parent less its sticky bit. Folders of other owners are
+    left as they are, with a warning."""
+    gid, uid = group_id(group, key), os.geteuid()
+    os.umask(0o007)
+    problems, changes = [], []
+    for rel, mode in modes.items():
+        top = Path(root, rel)
+        folders = [top] + (sorted(_subfolders_of(top, depth=2)) if rel and rel != "tmp" else [])
+        for path in folders:
+            want = mode if path == top else mode & ~stat.S_ISVTX
+            if os.path.isdir(path):
+                changes += fix_folder(path, want, gid, uid, group, problems)
+    for change in changes:
+        log.info("store: %s", change)
+    for problem in problems:
+        log.warning("store: %s", problem)
+
+
+def _subfolders_of(top, depth):
+    try:
+        entries = [e for e in os.scandir(top) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, PermissionError):
+        return []
+    found = [Path(e.path) for e in entries]
+    if depth > 1:
+        for e in entries:
+            found += _subfolders_of(e.path, depth - 1)
+    return found
 
 
 # -- syncfs(2) -----------------------------------------------------------------

@@ -25,15 +25,15 @@ permissions").
 """
 
 import errno
-import grp
 import logging
 import os
-import pwd
-import stat
 import struct
 from pathlib import Path
 
-from dropr.errors import AccessDenied, ConfigError, DroprError
+from dropr.errors import AccessDenied, DroprError
+from dropr.fs import fix_folder as _fix
+from dropr.fs import group_id
+from dropr.fs import user_name as _name_of_user
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,6 @@ _NO_ID = 0xFFFFFFFF
 _R, _W = 4, 2
 
 
-def group_id(name, key="[client] group"):
-    """The gid of group ``name``; ConfigError naming ``key`` if there is none."""
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ConfigError(f"{key}: no group named {name!r} on this host") from None
-
-
 def default_acl(reader_uid):
     """The default ACL (xattr bytes) that lets ``reader_uid`` read new files, and
     nobody but their owner otherwise."""
@@ -73,20 +65,6 @@ def layout(spool):
     for state, path in (*spool.dirs.items(), ("peers", spool.peers_dir)):
         wanted.append((path, DROP_MODE if state in DROP_DIRS else PRIVATE_MODE))
     return wanted
-
-
-def _name_of_group(gid):
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-def _name_of_user(uid):
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def prepare(spool, group, *, strict):
@@ -128,32 +106,6 @@ def _make(path, mode, gid, group):
     os.chmod(path, mode)  # after chown, which may clear the setgid bit; not under the umask
 
 
-def _fix(path, mode, gid, uid, group, problems):
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        problems.append(f"{path} is not a folder (a symlink?): make it a folder owned by "
-                        f"{_name_of_user(uid)}")
-        return []
-    have = stat.S_IMODE(st.st_mode)
-    if st.st_uid == uid and have == mode and st.st_gid == gid:
-        return []
-    fix = (f"chown {_name_of_user(uid)}:{group} {path} && chmod {mode:04o} {path}")
-    if st.st_uid != uid:
-        problems.append(f"{path} belongs to {_name_of_user(st.st_uid)}, not to "
-                        f"{_name_of_user(uid)} (droprd's user): as root, {fix}")
-        return []
-    try:
-        if st.st_gid != gid:
-            os.chown(path, -1, gid)
-        os.chmod(path, mode)
-    except PermissionError:
-        problems.append(f"{path}: cannot give it to group {group}: is {_name_of_user(uid)} "
-                        f"a member? (as root: usermod -a -G {group} {_name_of_user(uid)})")
-        return []
-    return [f"{path}: mode {have:04o} group {_name_of_group(st.st_gid)} -> "
-            f"mode {mode:04o} group {group}"]
-
-
 def acl_state(path, uid):
     """'ok', 'missing' (wrong or none) or 'unsupported' for the default ACL of ``path``."""
     try:
@@ -187,42 +139,6 @@ def _fix_acl(path, uid, problems):
         log.warning("spool: %s takes no POSIX ACL (%s)", path, e.strerror)
         return []
     return [f"{path}: default ACL user:{_name_of_user(uid)}:r for producers' files"]
-
-
-def share(root, modes, group, *, key):
-    """A tree shared by its owner with the members of ``group`` (the server
-    store with ``[receiver] group``): this process makes its new folders and
-    files the group's (umask 007; the setgid folders give them the group), and
-    sets ``modes`` ({relative folder: mode}, "" = ``root``) and the group on
-    the folders it owns, and on their sub-folders (channels, consumers) the
-    mode of their parent less its sticky bit. Folders of other owners are
-    left as they are, with a warning."""
-    gid, uid = group_id(group, key), os.geteuid()
-    os.umask(0o007)
-    problems, changes = [], []
-    for rel, mode in modes.items():
-        top = Path(root, rel)
-        folders = [top] + (sorted(_subfolders(top, depth=2)) if rel and rel != "tmp" else [])
-        for path in folders:
-            want = mode if path == top else mode & ~stat.S_ISVTX
-            if os.path.isdir(path):
-                changes += _fix(path, want, gid, uid, group, problems)
-    for change in changes:
-        log.info("store: %s", change)
-    for problem in problems:
-        log.warning("store: %s", problem)
-
-
-def _subfolders(top, depth):
-    try:
-        entries = [e for e in os.scandir(top) if e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, PermissionError):
-        return []
-    found = [Path(e.path) for e in entries]
-    if depth > 1:
-        for e in entries:
-            found += _subfolders(e.path, depth - 1)
-    return found
 
 
 def reach(spool, group):

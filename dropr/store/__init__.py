@@ -88,7 +88,10 @@ class Backend(typing.Protocol):
     receiver worker, a consumer, an admin command) opens its own.
 
     "After a crash" below means: the process dies on any line (``kill -9``),
-    or the machine loses power, once the call returned or while it ran."""
+    or the machine loses power, once the call returned or while it ran.
+    Any method may raise ``StoreUnavailable`` where the backend cannot be
+    reached now (JetStream: no server, a timeout, an election); the receiver
+    answers it 503, and the sender tries again later."""
 
     # -- receiver -------------------------------------------------------------
 
@@ -237,7 +240,9 @@ class Backend(typing.Protocol):
     def requeue(self, message):
         """A dead message back into the queue with its attempts reset;
         ``NotFound`` if it is no longer dead. After a crash: the message is
-        dead or queued (files: possibly with its old reason beside it)."""
+        queued or still dead (files: a reason may stay behind in ``dead/``
+        beside no message, harmless; JetStream: possibly both, and requeueing
+        the dead copy again is a duplicate of the first requeue)."""
 
     def purge(self, channel, state, *, older_than=None, dry_run=False, now=None):
         """Remove the messages of ``channel`` in ``state`` that arrived more

@@ -38,8 +38,8 @@ import os
 import time
 from pathlib import Path
 
+from dropr import fs
 from dropr.fs import fsync_dir, make_dirs
-from dropr.spool import perms
 from dropr.store.files import format as store_names
 from dropr.store.files.claims import ClaimsMixin
 from dropr.store.files.expiry import ExpiryMixin
@@ -72,7 +72,7 @@ class Store(IntakeMixin, ClaimsMixin, ExpiryMixin, OperatorMixin):
         make_dirs(self.root, [self.root / sub for sub in ("tmp", "queue", "work", "done", "dead")],
                   fsync=fsync)
         if group:
-            perms.share(self.root, SHARED_MODES, group, key="[receiver] group")
+            fs.share(self.root, SHARED_MODES, group, key="[receiver] group")
         # A store older than P.CLIENT@ID names may hold P.ID copies of what comes again.
         self._legacy = not store_names.marked(self._root)
 

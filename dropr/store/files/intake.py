@@ -1,8 +1,7 @@
 """The receiver's side of the files store: a body is written into ``tmp/``
 (staged), flushed, and published by ``os.link`` into ``queue/<channel>/``
 unless an earlier copy of the message is anywhere in the store. Mixed into
-:class:`dropr.store.files.Store`; runs in receiver worker processes (and in
-``dropr`` commands that put).
+:class:`dropr.store.files.Store`; runs in receiver worker processes.
 
 Crash points: ``store.after_tmp_write``, ``store.after_tmp_fsync``,
 ``store.after_link``, ``store.after_publish``, ``store.after_queue_sync``.
