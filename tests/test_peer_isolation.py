@@ -112,12 +112,12 @@ def test_a_hung_peer_s_probe_does_not_hold_up_the_retry_scan(two_peers):
 
 def test_a_sender_may_stay_silent_while_it_fails_over_across_every_url(tmp_path):
     # Stopping, it finishes the upload on the wire, which may try all 3 URLs.
-    from dropr.sender.shell import SenderWorker
+    from dropr.workers import kinds
 
     urls = [f"http://127.0.0.1:{harness.free_port()}" for _ in range(3)]
     config = config_mod.load(harness.write_config(tmp_path, peers={
         "p": {"urls": urls, "connect_timeout": 1.0, "timeout": 10.0}}))
-    assert SenderWorker.max_silence(config) >= 3 * (1.0 + 10.0)
+    assert kinds.kind("sender").silence_limit(config) >= 3 * (1.0 + 10.0)
 
 
 def test_a_message_put_while_a_hung_upload_is_in_flight_goes_at_once(two_peers, tmp_path):

@@ -76,7 +76,7 @@ def test_swapping_a_queued_message_with_a_symlink_never_uploads_the_link_target(
     secret.chmod(0o600)
     config = config_mod.load(config_path)
     client = Client(config)
-    sender = Sender(config, label="sender-1").open()
+    sender = Sender(config, name="sender 1").open()
     swap = tmp_path / "swap"
     swap.mkdir()
     try:

@@ -47,10 +47,10 @@ class Sender:
     (under droprd, or alone as ``dropr send``). Building it has no side effects;
     :meth:`open` acquires the claim directory."""
 
-    def __init__(self, config, *, label="sender-1", notices=None, counts=None,
+    def __init__(self, config, *, name="sender 1", notices=None, counts=None,
                  clock=time.time, boottime=None, rand=random.random):
         self.config = config
-        self.label = label
+        self.name = name  # the worker's name: in its logs and its claim folder's
         self.notices = notices
         self.counts = counts  # a hostmetrics.SenderCounts, or None: not counted
         # Wall time for what is stored (due times); the boot clock for waits.
@@ -77,8 +77,8 @@ class Sender:
         self.spool.create()
         recovered = self.spool.recover_orphans()
         if recovered:
-            log.info("%s: returned %d orphaned messages to queue/", self.label, recovered)
-        self._active = self.spool.open_active(self.label)
+            log.info("%s: returned %d orphaned messages to queue/", self.name, recovered)
+        self._active = self.spool.open_active(self.name)
         return self
 
     def run_once(self):
@@ -157,7 +157,7 @@ class Sender:
         lane = self._lanes.get(peer)
         if lane is None:
             lane = self._lanes[peer] = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"{self.label}-{peer}")
+                1, thread_name_prefix=f"{self.name}-{peer}")
         self._lanes_in_flight[peer] = self._lanes_in_flight.get(peer, 0) + 1
         future = lane.submit(self._deliver, peer, batch, lambda *answer: self._answered.put(answer))
         self._futures[future] = peer
@@ -228,7 +228,7 @@ class Sender:
         if self._active is not None:
             returned = self.spool.unclaim(self._active)
             if returned:
-                log.info("%s: returned %d claimed messages to queue/", self.label, returned)
+                log.info("%s: returned %d claimed messages to queue/", self.name, returned)
             self._active.close()
             self._active = None
         for transport in self._transports.values():
@@ -389,7 +389,7 @@ def main(config, *, once=False):
     handlers = {sig: signal.signal(sig, lambda signum, frame: signals.append(signum))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     notices = None if once else Notices.open(config.client.spool)
-    sender = Sender(config, label="send", notices=notices).open()
+    sender = Sender(config, name="send", notices=notices).open()
     try:
         while not signals:
             if sender.drain(stop=lambda: bool(signals)) == 0:

@@ -148,7 +148,7 @@ class LockedDir:
             self._fd = None
 
 
-#: A sender's claim directory ``active/<label>.<pid>/``.
+#: A sender's claim directory ``active/<name>.<pid>/`` (a space in the name is a ``-``).
 ActiveDir = LockedDir
 
 
@@ -376,10 +376,12 @@ class Spool:
 
     # -- sender -----------------------------------------------------------
 
-    def open_active(self, label):
-        """Make and lock a fresh claim directory ``active/<label>.<pid>``."""
-        final = self.dirs["active"] / f"{label}.{os.getpid()}"
-        fresh = self.dirs["active"] / f"{_NEW_PREFIX}{label}.{os.getpid()}.{time.monotonic_ns()}"
+    def open_active(self, name):
+        """Make and lock a fresh claim directory ``active/<name>.<pid>``, where
+        the worker's name (``sender 2``) is spelled without spaces (``sender-2``)."""
+        stem = f"{name.replace(' ', '-')}.{os.getpid()}"
+        final = self.dirs["active"] / stem
+        fresh = self.dirs["active"] / f"{_NEW_PREFIX}{stem}.{time.monotonic_ns()}"
         fresh.mkdir()
         fd = os.open(fresh / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

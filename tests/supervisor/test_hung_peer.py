@@ -31,6 +31,6 @@ def test_failover_across_hung_urls_marks_the_peer_down_and_kills_no_sender(make_
                          what=f"peer marked down ({tree.log_tail()})")
         state = spool.peer_state("hung")
         assert state["failures"] == 1 and state["error"].count("curl error 28") == URLS
-        sender = tree.workers()["sender-1"]
+        sender = tree.workers()["sender 1"]
         assert sender["state"] == "running" and sender["restarts"] == 0, tree.log_tail()
         assert spool.count("deferred") == 1
