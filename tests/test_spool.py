@@ -95,15 +95,6 @@ def test_deferred_name_carries_attempts_and_due(tmp_path):
     active.close()
 
 
-def test_peer_down_marker(tmp_path):
-    spool = Spool(tmp_path, fsync=False).create()
-    assert spool.peer_state("local") == {} and spool.down_peers() == []
-    spool.mark_peer_down("local", until=5.0, failures=2, error="refused")
-    assert spool.peer_state("local")["failures"] == 2 and spool.down_peers() == ["local"]
-    spool.mark_peer_up("local")
-    assert spool.down_peers() == []
-
-
 def test_foreign_files_are_ignored(tmp_path):
     spool = Spool(tmp_path, fsync=False).create()
     fill(spool, 2)

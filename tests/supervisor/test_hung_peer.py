@@ -7,6 +7,7 @@ import contextlib
 import pytest
 
 from dropr.client import Client
+from dropr.peers import Peers
 from tests import harness
 
 pytestmark = pytest.mark.process
@@ -27,9 +28,9 @@ def test_failover_across_hung_urls_marks_the_peer_down_and_kills_no_sender(make_
         Client(tree.config).put(b"m", "hung")
         tree.start()
         spool = Client(tree.config).spool
-        harness.wait_for(lambda: spool.peer_state("hung"), URLS * TIMEOUT + 15,
+        harness.wait_for(lambda: Peers(spool).state("hung"), URLS * TIMEOUT + 15,
                          what=f"peer marked down ({tree.log_tail()})")
-        state = spool.peer_state("hung")
+        state = Peers(spool).state("hung")
         assert state["failures"] == 1 and state["error"].count("curl error 28") == URLS
         sender = tree.workers()["sender 1"]
         assert sender["state"] == "running" and sender["restarts"] == 0, tree.log_tail()
