@@ -20,7 +20,7 @@ def test_claim_takes_due_messages_in_order_within_limits(tmp_path):
     spool = Spool(tmp_path, fsync=False).create()
     names = fill(spool, 5)
     spool.put(b"later", SpoolName(0, "LATER", "local", "common", due_ms=10**15))
-    active = spool.open_active("sender-1")
+    active = spool.open_active("sender 1")
     got = spool.claim(active, limit=3, max_bytes=10**6)
     assert [n for n, _, _ in got] == names[:3]
     rest = spool.claim(active, limit=10, max_bytes=10**6)
@@ -42,7 +42,7 @@ HOLDER = """
 import sys, time
 from dropr.spool import Spool
 spool = Spool(sys.argv[1], fsync=False)
-active = spool.open_active("sender-9")
+active = spool.open_active("sender 9")
 spool.claim(active, limit=100, max_bytes=10**9)
 print("claimed", flush=True)
 time.sleep(60)

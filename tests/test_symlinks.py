@@ -111,7 +111,7 @@ def test_claim_takes_no_symlink_fifo_or_second_link(tmp_path):
     (queue / str(names[0])).symlink_to(target)
     os.mkfifo(queue / str(names[1]))
     os.link(target, queue / str(names[2]))
-    active = spool.open_active("sender-1")
+    active = spool.open_active("sender 1")
     try:
         assert spool.claim(active, limit=10, max_bytes=1 << 20) == []
     finally:
