@@ -38,7 +38,7 @@ CRASH_POINTS = (
     "put_many.after_flush",
     "put_many.after_rename",
     "put_many.after_dir_fsync",
-    # sender: Spool.open_active, claim, to_sent, to_deferred, mark_peer_down; Sender
+    # sender: Spool.open_active, claim, to_sent, to_deferred; Peers.mark_down; Sender
     "send.after_new_active_dir",
     "send.after_claim",
     "send.after_upload",

@@ -9,6 +9,7 @@ import pytest
 
 from dropr import Client, QueueFull, SpoolFull, ValidationError
 from dropr.client import Backlog
+from dropr.peers import Peers
 from dropr.spool import Spool
 from dropr.store import Store
 from tests.supervisor.conftest import FAST, Droprd
@@ -257,7 +258,7 @@ def test_full_store_disk_answers_507_senders_defer_then_everything_flows(tmp_pat
         client = Client(droprd.config_path)
         ids = {client.put(os.urandom(1000), "local") for _ in range(20)}
         spool = Spool(droprd.config.client.spool)
-        harness.wait_for(lambda: spool.count("deferred") > 0 or spool.down_peers(), 15,
+        harness.wait_for(lambda: spool.count("deferred") > 0 or Peers(spool).down(), 15,
                          what="senders to defer")
         store = Store(droprd.config.receiver.store, fsync=False)
         assert store.count("common") == 0 and os.listdir(disk / "store" / "tmp") == []

@@ -21,7 +21,7 @@ def test_census_counts_each_state_and_peer_and_dates_the_oldest_waiting(tmp_path
     put(spool, "sent", "a", b"12", made=1_000_000.0)  # delivered: not waiting
     dead = put(spool, "dead", "b.x y", b"1234", made=900_000.0)  # given up: not waiting
     dead.with_name(dead.name + ".reason").write_text("rejected\n")  # no message of its own
-    active = spool.open_active("sender-1")
+    active = spool.open_active("sender 1")
     put(spool, "active", "a", b"123456", made=1_800_000.0, directory=active.path)
     foreign = put(spool, "queue", "c", b"x", message_id="php-4711")
     os.utime(foreign, (1_200_000.0, 1_200_000.0))

@@ -12,6 +12,7 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.client import Client
+from dropr.peers import Peers
 from dropr.spool import Spool
 from dropr.store import Store
 from dropr.sender.transport import Transport
@@ -71,7 +72,7 @@ def test_messages_wait_in_deferred_while_the_receiver_is_down_then_all_arrive(co
     send_once(config_path)  # nobody listens: the sender must not fail, nor lose anything
     spool = client.spool
     assert spool.count("deferred") == 40 and spool.count("queue") == 0
-    down = spool.peer_state("local")
+    down = Peers(spool).state("local")
     assert down["failures"] == 1 and down["down_until"] > 0
 
     receiver = harness.Receiver(config_path).start()
@@ -83,7 +84,7 @@ def test_messages_wait_in_deferred_while_the_receiver_is_down_then_all_arrive(co
     finally:
         receiver.stop()
     assert {m.id: m.read() for m in store_of(config).messages("common")} == expected
-    assert spool_empty(spool) and spool.peer_state("local") == {}
+    assert spool_empty(spool) and Peers(spool).state("local") == {}
 
 
 def test_message_sent_again_after_a_lost_answer_is_stored_once(tmp_path, receiver):

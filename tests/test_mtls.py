@@ -15,6 +15,7 @@ import dropr
 from dropr import certs
 from dropr import config as config_mod
 from dropr.errors import ConfigError
+from dropr.peers import Peers
 from dropr.spool import Spool
 from dropr.store import Store
 from tests.support import harness
@@ -110,14 +111,14 @@ def test_a_certificate_from_the_ca_names_the_client_without_a_token(producer, mt
     ids = send_three(path)
     assert (spool.count("queue"), spool.count("deferred"), spool.count("dead")) == (0, 0, 0)
     assert {i: stored(mtls, "orders")[i] for i in ids} == dict.fromkeys(ids, "shop")
-    assert spool.peer_state("tls") == {}
+    assert Peers(spool).state("tls") == {}
 
 
 def test_the_client_named_by_certificate_keeps_its_channels(producer, mtls, clients):
     path, spool = producer(**clients["good"])
     send_three(path, "audit")
     assert spool.count("deferred") == 3  # a 403 defers that channel's messages alone
-    assert spool.peer_state("tls") == {}
+    assert Peers(spool).state("tls") == {}
 
 
 def test_a_token_still_names_its_client_over_mutual_tls(producer, mtls, clients):
@@ -131,7 +132,7 @@ def test_a_good_certificate_that_names_no_client_gets_401(producer, mtls, client
     path, spool = producer(**clients["unnamed"])
     ids = send_three(path)
     assert spool.count("deferred") == 3
-    error = spool.peer_state("tls")["error"]
+    error = Peers(spool).state("tls")["error"]
     assert "HTTP 401 unauthorized: no client is known by the certificate subject " \
         "'CN=stranger'" in error, error
     assert not set(ids) & set(stored(mtls, "orders"))
@@ -142,7 +143,7 @@ def test_refused_at_the_handshake_and_deferred(producer, mtls, clients, which):
     path, spool = producer(**clients[which]) if which else producer()
     ids = send_three(path)
     assert (spool.count("queue"), spool.count("deferred"), spool.count("dead")) == (0, 3, 0)
-    state = spool.peer_state("tls")
+    state = Peers(spool).state("tls")
     assert state["failures"] == 1 and "curl error" in state["error"], state
     assert not set(ids) & set(stored(mtls, "orders"))
     assert handshake(mtls, clients[which] if which else None) == "refused"

@@ -67,7 +67,7 @@ def test_a_stopped_receiver_is_skipped_within_the_same_batch(two):
             pass
         assert stored_ids(b) == ids
         assert sender.spool.counts()["deferred"] == 0
-        assert sender.spool.peer_state("local") == {}  # one receiver answers: the peer is up
+        assert sender.peers.state("local") == {}  # one receiver answers: the peer is up
         assert list(sender._transports["local"].down_urls()) == [a.url]
     finally:
         sender.close()
@@ -80,7 +80,7 @@ def test_the_peer_is_down_only_when_every_url_fails(two):
     sender = Sender(config).open()
     try:
         sender.run_once()
-        state = sender.spool.peer_state("local")
+        state = sender.peers.state("local")
         assert state.get("failures") == 1
         assert a.url in state["error"] and b.url in state["error"]
         assert sender.spool.counts()["deferred"] == 3

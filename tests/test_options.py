@@ -44,7 +44,7 @@ DROPRD = {
     "stop": ["stop"],
     "status": ["status", "--json"],
     "reload": ["reload"],
-    "restart": ["restart", "sender-1"],
+    "restart": ["restart", "sender", "1"],
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.client import Client
+from dropr.peers import Peers
 from dropr.sender.sender import Sender
 from dropr.store import Store
 from tests.support import harness
@@ -82,7 +83,7 @@ def test_a_message_on_a_forbidden_channel_does_not_hold_back_the_others(two_peer
     assert stored(config, "ok") == good
     deferred, = client.spool.names("deferred")
     assert deferred.id == refused and deferred.attempts == 1
-    assert client.spool.peer_state("local") == {}  # its other channels are fine: not down
+    assert Peers(client.spool).state("local") == {}  # its other channels are fine: not down
 
 
 def test_a_hung_peer_s_probe_does_not_hold_up_the_retry_scan(two_peers):
@@ -95,7 +96,7 @@ def test_a_hung_peer_s_probe_does_not_hold_up_the_retry_scan(two_peers):
     due = client.put(b"m", "local")
     name, = client.spool.names("queue")
     client.spool.to_deferred(client.spool.dirs["queue"] / str(name), name, due_ms=1)
-    client.spool.mark_peer_down("hung", until=time.time(), failures=1, error="timeout")
+    Peers(client.spool).mark_down("hung", until=time.time(), failures=1, error="timeout")
     scanner = RetryScanner(config).open()
     try:
         started = time.monotonic()
@@ -103,21 +104,21 @@ def test_a_hung_peer_s_probe_does_not_hold_up_the_retry_scan(two_peers):
         assert time.monotonic() - started < 1.5
         assert [n.id for n in client.spool.names("queue")] == [due]
         harness.wait_for(lambda: scanner.scan() >= 0 and "curl error 28" in
-                         client.spool.peer_state("hung").get("error", ""), 10,
+                         Peers(client.spool).state("hung").get("error", ""), 10,
                          what="the hung probe's timeout recorded")
-        assert client.spool.peer_state("hung")["failures"] == 2
+        assert Peers(client.spool).state("hung")["failures"] == 2
     finally:
         scanner.close()
 
 
 def test_a_sender_may_stay_silent_while_it_fails_over_across_every_url(tmp_path):
     # Stopping, it finishes the upload on the wire, which may try all 3 URLs.
-    from dropr.sender.shell import SenderWorker
+    from dropr.workers import kinds
 
     urls = [f"http://127.0.0.1:{harness.free_port()}" for _ in range(3)]
     config = config_mod.load(harness.write_config(tmp_path, peers={
         "p": {"urls": urls, "connect_timeout": 1.0, "timeout": 10.0}}))
-    assert SenderWorker.max_silence(config) >= 3 * (1.0 + 10.0)
+    assert kinds.kind("sender").silence_limit(config) >= 3 * (1.0 + 10.0)
 
 
 def test_a_message_put_while_a_hung_upload_is_in_flight_goes_at_once(two_peers, tmp_path):
@@ -157,11 +158,11 @@ def test_a_down_peer_s_backlog_stays_deferred_while_its_probe_fails(two_peers):
         client.put(b"d%d" % i, "hung")
     for name in client.spool.names("queue"):
         client.spool.to_deferred(client.spool.dirs["queue"] / str(name), name, due_ms=1)
-    client.spool.mark_peer_down("hung", until=time.time(), failures=1, error="refused")
+    Peers(client.spool).mark_down("hung", until=time.time(), failures=1, error="refused")
     scanner = RetryScanner(config).open()
     try:
         assert scanner.scan() == 0
     finally:
         scanner.close()
     assert client.spool.count("deferred") == 50 and client.spool.count("queue") == 0
-    assert client.spool.peer_state("hung")["failures"] == 2
+    assert Peers(client.spool).state("hung")["failures"] == 2

@@ -74,7 +74,7 @@ def test_a_live_receiver_that_cannot_store_is_not_retried_every_second(peer):
         sender.close()
     attempts = {n.id: n.attempts for n in sender.spool.names("deferred")}
     assert attempts == {i: 1 for i in ids}  # tried once, then left alone
-    state = sender.spool.peer_state("local")
+    state = sender.peers.state("local")
     assert state["failures"] >= 3 and "not_ready" in state["error"]
 
 
@@ -91,7 +91,7 @@ def test_a_ready_receiver_that_refuses_uploads_is_retried_with_a_growing_pause(p
         run_for(3.0, sender, scanner)
     finally:
         sender.close()
-    state = sender.spool.peer_state("local")
+    state = sender.peers.state("local")
     assert state["failures"] >= 3 and "HTTP 401" in state["error"]
     name, = sender.spool.names("deferred") or sender.spool.names("queue")
     assert name.attempts <= state["failures"]
@@ -106,13 +106,13 @@ def test_a_sender_first_through_after_an_outage_brings_all_deferred_at_once(peer
     sender, scanner = Sender(config).open(), RetryScanner(config).open()
     try:
         sender.drain()
-        assert sender.spool.count("deferred") == 5 and sender.spool.down_peers() == ["local"]
+        assert sender.spool.count("deferred") == 5 and sender.peers.down() == ["local"]
         receiver.start()
-        harness.wait_for(lambda: sender.spool.peer_pause(
-            sender.spool.peer_state("local"), cap=60) == 0, 5, what="peer pause over")
+        harness.wait_for(lambda: sender.peers.pause(
+            sender.peers.state("local"), cap=60) == 0, 5, what="peer pause over")
         late = client.put(b"late", "local")
         sender.drain()
-        assert stored(config) == {late} and sender.spool.down_peers() == []
+        assert stored(config) == {late} and sender.peers.down() == []
         assert scanner.scan() == 5
         sender.drain()
     finally:
@@ -126,7 +126,7 @@ def test_a_wall_clock_stepped_back_does_not_stretch_a_peer_pause(peer):
     client = Client(config, clock=wall)
     sender = Sender(config, clock=wall, boottime=boot).open()
     try:
-        sender.spool.mark_peer_down("local", pause=1.0, failures=1, error="refused")
+        sender.peers.mark_down("local", pause=1.0, failures=1, error="refused")
         wall.now -= 3600  # the clock is stepped back an hour; 2 s pass
         boot.now += 2
         urgent = client.put(b"urgent", "local", priority=0)

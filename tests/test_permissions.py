@@ -337,7 +337,7 @@ def test_member_wakes_the_senders_but_cannot_read_their_reports(shared):
     put = _dropr(MEMBER_A, shared, "put", "--peer", "local", input="x")
     assert put.returncode == 0, put.stderr
     assert sysv_ipc.MessageQueue(queue_key(spool, "wake")).current_messages == 1
-    notices.report({"worker": "sender-1"})
+    notices.report({"worker": "sender 1"})
     script = (f"import sysv_ipc; q = sysv_ipc.MessageQueue({queue_key(spool, 'report')}); "
               "q.receive(block=False)")
     assert "PermissionsError" in _python(MEMBER_A, "-c", script).stderr

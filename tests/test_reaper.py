@@ -86,7 +86,7 @@ def test_a_live_senders_claims_are_left_alone(tmp_path):
     notices = Notices.replace(spool.root)
     try:
         fill(spool, 5)
-        active = spool.open_active("sender-7")  # this process holds the lock
+        active = spool.open_active("sender 7")  # this process holds the lock
         spool.claim(active, limit=10, max_bytes=10**6)
         reaper = Reaper(config, notices=notices).open()
         assert reaper.reap().recovered == 0 and spool.count("active") == 5
@@ -112,7 +112,7 @@ def test_half_made_claim_dirs_of_a_sender_that_died_making_them_go(tmp_path):
 
 
 def to_sent(spool, names):
-    active = spool.open_active("sender-1")
+    active = spool.open_active("sender 1")
     for _, path, _ in spool.claim(active, limit=len(names), max_bytes=10**9):
         spool.to_sent(path, keep=True)
     active.close()
@@ -194,7 +194,7 @@ def test_reaper_worker_reaps_reports_while_pausing_and_stops_at_once(tmp_path):
     holder = None
     try:
         fill(spool, 4)
-        holder = spool.open_active("sender-3")
+        holder = spool.open_active("sender 3")
         spool.claim(holder, limit=10, max_bytes=10**6)
         holder.close()  # its "sender" is gone
         pid = harness.fork_worker(ReaperWorker(config))

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from dropr import config as config_mod
+from dropr.peers import Peers
 from dropr.sender import transport
 from dropr.ids import IdGenerator
 from dropr.ipc import Notices
@@ -129,15 +130,15 @@ def test_messages_of_a_down_peer_are_left_alone_and_stale_markers_go(setup):
     config, spool, notices = setup
     probes = Probes(False)
     scanner = RetryScanner(config, notices=notices, clock=Clock(), probe=probes).open()
-    spool.mark_peer_down("other", pause=100, failures=3, error="refused")
-    spool.mark_peer_down("retired", pause=100, failures=1, error="refused")
+    Peers(spool).mark_down("other", pause=100, failures=3, error="refused")
+    Peers(spool).mark_down("retired", pause=100, failures=1, error="refused")
     mine = defer(spool, new_id(), peer="local", due_ms=T_MS - 1)
     theirs = defer(spool, new_id(), peer="other", due_ms=T_MS - 1)
     assert scanner.scan() == 1
     assert spool.names("queue") == [mine.replace(due_ms=0)]
     assert spool.names("deferred") == [theirs]
     assert probes.peers == []  # its marker runs for another 100 s: no probe yet
-    assert spool.down_peers() == ["other"]  # "retired" is no longer configured
+    assert Peers(spool).down() == ["other"]  # "retired" is no longer configured
 
 
 @pytest.mark.process
@@ -150,7 +151,7 @@ def test_a_ready_peer_gets_one_trial_batch_then_all_once_a_sender_gets_through(
     notices = Notices.replace(spool.root)
     try:
         now = time.time()
-        spool.mark_peer_down("local", pause=0.05, failures=4, error="refused")
+        Peers(spool).mark_down("local", pause=0.05, failures=4, error="refused")
         far = int(now * 1000) + 3_600_000
         names = sorted(defer(spool, new_id(now), attempts=5, due_ms=far) for _ in range(20))
         probes = Probes()  # the real probe, against the real receiver
@@ -159,14 +160,14 @@ def test_a_ready_peer_gets_one_trial_batch_then_all_once_a_sender_gets_through(
         assert probes.peers == ["local"] and woken(notices)
         assert spool.names("queue") == [n.replace(due_ms=0) for n in names[:8]]
         assert {n.attempts for n in spool.names("queue")} == {5}
-        state = spool.peer_state("local")
+        state = Peers(spool).state("local")
         assert state["trial"] and state["failures"] == 4  # the backoff is kept
         assert scanner.scan() == 0  # on trial: no second batch, no second probe
         assert probes.peers == ["local"]
 
-        spool.mark_peer_up("local", revived=True)  # as a sender does when a batch gets through
+        Peers(spool).mark_up("local", revived=True)  # as a sender does when a batch gets through
         assert scanner.scan() == 12
-        assert spool.names("deferred") == [] and spool.revived_peers() == []
+        assert spool.names("deferred") == [] and Peers(spool).revived() == []
         assert spool.names("queue") == [n.replace(due_ms=0) for n in names]
     finally:
         notices.remove()
@@ -178,15 +179,15 @@ def test_probe_failure_keeps_peer_down_with_a_longer_pause(setup):
     probes = Probes()  # the real probe: connection refused
     scanner = RetryScanner(config, notices=notices, clock=clock, boottime=clock,
                            probe=probes).open()
-    scanner.spool.mark_peer_down("local", pause=-1, failures=5, error="refused")
+    scanner.peers.mark_down("local", pause=-1, failures=5, error="refused")
     waiting = defer(spool, new_id(clock.now), attempts=2, due_ms=int(clock.now * 1000) - 1)
     assert scanner.scan() == 0
-    assert probes.peers == ["local"] and spool.down_peers() == ["local"]
+    assert probes.peers == ["local"] and Peers(spool).down() == ["local"]
     assert spool.names("deferred") == [waiting] and not woken(notices)
-    state = spool.peer_state("local")
+    state = Peers(spool).state("local")
     assert state["failures"] == 6 and "curl error 7" in state["error"]
     pause = config.sender.peer_backoff_base * 2 ** 5
-    assert scanner.spool.peer_pause(state, cap=600) == pytest.approx(pause)
+    assert scanner.peers.pause(state, cap=600) == pytest.approx(pause)
     scanner.scan()
     assert probes.peers == ["local"]  # failed just now: not again before its pause ends
     clock.now += pause

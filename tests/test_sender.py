@@ -9,6 +9,7 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.client import Client
+from dropr.peers import Peers
 from dropr.sender.sender import Sender
 from dropr.spool import SpoolName
 from dropr.store import Store
@@ -123,7 +124,7 @@ def test_refused_batches_are_split_until_every_good_message_is_stored(env):
     assert dead.keys() == {big, bad.id}
     assert dead[big].startswith("refused by peer local: HTTP 413 ")
     assert dead[bad.id].startswith("rejected by peer local: bad channel")
-    assert client.spool.count("deferred") == 0 and client.spool.peer_state("local") == {}
+    assert client.spool.count("deferred") == 0 and Peers(client.spool).state("local") == {}
 
 
 def test_peer_down_defers_the_batch_then_holds_new_ones_until_it_is_due(env):
@@ -136,7 +137,7 @@ def test_peer_down_defers_the_batch_then_holds_new_ones_until_it_is_due(env):
         assert sender.run_once() == 3
         assert {n.id: (n.attempts, n.due_ms) for n in sender.spool.names("deferred")} == {
             i: (1, int((clock.now + config.retry.base) * 1000)) for i in first}
-        state = sender.spool.peer_state("local")
+        state = sender.peers.state("local")
         assert state["failures"] == 1 and "curl error 7" in state["error"]
         assert state["down_until"] == clock.now + config.sender.peer_backoff_base
 
@@ -150,7 +151,7 @@ def test_peer_down_defers_the_batch_then_holds_new_ones_until_it_is_due(env):
         clock.now += 1.0
         requeue_all(sender)
         assert sender.run_once() == 4
-        state = sender.spool.peer_state("local")
+        state = sender.peers.state("local")
         assert state["failures"] == 2
         assert state["down_until"] == clock.now + 2 * config.sender.peer_backoff_base
 
@@ -158,7 +159,7 @@ def test_peer_down_defers_the_batch_then_holds_new_ones_until_it_is_due(env):
         clock.now += 1.0
         requeue_all(sender)
         assert sender.run_once() == 4
-        assert sender.spool.peer_state("local") == {}
+        assert sender.peers.state("local") == {}
     finally:
         sender.close()
     assert sorted(stored(config)) == sorted([*first, later])
@@ -214,7 +215,7 @@ def test_claimed_file_that_vanished_does_not_hold_up_the_rest(env):
         sender.close()
     assert stored(config) == sent
     assert sender.spool.count("active") == 0 and sender.spool.count("queue") == 0
-    assert sender.spool.peer_state("local") == {}
+    assert sender.peers.state("local") == {}
 
 
 def test_close_returns_claimed_messages_to_the_queue(env):

@@ -22,7 +22,7 @@ def test_claim_takes_due_messages_in_order_within_limits(tmp_path):
     spool = Spool(tmp_path, fsync=False).create()
     names = fill(spool, 5)
     spool.put(b"later", SpoolName(0, "LATER", "local", "common", due_ms=10**15))
-    active = spool.open_active("sender-1")
+    active = spool.open_active("sender 1")
     got = spool.claim(active, limit=3, max_bytes=10**6)
     assert [n for n, _, _ in got] == names[:3]
     rest = spool.claim(active, limit=10, max_bytes=10**6)
@@ -44,7 +44,7 @@ HOLDER = """
 import sys, time
 from dropr.spool import Spool
 spool = Spool(sys.argv[1], fsync=False)
-active = spool.open_active("sender-9")
+active = spool.open_active("sender 9")
 spool.claim(active, limit=100, max_bytes=10**9)
 print("claimed", flush=True)
 time.sleep(60)
@@ -96,15 +96,6 @@ def test_deferred_name_carries_attempts_and_due(tmp_path):
     again = spool.requeue("deferred", new, due_ms=0)
     assert spool.names("queue") == [again] and again.attempts == 1
     active.close()
-
-
-def test_peer_down_marker(tmp_path):
-    spool = Spool(tmp_path, fsync=False).create()
-    assert spool.peer_state("local") == {} and spool.down_peers() == []
-    spool.mark_peer_down("local", until=5.0, failures=2, error="refused")
-    assert spool.peer_state("local")["failures"] == 2 and spool.down_peers() == ["local"]
-    spool.mark_peer_up("local")
-    assert spool.down_peers() == []
 
 
 def test_foreign_files_are_ignored(tmp_path):

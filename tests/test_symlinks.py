@@ -76,7 +76,7 @@ def test_swapping_a_queued_message_with_a_symlink_never_uploads_the_link_target(
     secret.chmod(0o600)
     config = config_mod.load(config_path)
     client = Client(config)
-    sender = Sender(config, label="sender-1").open()
+    sender = Sender(config, name="sender 1").open()
     swap = tmp_path / "swap"
     swap.mkdir()
     try:
@@ -111,7 +111,7 @@ def test_claim_takes_no_symlink_fifo_or_second_link(tmp_path):
     (queue / str(names[0])).symlink_to(target)
     os.mkfifo(queue / str(names[1]))
     os.link(target, queue / str(names[2]))
-    active = spool.open_active("sender-1")
+    active = spool.open_active("sender 1")
     try:
         assert spool.claim(active, limit=10, max_bytes=1 << 20) == []
     finally:

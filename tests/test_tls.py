@@ -9,6 +9,7 @@ import pytest
 
 import dropr
 from dropr import config as config_mod
+from dropr.peers import Peers
 from dropr.sender import transport
 from dropr.errors import ConfigError, NotFound
 from dropr.spool import Spool
@@ -104,7 +105,7 @@ def test_delivers_over_https_with_the_ca_and_the_token(producer, https, pki):
     for i, mid in enumerate(ids):
         m = store.get("orders", mid)
         assert (m.read(), m.client) == (f"message {i}".encode(), "shop")  # from the token
-    assert spool.peer_state("tls") == {}
+    assert Peers(spool).state("tls") == {}
 
 
 def test_token_from_a_file(producer, https, pki, tmp_path):
@@ -128,7 +129,7 @@ def test_wrong_ca_or_token_defers_and_marks_the_peer_down(producer, https, pki, 
     ids = put_three(path, channel)
     harness.run_dropr(path, "send", "--once")
     assert (spool.count("queue"), spool.count("deferred"), spool.count("dead")) == (0, 3, 0)
-    state = spool.peer_state("tls")
+    state = Peers(spool).state("tls")
     assert state["failures"] == 1 and error in state["error"], state
     assert SHOP_TOKEN not in state["error"]
     for mid in ids:
@@ -141,7 +142,7 @@ def test_a_channel_the_token_may_not_write_defers_its_messages_alone(producer, h
     put_three(path, "audit")
     harness.run_dropr(path, "send", "--once")
     assert (spool.count("queue"), spool.count("deferred"), spool.count("dead")) == (0, 3, 0)
-    assert spool.peer_state("tls") == {}  # the token's other channels are fine
+    assert Peers(spool).state("tls") == {}  # the token's other channels are fine
 
 
 @harness.needs('curl')

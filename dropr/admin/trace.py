@@ -12,6 +12,7 @@ import urllib.request
 
 from dropr import ids
 from dropr.errors import DroprError
+from dropr.peers import Peers
 from dropr.spool import Spool, parse
 
 EXIT_KNOWN, EXIT_UNKNOWN = 0, 1
@@ -40,7 +41,7 @@ def spool_side(spool, message_id):
     if state == "dead":
         info["reason"] = spool.reason(name).strip() or None
     elif state in ("deferred", "queue") and name.attempts:
-        info["reason"] = spool.peer_state(name.peer).get("error")  # the peer's last failure
+        info["reason"] = Peers(spool).state(name.peer).get("error")  # the peer's last failure
     return info
 
 

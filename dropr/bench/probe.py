@@ -85,7 +85,7 @@ def _sender(config):
     from dropr import config as config_mod
     from dropr.sender.sender import Sender
 
-    return Sender(config_mod.load(config), label="bench").open()
+    return Sender(config_mod.load(config), name="bench").open()
 
 
 def send(config):

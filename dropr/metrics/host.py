@@ -31,6 +31,7 @@ import time
 
 import psutil
 
+from dropr.peers import Peers
 from dropr.sender import counts as sendercounts
 from dropr.spool import Spool, census
 from dropr.supervisor import status
@@ -54,6 +55,7 @@ class HostMetrics:
                  cpu=time.thread_time):
         self.config = config
         self.spool = Spool(config.client.spool, fsync=False)
+        self.peers = Peers(self.spool)
         self.folder = sendercounts.counts_folder(config, supervisor_pid)
         self._clock, self._monotonic, self._cpu = clock, monotonic, cpu
         self.census = None
@@ -145,7 +147,7 @@ class HostMetrics:
     def _peers_up(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        down = set(self.spool.down_peers())
+        down = set(self.peers.down())
         family = GaugeMetricFamily("dropr_peer_up", "1 when the peer answers, 0 while it "
                                    "is marked down.", labels=("peer",))
         for peer in self._peers():

@@ -27,8 +27,9 @@ import logging
 import os
 import time
 
-from dropr import backoff, ids
+from dropr import ids
 from dropr.errors import SpoolFull
+from dropr.peers import Peers
 from dropr.sender import transport
 from dropr.spool import Spool
 
@@ -64,8 +65,8 @@ class RetryScanner:
                  probe=transport.probe):
         self.config = config
         # Wall time for what is stored (due times, ages); the boot clock for waits.
-        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock,
-                           boottime=boottime)
+        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock)
+        self.peers = Peers(self.spool, clock=clock, boottime=boottime)
         self.notices = notices
         self._clock = clock
         self._probe = probe
@@ -91,10 +92,9 @@ class RetryScanner:
             else:
                 dead += 1
         for peer in revived:
-            self.spool.forget_revived(peer)  # after the moves: a crash before redoes them
+            self.peers.forget_revived(peer)  # after the moves: a crash before redoes them
         for peer, left in trials.items():
-            if left == self.config.sender.batch_messages:
-                self.spool.mark_peer_up(peer)  # ready, and nothing of it waits: simply up
+            self.peers.trial_done(peer, requeued=self.config.sender.batch_messages - left)
         if requeued or dead:
             log.info("retry scan: %d back to queue, %d given up", requeued, dead)
         if requeued and self.notices is not None:
@@ -163,22 +163,23 @@ class RetryScanner:
         goes back to queue/; the rest of its backlog waits until a sender gets
         one batch through (then all of it goes at once)."""
         down = set()
-        for peer in self.spool.down_peers():
+        for peer in self.peers.down():
             if peer not in self.config.peers:
                 log.info("peer %s is no longer configured: forgetting its down marker", peer)
-                self.spool.mark_peer_up(peer)
+                self.peers.mark_up(peer)
                 continue
-            state = self.spool.peer_state(peer)
+            state = self.peers.state(peer)
             if not state:
                 continue  # marked up meanwhile
             down.add(peer)
-            pause = self.spool.peer_pause(state, cap=self.config.sender.peer_backoff_cap)
-            if pause <= self.config.retry.interval and peer not in self._probing:
+            if peer not in self._probing and self.peers.due_for_probe(
+                    state, cap=self.config.sender.peer_backoff_cap,
+                    within=self.config.retry.interval):
                 self._start_probe(peer)
         trials = self._take_probes()
-        revived = set(self.spool.revived_peers())
+        revived = set(self.peers.revived())
         for peer in revived & down:
-            self.spool.forget_revived(peer)  # down again already: nothing to hurry
+            self.peers.forget_revived(peer)  # down again already: nothing to hurry
         return down, revived - down, trials
 
     def _start_probe(self, peer):
@@ -196,34 +197,14 @@ class RetryScanner:
         answered; {peer: trial batch size} of the peers found ready."""
         if self._probing:
             concurrent.futures.wait(self._probing.values(), timeout=PROBE_WAIT)
-        trials = {}
+        trials, sender = {}, self.config.sender
         for peer, probe in list(self._probing.items()):
             if probe.done():
                 del self._probing[peer]
-                if self._probed(peer, *probe.result()):
-                    trials[peer] = self.config.sender.batch_messages
+                if self.peers.probed(peer, *probe.result(), base=sender.peer_backoff_base,
+                                     cap=sender.peer_backoff_cap):
+                    trials[peer] = sender.batch_messages
         return trials
-
-    def _probed(self, peer, ok, reason):
-        """Act on a probe of ``peer``. Ready: its marker turns to a trial
-        (senders may try it) with the same failure count and pause, so a peer
-        that is ready but refuses uploads (401, 429, 5xx, 507) is tried once
-        per pause, a pause that keeps growing. Not ready: the next, longer
-        pause. True if ready (and still marked down)."""
-        state = self.spool.peer_state(peer)
-        if not state:
-            return False  # a sender got through meanwhile
-        sender = self.config.sender
-        failures = state.get("failures", 0) + (0 if ok else 1)
-        pause = backoff.delay(max(1, failures), base=sender.peer_backoff_base,
-                              cap=sender.peer_backoff_cap)
-        self.spool.mark_peer_down(peer, pause=pause, failures=failures, trial=ok,
-                                  error=state.get("error", "") if ok else reason)
-        if ok:
-            log.info("peer %s is ready again: trying one batch", peer)
-        else:
-            log.debug("peer %s still down: %s", peer, reason)
-        return ok
 
     def close(self):
         """Let go of the probes in flight (their threads end with their timeouts)."""

@@ -30,6 +30,7 @@ from dropr import backoff
 from dropr.errors import BatchRefused, Forbidden, PeerError, SpoolFull, Unreadable
 from dropr.faults import crash_point
 from dropr.ipc import Notices
+from dropr.peers import Peers
 from dropr.spool import Spool
 from dropr.sender.transport import Transport, check_client_certs
 
@@ -47,15 +48,15 @@ class Sender:
     (under droprd, or alone as ``dropr send``). Building it has no side effects;
     :meth:`open` acquires the claim directory."""
 
-    def __init__(self, config, *, label="sender-1", notices=None, counts=None,
+    def __init__(self, config, *, name="sender 1", notices=None, counts=None,
                  clock=time.time, boottime=None, rand=random.random):
         self.config = config
-        self.label = label
+        self.name = name  # the worker's name: in its logs and its claim folder's
         self.notices = notices
         self.counts = counts  # a hostmetrics.SenderCounts, or None: not counted
         # Wall time for what is stored (due times); the boot clock for waits.
-        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock,
-                           boottime=boottime)
+        self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock)
+        self.peers = Peers(self.spool, clock=clock, boottime=boottime)
         self._clock = clock
         self._rand = rand
         self._active = None
@@ -77,8 +78,8 @@ class Sender:
         self.spool.create()
         recovered = self.spool.recover_orphans()
         if recovered:
-            log.info("%s: returned %d orphaned messages to queue/", self.label, recovered)
-        self._active = self.spool.open_active(self.label)
+            log.info("%s: returned %d orphaned messages to queue/", self.name, recovered)
+        self._active = self.spool.open_active(self.name)
         return self
 
     def run_once(self):
@@ -157,7 +158,7 @@ class Sender:
         lane = self._lanes.get(peer)
         if lane is None:
             lane = self._lanes[peer] = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"{self.label}-{peer}")
+                1, thread_name_prefix=f"{self.name}-{peer}")
         self._lanes_in_flight[peer] = self._lanes_in_flight.get(peer, 0) + 1
         future = lane.submit(self._deliver, peer, batch, lambda *answer: self._answered.put(answer))
         self._futures[future] = peer
@@ -228,7 +229,7 @@ class Sender:
         if self._active is not None:
             returned = self.spool.unclaim(self._active)
             if returned:
-                log.info("%s: returned %d claimed messages to queue/", self.label, returned)
+                log.info("%s: returned %d claimed messages to queue/", self.name, returned)
             self._active.close()
             self._active = None
         for transport in self._transports.values():
@@ -243,9 +244,7 @@ class Sender:
         pending = [batch]
         while pending:
             part = pending.pop()
-            state = self.spool.peer_state(peer)
-            pause = 0.0 if state.get("trial") else self.spool.peer_pause(
-                state, cap=self.config.sender.peer_backoff_cap)
+            state, pause = self.peers.before_send(peer, cap=self.config.sender.peer_backoff_cap)
             if pause > 0:
                 self._hold(peer, part, pause)
                 continue
@@ -264,10 +263,7 @@ class Sender:
                 self._peer_failed(peer, part, state, e)
                 continue
             crash_point("send.after_upload")
-            if state:
-                # The retry scanner sends all of its deferred messages at once.
-                self.spool.mark_peer_up(peer, revived=True)
-                log.info("peer %s is up again", peer)
+            self.peers.sent(peer, state)
             (settle or self._settle)(peer, part, results)
 
     def _split_refused(self, peer, part, error):
@@ -329,12 +325,9 @@ class Sender:
 
     def _peer_failed(self, peer, part, state, error):
         """Mark ``peer`` down, then defer ``part`` with per-message backoff."""
-        failures = state.get("failures", 0) + 1
         sender = self.config.sender
-        pause = backoff.delay(failures, base=sender.peer_backoff_base, cap=sender.peer_backoff_cap)
-        self.spool.mark_peer_down(peer, pause=pause, failures=failures, error=str(error))
-        down = "down" if failures == 1 else f"still down ({failures} failures in a row)"
-        log.warning("%s: %s, next try in %.1f s", error, down, pause)
+        self.peers.failed(peer, state, error, base=sender.peer_backoff_base,
+                          cap=sender.peer_backoff_cap)
         for name, path, _ in part:
             self.spool.to_deferred(path, name, due_ms=self._retry_due_ms(name))
         self._count(peer, deferred=len(part))
@@ -389,7 +382,7 @@ def main(config, *, once=False):
     handlers = {sig: signal.signal(sig, lambda signum, frame: signals.append(signum))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     notices = None if once else Notices.open(config.client.spool)
-    sender = Sender(config, label="send", notices=notices).open()
+    sender = Sender(config, name="send", notices=notices).open()
     try:
         while not signals:
             if sender.drain(stop=lambda: bool(signals)) == 0:

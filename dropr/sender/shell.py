@@ -2,9 +2,6 @@
 
 from dropr.workers.base import Worker
 
-# Slack on top of the longest upload, for claiming and moving a batch's files.
-_MARGIN = 10.0
-
 
 class SenderWorker(Worker):
     """Claims batches from queue/ and delivers them; between batches it waits
@@ -16,16 +13,6 @@ class SenderWorker(Worker):
         super().__init__(config, **kwargs)
         self.sender = None
 
-    @classmethod
-    def max_silence(cls, config):
-        """A sender's loop waits at most ``[sender] wait`` for an upload, but when
-        it stops or is recycled it finishes the uploads on the wire: one per
-        peer at once, each of which may try every URL of its peer for up to
-        connect_timeout + timeout. Allow the slowest peer that long."""
-        uploads = [len(p.urls or (p.url,)) * (p.connect_timeout + p.timeout)
-                   for p in config.peers.values()]
-        return max(uploads, default=0.0) + config.sender.wait + _MARGIN
-
     def open(self):
         """Make the Sender: spool tree, recovery of orphaned claims, its active dir."""
         from dropr.sender.sender import Sender
@@ -35,7 +22,7 @@ class SenderWorker(Worker):
             from dropr.sender.counts import SenderCounts, counts_folder
 
             counts = SenderCounts(counts_folder(self.config, self.ppid))
-        self.sender = Sender(self.config, label=self.label, notices=self.notices, counts=counts)
+        self.sender = Sender(self.config, name=self.name, notices=self.notices, counts=counts)
         self.sender.open()
 
     def tick(self):

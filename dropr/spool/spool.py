@@ -7,10 +7,11 @@
     hold/              held by an operator: no sender, retry scanner or expiry touches it
     sent/              acknowledged by the receiver, kept for the retention time
     dead/              given up; ``<name>.reason`` beside each says why
-    peers/             one small JSON file per peer that is marked down, and a
-                       ``.revived-<peer>`` note per peer a sender found up again
+    peers/             peer health (one small file per peer that is marked down):
+                       made here, kept by :mod:`dropr.peers`
 
-This module alone knows the layout. Every state change of a message is one
+This module alone knows the layout (what is inside ``peers/`` is
+:mod:`dropr.peers`'s). Every state change of a message is one
 ``rename()`` inside one filesystem, so at every instant each message is in
 exactly one directory. A sender holds an exclusive ``flock`` on the ``.lock``
 file of its active directory for its whole life; the lock dies with the
@@ -20,7 +21,6 @@ from a live one, without trusting pids.
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -42,27 +42,10 @@ log = logging.getLogger(__name__)
 STATES = ("tmp", "queue", "active", "deferred", "hold", "sent", "dead")
 REASON_SUFFIX = ".reason"
 _NEW_PREFIX = ".new-"
-_REVIVED_PREFIX = ".revived-"
 _CHUNK = 1 << 20
 #: A claim listing keeps the first max(_KEEP_BATCHES * limit, _KEEP_MIN) names.
 _KEEP_BATCHES = 100
 _KEEP_MIN = 10_000
-
-
-def _boottime():
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def _read_boot_id():
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""  # no /proc: every marker is judged by its wall time, bounded
-
-
-#: This boot's id: a boot-clock time stored by another boot means nothing here.
-_BOOT_ID = _read_boot_id()
 
 
 def _copy_into(fd, data):
@@ -101,7 +84,7 @@ def _create_afresh(path, tries=5):
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
-#: A sender's claim directory ``active/<label>.<pid>/``.
+#: A sender's claim directory ``active/<name>.<pid>/`` (a space in the name is a ``-``).
 ActiveDir = LockedDir
 
 
@@ -109,15 +92,12 @@ class Spool:
     """The client spool at ``root``; used by producers, senders, the retry scanner,
     the reaper and the admin commands, each in its own process."""
 
-    def __init__(self, root, *, fsync=True, group="", clock=time.time, monotonic=time.monotonic,
-                 boottime=None):
+    def __init__(self, root, *, fsync=True, group="", clock=time.time, monotonic=time.monotonic):
         self.root = Path(root)
         self.fsync = fsync
         self.group = group  # [client] group: producers of other users ("" = none)
         self._clock = clock
         self._monotonic = monotonic
-        self._boottime = boottime or _boottime
-        self._boot_id = _BOOT_ID
         self._listing = None  # a sender's claim listing, kept between claims
         self.dirs = {state: self.root / state for state in STATES}
         self._tmp, self._queue = str(self.dirs["tmp"]), str(self.dirs["queue"])
@@ -329,10 +309,12 @@ class Spool:
 
     # -- sender -----------------------------------------------------------
 
-    def open_active(self, label):
-        """Make and lock a fresh claim directory ``active/<label>.<pid>``."""
-        final = self.dirs["active"] / f"{label}.{os.getpid()}"
-        fresh = self.dirs["active"] / f"{_NEW_PREFIX}{label}.{os.getpid()}.{time.monotonic_ns()}"
+    def open_active(self, name):
+        """Make and lock a fresh claim directory ``active/<name>.<pid>``, where
+        the worker's name (``sender 2``) is spelled without spaces (``sender-2``)."""
+        stem = f"{name.replace(' ', '-')}.{os.getpid()}"
+        final = self.dirs["active"] / stem
+        fresh = self.dirs["active"] / f"{_NEW_PREFIX}{stem}.{time.monotonic_ns()}"
         fresh.mkdir()
         fd = os.open(fresh / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -587,88 +569,6 @@ class Spool:
             for e in it:
                 if e.name.startswith(_NEW_PREFIX) and e.stat().st_mtime < limit:
                     shutil.rmtree(e.path, ignore_errors=True)
-
-    # -- peers ------------------------------------------------------------
-
-    def peer_state(self, peer):
-        """The down-state of ``peer``: a dict with ``down_until`` (wall-clock s,
-        for people), ``failures``, ``error``, ``trial`` (a probe found it ready:
-        senders may try it), and the pause on the boot clock (see
-        :meth:`peer_pause`); an empty dict when it is up."""
-        try:
-            return json.loads((self.peers_dir / peer).read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    def peer_pause(self, state, *, cap):
-        """Seconds left of the pause in a :meth:`peer_state` (0 when over).
-
-        Waits run on the boot clock (``CLOCK_BOOTTIME``: never stepped, and
-        running on through a suspend), which every process of one boot shares.
-        A marker from an earlier boot (or an older dropr) has only its wall
-        time, trusted no further than ``cap`` s ahead (the longest pause
-        there is): a wall clock stepped back cannot stretch a pause."""
-        if not state:
-            return 0.0
-        if state.get("boot_id") == self._boot_id and "down_until_boot" in state:
-            left = state["down_until_boot"] - self._boottime()
-        else:
-            left = state.get("down_until", 0) - self._clock()
-        return max(0.0, min(left, cap))
-
-    def mark_peer_down(self, peer, *, failures, error, pause=None, until=None, trial=False):
-        """Record that ``peer`` failed, so no sender tries it for ``pause`` s
-        (or until wall-clock ``until``); ``trial``: a probe found it ready, so
-        senders may try it, while the retry scanner still holds back its
-        backlog. False if the disk had no room for the record."""
-        now = self._clock()
-        pause = (until - now) if pause is None else pause
-        record = {"down_until": now + pause, "failures": failures, "error": error,
-                  "boot_id": self._boot_id, "down_until_boot": self._boottime() + pause}
-        if trial:
-            record["trial"] = True
-        # Written in tmp/, where the reaper removes what a crash leaves behind.
-        tmp = self.dirs["tmp"] / f".peer-{peer}.{os.getpid()}"
-        try:
-            self._write_note(tmp, json.dumps(record))
-        except SpoolFull:
-            return False  # a full disk: the marker is advice, the messages wait all the same
-        crash_point("send.after_mark_down_write")
-        os.rename(tmp, self.peers_dir / peer)
-        crash_point("send.after_mark_down")
-        return True
-
-    def mark_peer_up(self, peer, *, revived=False):
-        """Forget that ``peer`` was down. ``revived``: it was found up by a
-        sender, so leave a note for the retry scanner to send all of the peer's
-        deferred messages at once (see :meth:`revived_peers`)."""
-        try:
-            (self.peers_dir / peer).unlink()
-        except FileNotFoundError:
-            return
-        if revived:
-            # After the unlink: a crash between the two costs only the early requeue.
-            with contextlib.suppress(OSError):
-                os.close(os.open(self.peers_dir / (_REVIVED_PREFIX + peer),
-                                 os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
-
-    def revived_peers(self):
-        """Peers a sender found up again since the retry scanner last looked."""
-        with contextlib.suppress(FileNotFoundError):
-            return sorted(p.name.removeprefix(_REVIVED_PREFIX) for p in self.peers_dir.iterdir()
-                          if p.name.startswith(_REVIVED_PREFIX))
-        return []
-
-    def forget_revived(self, peer):
-        """The retry scanner has requeued ``peer``'s messages: drop its note."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.peers_dir / (_REVIVED_PREFIX + peer)).unlink()
-
-    def down_peers(self):
-        """Names of the peers currently recorded as down."""
-        with contextlib.suppress(FileNotFoundError):
-            return sorted(p.name for p in self.peers_dir.iterdir() if not p.name.startswith("."))
-        return []
 
     def _write_note(self, path, text):
         """Write a small file, fsync-ed when the spool syncs (it is renamed into

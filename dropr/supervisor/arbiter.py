@@ -31,7 +31,7 @@ from dropr.supervisor import log as log_mod
 from dropr.supervisor.health import Health
 from dropr.supervisor.slots import THEN_REMOVE, THEN_RESTART, THEN_STOP
 from dropr.supervisor.states import State
-from dropr.workers import worker_class
+from dropr.workers import kinds
 from dropr.workers.base import EXIT_BOOT_FAILED
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ class Arbiter:
         self._signals = queue.SimpleQueue()
         self._pipe = None
         self.health = Health()
-        self._classes = {}
 
     # -- the loop -------------------------------------------------------------
 
@@ -199,13 +198,13 @@ class Arbiter:
         """Fork a process for ``slot``. The child becomes the worker and never
         returns from here."""
         try:
-            cls = self._class(slot.kind)
+            cls = kinds.kind(slot.kind).shell_class()
         except Exception as e:
             slot.state, slot.error = State.FATAL, f"cannot load worker kind {slot.kind}: {e}"
-            log.error("%s: %s", slot.label, slot.error)
+            log.error("%s: %s", slot.name, slot.error)
             return
         worker = cls(self.config, number=slot.number, ppid=os.getpid(),
-                     max_messages=self._budget())
+                     max_messages=self._budget(slot.kind))
         # Signals wait, blocked, until the child has shed our handlers: one
         # arriving in between would be taken by our handler and lost.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._stop_signals())
@@ -214,7 +213,7 @@ class Arbiter:
         except OSError as e:  # EAGAIN, ENOMEM: often gone by the next try
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             slot.not_forked(e, self._clock(), self.config.supervisor)
-            log.error("%s: cannot fork (%s); trying again in %.1fs", slot.label, e,
+            log.error("%s: cannot fork (%s); trying again in %.1fs", slot.name, e,
                       slot.restart_at - self._clock())
             return
         if pid == 0:
@@ -222,7 +221,7 @@ class Arbiter:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         slot.spawned(pid, self._clock(), self._wall(), worker.max_messages)
         self.health.watch(pid)
-        log.info("spawned %s (pid %d)", slot.label, pid)
+        log.info("spawned %s (pid %d)", slot.name, pid)
 
     def _become(self, worker, mask):
         """In the child: shed the supervisor's signals and descriptors, then run."""
@@ -276,17 +275,17 @@ class Arbiter:
         pid = slot.pid
         keep = slot.exited(wait_status, self._clock(), self.config.supervisor, self._wall())
         level = logging.WARNING if slot.failed else logging.INFO
-        log.log(level, "%s (pid %d) %s: now %s%s", slot.label, pid, slot.last_exit,
+        log.log(level, "%s (pid %d) %s: now %s%s", slot.name, pid, slot.last_exit,
                 "removed" if not keep else slot.state, f" ({slot.error})" if slot.error else "")
         if not keep:
-            del self.slots[slot.label]
+            del self.slots[slot.name]
 
     def murder(self):
         """SIGKILL every stopping worker past its deadline."""
         now = self._clock()
         for slot in self.slots.values():
             if slot.state is State.STOPPING and slot.kill_at is not None and now >= slot.kill_at:
-                log.warning("%s (pid %d) did not stop in time: SIGKILL", slot.label, slot.pid)
+                log.warning("%s (pid %d) did not stop in time: SIGKILL", slot.name, slot.pid)
                 self._send(slot.pid, signal.SIGKILL)
                 slot.kill_at = None
 
@@ -316,13 +315,14 @@ class Arbiter:
             if not slot.alive:
                 continue
             slot.settle(now, policy)
-            verdict = self.health.judge(slot, now, policy, self._silence_limit(slot.kind))
+            verdict = self.health.judge(slot, now, policy,
+                                        kinds.kind(slot.kind).silence_limit(self.config))
             if verdict is None:
                 continue
             if verdict.gone:
                 self._exited(slot, None)  # vanished without our waitpid seeing it
                 continue
-            log.warning("%s (pid %d) %s: terminating", slot.label, slot.pid, verdict.why)
+            log.warning("%s (pid %d) %s: terminating", slot.name, slot.pid, verdict.why)
             self.kill(slot, signal.SIGTERM, verdict.then, now + policy.kill_timeout, verdict.why)
 
     # -- operator actions -----------------------------------------------------------
@@ -344,7 +344,9 @@ class Arbiter:
 
     def restart(self, names):
         """Replace the named workers (every worker if none): a running one
-        gracefully, a waiting or fatal one at once, forgetting past failures."""
+        gracefully, a waiting or fatal one at once, forgetting past failures.
+        A name may be spelled the older way (``sender-2``)."""
+        names = [kinds.canonical_name(n) for n in names]
         unknown = [n for n in names if n not in self.slots]
         if unknown:
             log.warning("restart: no worker named %s", ", ".join(unknown))
@@ -354,7 +356,7 @@ class Arbiter:
         for slot in targets:
             if slot.then == THEN_REMOVE:
                 continue
-            log.info("restarting %s", slot.label)
+            log.info("restarting %s", slot.name)
             slot.revive(now)
             if slot.alive:
                 self.kill(slot, signal.SIGTERM, THEN_RESTART,
@@ -365,7 +367,7 @@ class Arbiter:
         gracefully and forgotten once gone, missing ones are started by manage()."""
         deadline = self._clock() + self.config.supervisor.stop_timeout
         for slot in slots.reconcile(self.slots, self.config.workers):
-            log.info("%s is no longer wanted: stopping it", slot.label)
+            log.info("%s is no longer wanted: stopping it", slot.name)
             self.kill(slot, signal.SIGTERM, THEN_REMOVE, deadline)
 
     # -- status and clean-up ---------------------------------------------------------
@@ -411,22 +413,11 @@ class Arbiter:
                 return slot
         return None
 
-    def _class(self, kind):
-        if kind not in self._classes:
-            self._classes[kind] = worker_class(kind)
-        return self._classes[kind]
-
-    def _silence_limit(self, kind):
-        """heartbeat_timeout, but never less than two report intervals (a worker
-        reports about once a second) nor than the kind's own longest step."""
-        cls = self._class(kind)
-        return max(self.config.supervisor.heartbeat_timeout, 2 * cls.report_interval,
-                   cls.max_silence(self.config))
-
-    def _budget(self):
-        """This life's message budget: max_messages_per_life +/- recycle_jitter."""
+    def _budget(self, kind):
+        """This life's message budget: max_messages_per_life +/- recycle_jitter
+        (0, none, for a kind that is not recycled by count)."""
         policy = self.config.supervisor
-        if not policy.max_messages_per_life:
+        if not policy.max_messages_per_life or not kinds.kind(kind).budget:
             return 0
         spread = 1.0 + policy.recycle_jitter * (2.0 * self._rand() - 1.0)
         return max(1, round(policy.max_messages_per_life * spread))

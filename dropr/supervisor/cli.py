@@ -4,7 +4,7 @@
     droprd [--config PATH] stop
     droprd [--config PATH] status [--json]
     droprd [--config PATH] reload
-    droprd [--config PATH] restart [NAME]
+    droprd [--config PATH] restart [NAME]     (NAME as ``ps`` and ``status`` show it: sender 2)
 
 ``--config`` defaults to ``$DROPR_CONFIG``, then ``conf/dropr.toml``; it may
 also follow the subcommand (``droprd start --config PATH``).
@@ -31,6 +31,7 @@ from dropr.spool import Spool
 from dropr.supervisor import control, daemon, status
 from dropr.supervisor import log as log_mod
 from dropr.supervisor.arbiter import Arbiter
+from dropr.workers import kinds
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STOPPED, EXIT_NOT_RUNNING = 0, 1, 2, 3, 7
 
@@ -44,8 +45,9 @@ def _parser():
     st = sub.add_parser("status", help="workers, their health, and the spool (exit 3: stopped)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("reload", help="re-read the config (validated first) and apply it")
-    rs = sub.add_parser("restart", help="restart one worker (e.g. sender-2, reaper), or all")
-    rs.add_argument("name", nargs="?", help="worker label as `droprd status` shows it")
+    rs = sub.add_parser("restart", help="restart one worker (e.g. sender 2, reaper), or all")
+    rs.add_argument("name", nargs="*", help="worker name as `droprd status` shows it "
+                    "(\"sender 2\", or the words sender 2)")
     add_everywhere(p, "--config", help="config file (default: $DROPR_CONFIG, then "
                    "conf/dropr.toml); before or after the subcommand")
     return p
@@ -159,16 +161,17 @@ def cmd_restart(args, config):
     if not pid:
         print("droprd is not running (start it with `droprd start`)", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    name = kinds.canonical_name(" ".join(args.name))
     document = status.read(config.supervisor.status_file) or {}
     known = [w["name"] for w in document.get("workers", [])]
-    if args.name and known and args.name not in known:
-        print(f"droprd: no worker named {args.name!r} (workers: {', '.join(known)})",
+    if name and known and name not in known:
+        print(f"droprd: no worker named {name!r} (workers: {', '.join(known)})",
               file=sys.stderr)
         return EXIT_USAGE
-    names = [args.name] if args.name else []
+    names = [name] if name else []
     control.send_request(config.supervisor.pidfile, pid, {"action": control.RESTART,
                                                           "names": names})
-    print(f"droprd: restarting {args.name or 'every worker'}")
+    print(f"droprd: restarting {name or 'every worker'}")
     return EXIT_OK
 
 

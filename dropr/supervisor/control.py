@@ -5,7 +5,7 @@
     restart [NAME]  a request file, then SIGUSR1
 
 A signal carries no argument, so ``restart`` first writes a small JSON file
-(``{"action": "restart", "names": ["sender-2"]}``; no names = every worker)
+(``{"action": "restart", "names": ["sender 2"]}``; no names = every worker)
 into the requests folder beside the pidfile (``droprd.pid`` ->
 ``droprd.requests/``), by a rename so the supervisor never reads half a file,
 and then sends SIGUSR1. On SIGUSR1 the supervisor takes every file in that

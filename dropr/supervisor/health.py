@@ -3,7 +3,8 @@
 :class:`Health` only judges; the arbiter acts on its verdicts (terminate and
 replace). A worker is checked for being gone or a zombie, for its resident
 memory against ``max_rss``, and for the age of its last report against the
-heartbeat timeout (or its kind's longer bound, ``Worker.max_silence``).
+heartbeat timeout (or its kind's longer bound: ``Kind.silence_limit`` in
+:mod:`dropr.workers.kinds`).
 """
 
 import contextlib

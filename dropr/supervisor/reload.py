@@ -11,14 +11,11 @@ key that the receiver's gunicorn was started with replaces the receiver.
 
 from dropr import config as config_mod
 from dropr.errors import ConfigError
+from dropr.workers.kinds import WORKER_SECTIONS
 
 # Keys that name this running instance.
 FIXED = (("client", "spool"), ("supervisor", "pidfile"), ("supervisor", "status_file"),
          ("supervisor", "log_file"))
-# Sections every worker reads ([store]: the receiver's backend; [metrics]: the
-# senders count only while it is on).
-WORKER_SECTIONS = ("client", "sender", "retry", "reaper", "receiver", "store", "metrics",
-                   "legacy")
 # [supervisor] keys the receiver hands to its gunicorn when it starts.
 RECEIVER_KEYS = ("stop_timeout", "log_level", "max_rss", "max_messages_per_life",
                  "recycle_jitter", "backoff_reset")

@@ -1,6 +1,6 @@
 """The supervisor's record of one named worker, and its restart policy.
 
-A :class:`Slot` outlives the processes that fill it: ``sender-2`` keeps its
+A :class:`Slot` outlives the processes that fill it: ``sender 2`` keeps its
 restart history across lives. Pure bookkeeping with no system calls, so the
 policy (backoff, throttle, fatal, planned exits) is tested with a fake clock.
 
@@ -31,6 +31,7 @@ import signal
 
 from dropr import backoff
 from dropr.supervisor.states import ALIVE, WAITING, State
+from dropr.workers import kinds
 from dropr.workers.base import EXIT_BOOT_FAILED, EXIT_RECYCLE
 
 # What to do when a worker the supervisor asked to stop has exited.
@@ -41,34 +42,25 @@ THEN_FAIL = "fail"  # hung: counts as a failure, restarted with backoff
 THEN_FAIL_YOUNG = "fail-young"  # over max_rss right after boot: counts toward the throttle
 
 
-def labels(workers):
-    """The slot labels a [workers] config asks for, in start order."""
-    out = [("sender", n, f"sender-{n}") for n in range(1, workers.sender + 1)]
-    for kind in ("retry_scanner", "reaper", "receiver", "legacy_spool", "metrics"):
-        if getattr(workers, kind):
-            out.append((kind, 1, kind.replace("_", "-")))
-    return out
-
-
 def reconcile(current, workers):
-    """Make the dict ``current`` (label -> Slot) match a [workers] config:
+    """Make the dict ``current`` (name -> Slot) match a [workers] config:
     add missing slots (STOPPED, so they get started), drop surplus ones that
     have no process, and return the surplus ones that still run, for the
     caller to stop. A slot being removed that is wanted again is kept."""
-    wanted = labels(workers)
-    names = {label for _, _, label in wanted}
+    wanted = kinds.wanted(workers)
+    names = {name for _, _, name in wanted}
     surplus = []
-    for label, slot in list(current.items()):
-        if label in names:
+    for name, slot in list(current.items()):
+        if name in names:
             continue
         if slot.alive:
             surplus.append(slot)
         else:
-            del current[label]
-    for kind, number, label in wanted:
-        slot = current.get(label)
+            del current[name]
+    for kind, number, name in wanted:
+        slot = current.get(name)
         if slot is None:
-            current[label] = Slot(kind, number, label)
+            current[name] = Slot(kind, number, name)
         elif slot.then == THEN_REMOVE:
             slot.then = THEN_RESTART  # wanted again before it was gone
     return surplus
@@ -84,13 +76,13 @@ def describe_exit(status):
 
 @dataclasses.dataclass
 class Slot:
-    """One named worker (``sender-2``, ``reaper``) as the supervisor tracks it,
+    """One named worker (``sender 2``, ``reaper``) as the supervisor tracks it,
     in the supervisor process. Times are on the supervisor's monotonic clock
     unless named ``*_wall``."""
 
     kind: str
     number: int
-    label: str
+    name: str
     state: State = State.STOPPED
     pid: int | None = None
     started: float = 0.0

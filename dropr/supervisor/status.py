@@ -2,7 +2,7 @@
 
 The supervisor writes ``[supervisor] status_file`` each tick, atomically (a
 temporary file renamed over the old one), as JSON: its own pid, config and
-spool, the reload generation and outcome, and one entry per worker (label,
+spool, the reload generation and outcome, and one entry per worker (name,
 kind, pid, state, start time, restarts, messages handled, last heartbeat,
 last exit, error, and until when it is throttled).
 ``droprd status`` reads it and adds what only a live look can tell: each
@@ -16,15 +16,14 @@ import time
 
 import psutil
 
+from dropr.workers import kinds
+
 VERSION = 1
-
-
-KIND_ORDER = ("sender", "retry_scanner", "reaper", "receiver", "legacy_spool", "metrics")
 
 
 def document(*, pid, state, config, started, now, generation, reload, slots):
     """The whole status file: the supervisor and its slots in display order."""
-    ordered = sorted(slots, key=lambda s: (KIND_ORDER.index(s.kind), s.number))
+    ordered = sorted(slots, key=lambda s: (kinds.kind(s.kind).order, s.number))
     return {
         "version": VERSION, "pid": pid, "state": state, "config": str(config.path),
         "spool": str(config.client.spool), "started": started, "updated": now,
@@ -36,7 +35,7 @@ def document(*, pid, state, config, started, now, generation, reload, slots):
 def slot_entry(slot):
     """The status-file entry of one :class:`~dropr.supervisor.slots.Slot`."""
     return {
-        "name": slot.label, "kind": slot.kind, "number": slot.number, "pid": slot.pid,
+        "name": slot.name, "kind": slot.kind, "number": slot.number, "pid": slot.pid,
         "state": str(slot.state), "started": slot.started_wall if slot.alive else None,
         "restarts": slot.restarts, "handled": slot.handled_before + slot.handled,
         "handled_this_life": slot.handled, "max_messages": slot.max_messages,
@@ -93,7 +92,7 @@ def add_live(document, *, sample=0.1, now=None):
     return document
 
 
-_COLUMNS = ("WORKER", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "HANDLED", "HEARTBEAT",
+_COLUMNS = ("NAME", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "HANDLED", "HEARTBEAT",
             "LAST EXIT")
 
 

@@ -1,21 +1,6 @@
-"""The worker kinds the supervisor runs, registered by name.
-
-Each kind is one module with one :class:`~dropr.workers.base.Worker` subclass.
+"""What every worker shares: :mod:`~dropr.workers.base` (the
+:class:`~dropr.workers.base.Worker` process) and :mod:`~dropr.workers.kinds`
+(one record per worker kind: its name, title, order, silence limit, message
+budget and the class that runs it). Each kind's class lives in its role's
+package (``dropr/sender/shell.py``, ``dropr/reaper/shell.py``, ...).
 """
-
-import importlib
-
-KINDS = {
-    "sender": "dropr.sender.shell:SenderWorker",
-    "retry_scanner": "dropr.retry_scanner.shell:RetryScannerWorker",
-    "reaper": "dropr.reaper.shell:ReaperWorker",
-    "receiver": "dropr.receiver.shell:ReceiverWorker",
-    "legacy_spool": "dropr.legacy.shell:LegacySpoolWorker",
-    "metrics": "dropr.metrics.shell:MetricsWorker",
-}
-
-
-def worker_class(kind):
-    """The Worker subclass registered as ``kind``."""
-    module, _, name = KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), name)

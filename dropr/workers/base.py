@@ -23,6 +23,7 @@ import time
 import setproctitle
 
 from dropr.ipc import Notices
+from dropr.workers import kinds
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3  # could not start: do not respawn in a hurry
@@ -62,12 +63,13 @@ def set_parent_death_signal(sig):
 
 
 class Worker:
-    """One supervised process. Subclasses set ``kind`` and implement ``tick()``,
-    which does one bounded piece of work and returns how many messages it handled."""
+    """One supervised process. Subclasses set ``kind`` (a key of
+    :mod:`dropr.workers.kinds`) and implement ``tick()``, which does one
+    bounded piece of work and returns how many messages it handled."""
 
     kind = "worker"
     #: seconds between reports to the supervisor
-    report_interval = 1.0
+    report_interval = kinds.REPORT_INTERVAL
     #: what the kernel sends this worker when the supervisor dies
     parent_death_signal = signal.SIGKILL
     #: report once open() succeeded (the supervisor then shows it as running);
@@ -88,19 +90,12 @@ class Worker:
     @property
     def title(self):
         """What ``ps`` shows: ``dropr: sender 2``, ``dropr: reaper``."""
-        name = self.kind.replace("_", "-")
-        return f"dropr: {name} {self.number}" if self.kind == "sender" else f"dropr: {name}"
+        return kinds.kind(self.kind).title(self.number)
 
     @property
-    def label(self):
-        """A short, file-name-safe name: ``sender-2``, ``reaper``."""
-        return self.title.removeprefix("dropr: ").replace(" ", "-")
-
-    @classmethod
-    def max_silence(cls, config):
-        """The longest this kind may go without reporting, when one of its steps
-        may block longer than [supervisor] heartbeat_timeout (0: no such step)."""
-        return 0.0
+    def name(self):
+        """The worker's name, as ``ps`` shows it after ``dropr: ``: ``sender 2``, ``reaper``."""
+        return kinds.kind(self.kind).name_of(self.number)
 
     def init_process(self):
         """In the child: title, signals, resources; then run(). Never returns."""
@@ -129,7 +124,7 @@ class Worker:
 
     def _crash_if_asked(self):
         crash = self.config.supervisor.test_crash
-        if crash and crash in (self.kind, self.label):
+        if crash and kinds.canonical_name(crash) in (self.kind, self.name):
             raise RuntimeError(f"[supervisor] test_crash = {crash!r}: failing at start on purpose")
 
     def _handle_stop(self, signum, frame):

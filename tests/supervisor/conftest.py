@@ -85,7 +85,7 @@ class Droprd:
         return None
 
     def workers(self):
-        """label -> status entry."""
+        """name -> status entry."""
         return {w["name"]: w for w in (self.status() or {}).get("workers", [])}
 
     def wait_running(self, count=None, timeout=15.0):
@@ -98,11 +98,11 @@ class Droprd:
             return workers if states and all(s == "running" for s in states) else None
         return harness.wait_for(ready, timeout, what=f"workers running ({self.log_tail()})")
 
-    def wait_state(self, label, state, timeout=15.0):
-        """Wait until worker ``label`` is in ``state``; its status entry."""
-        return harness.wait_for(lambda: (w := self.workers().get(label)) and
+    def wait_state(self, name, state, timeout=15.0):
+        """Wait until worker ``name`` is in ``state``; its status entry."""
+        return harness.wait_for(lambda: (w := self.workers().get(name)) and
                                 w["state"] == state and w, timeout,
-                                what=f"{label} {state}")
+                                what=f"{name} {state}")
 
     def _remember(self, document):
         pids = [document.get("pid")] + [w.get("pid") for w in document.get("workers", [])]

@@ -89,7 +89,7 @@ def test_start_titles_status_and_second_start(make_tree):
     assert {n: w["pid"] for n, w in listed.items()} == {n: w["pid"] for n, w in workers.items()}
     assert all(w["state"] == "running" and w["rss"] > 0 for w in listed.values())
     table = tree.run("status").stdout
-    assert "sender-2" in table and "spool: queue 0" in table
+    assert "sender 2" in table and "spool: queue 0" in table
 
     again = tree.run("start")
     assert again.returncode == 1
@@ -130,14 +130,14 @@ def test_killed_sender_is_replaced_and_its_batch_delivered_once(make_tree):
         spool = Spool(tree.config.client.spool)
         # Each of the two senders holds the batch on the wire and the next one it claimed.
         harness.wait_for(lambda: spool.count("active") == 400, 10, what="four batches held")
-        victim = tree.workers()["sender-1"]["pid"]
+        victim = tree.workers()["sender 1"]["pid"]
         os.kill(victim, signal.SIGKILL)
 
         def replaced():
-            entry = tree.workers()["sender-1"]
+            entry = tree.workers()["sender 1"]
             return entry["pid"] != victim and entry["state"] == "running"
         assert deadline_wait(replaced, 2.0) < 2.0
-        assert tree.workers()["sender-1"]["last_exit"] == "signal 9"
+        assert tree.workers()["sender 1"]["last_exit"] == "signal 9"
         hole.close()
         receiver.start()
         wait_delivered(tree, ids)
@@ -208,6 +208,20 @@ def test_worker_crashing_at_start_turns_fatal_while_the_rest_deliver(make_tree):
     assert tree.run("restart", "nobody").returncode == 2
 
 
+def test_restart_takes_a_worker_by_its_name_however_it_is_typed(make_tree):
+    tree = make_tree({"workers": {"sender": 2, "retry_scanner": 0, "reaper": 0}})
+    tree.start()
+    spellings = (["sender 1"], ["sender", "1"], ["sender-1"])  # as ps shows it, words, older
+    for restarts, words in enumerate(spellings, 1):
+        result = tree.run("restart", *words)
+        assert result.returncode == 0 and "restarting sender 1" in result.stdout, result.stderr
+        harness.wait_for(lambda: (w := tree.workers()["sender 1"])["restarts"] == restarts
+                         and w["state"] == "running", 10, what=f"restart by {words}")
+    assert tree.workers()["sender 2"]["restarts"] == 0
+    result = tree.run("restart", "sender", "3")
+    assert result.returncode == 2 and "no worker named 'sender 3'" in result.stderr
+
+
 @harness.needs('ps')
 def test_reload_changes_sender_count_and_loses_nothing(make_tree):
     tree = make_tree({"workers": {"receiver": 1}})
@@ -228,7 +242,7 @@ def test_reload_changes_sender_count_and_loses_nothing(make_tree):
             assert result.returncode == 0, result.stderr
             workers = tree.wait_running(count + 3)
             senders = sorted(n for n in workers if n.startswith("sender"))
-            assert senders == [f"sender-{n}" for n in range(1, count + 1)]
+            assert senders == [f"sender {n}" for n in range(1, count + 1)]
             harness.wait_for(lambda: len(tree_titles(tree, "dropr: sender ")) == count, 5,
                              what=f"{count} sender processes")
         harness.wait_for(lambda: len(ids) >= 100, 10, what="100 puts")
@@ -314,6 +328,6 @@ def test_foreground_logs_titled_lines_to_stderr_and_stops_on_sigint(make_tree):
             proc.wait()
     assert proc.returncode == 0
     assert f"dropr: supervisor[{proc.pid}] INFO" in err
-    assert f"spawned sender-1 (pid {workers['sender-1']['pid']})" in err
+    assert f"spawned sender 1 (pid {workers['sender 1']['pid']})" in err
     assert not tree.leftovers() and not tree.config.supervisor.pidfile.exists()
 

@@ -61,7 +61,7 @@ def test_restart_requests_are_taken_in_order_and_bad_ones_dropped(tmp_path):
 
 def test_status_file_is_replaced_whole(tmp_path):
     path = tmp_path / "status.json"
-    slot = Slot("sender", 2, "sender-2")
+    slot = Slot("sender", 2, "sender 2")
     slot.spawned(os.getpid(), 0.0, 1000.0, 500)
     slot.heard({"handled": 12}, 0.0, 1001.0)
     status.write(path, {"pid": 1, "workers": [status.slot_entry(slot)]})
@@ -71,7 +71,7 @@ def test_status_file_is_replaced_whole(tmp_path):
     assert document["pid"] == 2
     entry = document["workers"][0]
     assert (entry["name"], entry["state"], entry["handled"], entry["max_messages"]) == (
-        "sender-2", "running", 12, 500)
+        "sender 2", "running", 12, 500)
     assert status.read(tmp_path / "missing.json") is None
 
 
@@ -79,8 +79,8 @@ def test_status_table_shows_live_figures(tmp_path):
     slot = Slot("reaper", 1, "reaper")
     slot.spawned(os.getpid(), 0.0, 1000.0, 0)
     slot.heard({"handled": 3}, 0.0, 1990.0)
-    fatal = Slot("sender", 1, "sender-1", error="exited 6 times within 60s (exit 3)")
-    throttled = Slot("sender", 2, "sender-2", state=State.BACKOFF, restarts=6,
+    fatal = Slot("sender", 1, "sender 1", error="exited 6 times within 60s (exit 3)")
+    throttled = Slot("sender", 2, "sender 2", state=State.BACKOFF, restarts=6,
                      last_exit="signal 9", error="throttled for 60s: died 6 times",
                      throttled_until_wall=time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1)))
     document = {"pid": 7, "started": 1000.0, "config": "/etc/dropr.toml",
@@ -91,14 +91,14 @@ def test_status_table_shows_live_figures(tmp_path):
     assert reaper["rss"] > 0 and reaper["uptime"] == 1000.0 and reaper["heartbeat_age"] == 10.0
     text = status.render(document, {"queue": 5, "active": 0})
     lines = text.splitlines()
-    assert lines[1].split() == ["WORKER", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%",
+    assert lines[1].split() == ["NAME", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%",
                                 "HANDLED", "HEARTBEAT", "LAST", "EXIT"]
-    assert lines[2].split()[:3] == ["sender-1", "-", "stopped"]
+    assert lines[2].split()[:4] == ["sender", "1", "-", "stopped"]  # NAME holds a space
     assert document["workers"][0]["rss"] is None  # no process, no figures
     assert lines[3].split()[:4] == ["reaper", str(os.getpid()), "running", "16m40s"]
-    assert lines[4].split()[2:5] == ["backoff", "-", "6"] and lines[4].endswith("signal 9")
-    assert "sender-1: exited 6 times" in text and text.endswith("spool: queue 5  active 0")
-    assert "sender-2: throttled until 03:04:05: throttled for 60s: died 6 times" in text
+    assert lines[4].split()[3:6] == ["backoff", "-", "6"] and lines[4].endswith("signal 9")
+    assert "sender 1: exited 6 times" in text and text.endswith("spool: queue 5  active 0")
+    assert "sender 2: throttled until 03:04:05: throttled for 60s: died 6 times" in text
     assert document["workers"][2]["throttled_until"] == throttled.throttled_until_wall
     assert document["workers"][0]["throttled_until"] is None
 

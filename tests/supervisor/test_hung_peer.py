@@ -8,6 +8,7 @@ import pytest
 
 from dropr.client import Client
 from tests.support import harness
+from dropr.peers import Peers
 
 pytestmark = pytest.mark.process
 
@@ -27,10 +28,10 @@ def test_failover_across_hung_urls_marks_the_peer_down_and_kills_no_sender(make_
         Client(tree.config).put(b"m", "hung")
         tree.start()
         spool = Client(tree.config).spool
-        harness.wait_for(lambda: spool.peer_state("hung"), URLS * TIMEOUT + 15,
+        harness.wait_for(lambda: Peers(spool).state("hung"), URLS * TIMEOUT + 15,
                          what=f"peer marked down ({tree.log_tail()})")
-        state = spool.peer_state("hung")
+        state = Peers(spool).state("hung")
         assert state["failures"] == 1 and state["error"].count("curl error 28") == URLS
-        sender = tree.workers()["sender-1"]
+        sender = tree.workers()["sender 1"]
         assert sender["state"] == "running" and sender["restarts"] == 0, tree.log_tail()
         assert spool.count("deferred") == 1

@@ -74,15 +74,15 @@ def test_metrics_follow_a_peer_down_then_up_and_count_a_killed_sender(make_tree)
     assert value(up, "dropr_peer_up", peer="local") == 1
     assert sum(value(up, "dropr_spool_messages", state=st, peer="local")
                for st in ("queue", "active", "deferred")) == 0
-    for worker in ("sender-1", "retry-scanner", "reaper", "metrics"):
+    for worker in ("sender 1", "retry-scanner", "reaper", "metrics"):
         assert value(up, "dropr_worker_up", worker=worker) == 1
         assert value(up, "dropr_worker_rss_bytes", worker=worker) > 1 << 20
         assert 0 <= value(up, "dropr_worker_heartbeat_age_seconds", worker=worker) < 10
-    assert value(up, "dropr_worker_restarts_total", worker="sender-1") == 0
+    assert value(up, "dropr_worker_restarts_total", worker="sender 1") == 0
 
-    os.kill(tree.workers()["sender-1"]["pid"], signal.SIGKILL)
+    os.kill(tree.workers()["sender 1"]["pid"], signal.SIGKILL)
     harness.wait_for(lambda: value(scrape(port), "dropr_worker_restarts_total",
-                                   worker="sender-1") == 1, 15)
+                                   worker="sender 1") == 1, 15)
     # The dead sender's counts stay in the total.
     assert value(scrape(port), "dropr_sender_messages_total", peer="local", result="stored") == 20
 

@@ -8,6 +8,7 @@ from dropr.supervisor import slots
 from dropr.supervisor.slots import (THEN_FAIL, THEN_FAIL_YOUNG, THEN_REMOVE, THEN_RESTART,
                                    THEN_STOP, Slot)
 from dropr.supervisor.states import State
+from dropr.workers import kinds
 from dropr.workers.base import EXIT_BOOT_FAILED, EXIT_RECYCLE
 
 POLICY = config_mod.SupervisorConfig(backoff_base=1.0, backoff_factor=2.0, backoff_cap=5.0,
@@ -25,17 +26,17 @@ def killed_status(sig):
 
 
 def running_slot(now=0.0):
-    slot = Slot("sender", 1, "sender-1")
+    slot = Slot("sender", 1, "sender 1")
     slot.spawned(100, now, 1000.0 + now, 0)
     slot.heard({"handled": 0}, now, 1000.0 + now)
     return slot
 
 
-def test_labels_follow_the_workers_section():
+def test_names_follow_the_workers_section():
     workers = config_mod.WorkersConfig(sender=2, retry_scanner=1, reaper=1, receiver=1)
-    assert [label for _, _, label in slots.labels(workers)] == [
-        "sender-1", "sender-2", "retry-scanner", "reaper", "receiver"]
-    assert slots.labels(config_mod.WorkersConfig(sender=0, retry_scanner=0, reaper=0)) == []
+    assert [name for _, _, name in kinds.wanted(workers)] == [
+        "sender 1", "sender 2", "retry-scanner", "reaper", "receiver"]
+    assert kinds.wanted(config_mod.WorkersConfig(sender=0, retry_scanner=0, reaper=0)) == []
 
 
 def test_first_report_makes_a_started_worker_running():
@@ -70,7 +71,7 @@ def test_exit_before_first_report_is_backoff_after_running_is_exited():
 
 def started_slot(now=0.0):
     """A slot whose process has just been forked and has not reported yet."""
-    slot = Slot("sender", 1, "sender-1")
+    slot = Slot("sender", 1, "sender 1")
     slot.spawned(100, now, 1000.0 + now, 0)
     return slot
 
@@ -294,18 +295,18 @@ def test_describe_exit():
 def test_reconcile_adds_missing_and_hands_back_running_surplus():
     current = {}
     assert slots.reconcile(current, config_mod.WorkersConfig(sender=3)) == []
-    assert list(current) == ["sender-1", "sender-2", "sender-3", "retry-scanner", "reaper"]
-    current["sender-2"].spawned(12, 0.0, 0.0, 0)  # sender-3 never started
+    assert list(current) == ["sender 1", "sender 2", "sender 3", "retry-scanner", "reaper"]
+    current["sender 2"].spawned(12, 0.0, 0.0, 0)  # sender 3 never started
     surplus = slots.reconcile(current, config_mod.WorkersConfig(sender=1, reaper=0))
-    assert [s.label for s in surplus] == ["sender-2"]
-    assert list(current) == ["sender-1", "sender-2", "retry-scanner"]
+    assert [s.name for s in surplus] == ["sender 2"]
+    assert list(current) == ["sender 1", "sender 2", "retry-scanner"]
     surplus[0].stopping(THEN_REMOVE, 5.0)
     slots.reconcile(current, config_mod.WorkersConfig(sender=2))  # wanted again meanwhile
-    assert current["sender-2"].then == THEN_RESTART and "reaper" in current
+    assert current["sender 2"].then == THEN_RESTART and "reaper" in current
 
 
 def test_failed_fork_waits_for_the_backoff_and_never_turns_fatal():
-    slot, now = Slot("sender", 1, "sender-1"), 0.0
+    slot, now = Slot("sender", 1, "sender 1"), 0.0
     for n in range(20):
         slot.not_forked(BlockingIOError(11, "Resource temporarily unavailable"), now, POLICY)
         assert slot.state is State.BACKOFF and not slot.alive and slot.pid is None
