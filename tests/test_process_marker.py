@@ -6,6 +6,8 @@ test-fast``) starts none."""
 import multiprocessing.util
 import os
 import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -65,3 +67,43 @@ def test_a_marked_test_starts_processes_freely(what):
 def test_an_unmarked_test_that_starts_nothing_passes():
     with guard.check(Item(marked=False), "setup"):
         os.getpid()
+
+
+@pytest.mark.process
+def test_a_run_with_the_suites_hooks_fails_only_the_unmarked_test_that_starts_a_process(tmp_path):
+    (tmp_path / "test_x.py").write_text(textwrap.dedent("""
+        import subprocess
+
+        import pytest
+
+
+        @pytest.fixture
+        def child():
+            subprocess.run(["true"], check=True)
+
+
+        def test_unmarked_call():
+            subprocess.run(["true"], check=True)
+
+
+        def test_unmarked_fixture(child):
+            pass
+
+
+        @pytest.mark.process
+        def test_marked(child):
+            subprocess.run(["true"], check=True)
+
+
+        def test_starts_nothing():
+            pass
+    """))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "-p", "tests.conftest", "-c", os.devnull, "--rootdir", str(tmp_path),
+                             "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_x.py"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "1 failed, 2 passed, 1 error" in result.stdout, result.stdout + result.stderr
+    assert ("test_x.py::test_unmarked_call starts a process in its call (subprocess 'true') "
+            "but is not marked `process`") in result.stdout
+    assert ("test_x.py::test_unmarked_fixture starts a process in its setup (subprocess 'true') "
+            "but is not marked `process`") in result.stdout
