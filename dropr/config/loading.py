@@ -56,7 +56,7 @@ def from_dict(data, *, path=Path("<dict>")):
         raise ConfigError(f"{where}: expected a table at the top level")
     _reject_unknown(where, "", data, list(SECTIONS) + ["peers"])
     tables = {name: data.get(name, {}) for name in SECTIONS}
-    clients = _pop_clients(tables)
+    clients = _pop_table(tables, "clients")
     responders = _pop_table(tables, "responders")
     sections = {
         name: _build(cls, tables[name], where, name, base) for name, cls in SECTIONS.items()
@@ -76,16 +76,9 @@ def from_dict(data, *, path=Path("<dict>")):
 
 
 def _build_peers(table, where, base):
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: [peers] must be a table of [peers.NAME] tables")
     peers = {}
-    for name, body in table.items():
-        try:
-            names.check_name(name, "peer name")
-        except ValidationError as e:
-            raise ConfigError(f"{where}: [peers.{name}]: {e}") from None
-        peer = _with_urls(_build(PeerConfig, body, where, f"peers.{name}", base,
-                                 extra={"name": name}), where)
+    for name, peer in _build_named(PeerConfig, table, where, "peers", "NAME", "peer name", base):
+        peer = _with_urls(peer, where)
         _check_token_source(peer, where, required=False)
         _check_pair(peer, where)
         plain = [u for u in peer.urls if not u.startswith("https://")]
@@ -168,11 +161,6 @@ def _check_legacy(legacy, workers, peers, where):
                           "client spool to take over")
 
 
-def _pop_clients(tables):
-    """The [receiver.clients] table, taken out of ``tables["receiver"]`` (a copy)."""
-    return _pop_table(tables, "clients")
-
-
 def _pop_table(tables, name):
     """The [receiver.NAME] table, taken out of ``tables["receiver"]`` (a copy)."""
     receiver = tables["receiver"]
@@ -184,20 +172,12 @@ def _pop_table(tables, name):
 
 def _with_responders(receiver, table, where, base):
     """``receiver`` with its [receiver.responders.CHANNEL] tables."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: [receiver.responders] must be a table of "
-                          "[receiver.responders.CHANNEL] tables")
     responders = []
-    for channel, body in table.items():
-        try:
-            names.check_name(channel, "channel")
-        except ValidationError as e:
-            raise ConfigError(f"{where}: [receiver.responders.{channel}]: {e}") from None
-        section = f"receiver.responders.{channel}"
-        responder = _build(ResponderConfig, body, where, section, base, extra={"name": channel})
+    for _, responder in _build_named(ResponderConfig, table, where, "receiver.responders",
+                                     "CHANNEL", "channel", base):
         if not responder.command:
-            raise ConfigError(f"{where}: [{section}] command: required: the program and its "
-                              'arguments, e.g. ["./answer.sh"]')
+            raise ConfigError(f"{where}: [{responder.section}] command: required: the program "
+                              'and its arguments, e.g. ["./answer.sh"]')
         responders.append(responder)
     return dataclasses.replace(receiver, responders=tuple(responders))
 
@@ -208,17 +188,9 @@ def _with_clients(receiver, table, where, base):
     if receiver.client_ca_file and not receiver.certfile:
         raise ConfigError(f"{where}: [receiver] client_ca_file: client certificates need "
                           "HTTPS: give certfile and keyfile too")
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: [receiver.clients] must be a table of "
-                          "[receiver.clients.NAME] tables")
     clients = []
-    for name, body in table.items():
-        try:
-            names.check_name(name, "client name")
-        except ValidationError as e:
-            raise ConfigError(f"{where}: [receiver.clients.{name}]: {e}") from None
-        client = _build(ReceiverClientConfig, body, where, f"receiver.clients.{name}", base,
-                        extra={"name": name})
+    for _, client in _build_named(ReceiverClientConfig, table, where, "receiver.clients",
+                                  "NAME", "client name", base):
         _check_token_source(client, where, required=not client.cert_subject)
         if client.cert_subject and not receiver.client_ca_file:
             raise ConfigError(f"{where}: [{client.section}] cert_subject: the receiver asks "
@@ -252,6 +224,21 @@ def _reject_unknown(where, section, table, known):
             label = f"[{section}] {k}" if section else k
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ConfigError(f"{where}: {label}: unknown key{suggestion}")
+
+
+def _build_named(cls, table, where, section, placeholder, what, base):
+    """(name, ``cls``) of each [SECTION.NAME] table of ``table``, in file order,
+    each name checked as ``what``. One at a time: the caller's checks of an
+    entry run before the next entry is read, so the first fault is named."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [{section}] must be a table of "
+                          f"[{section}.{placeholder}] tables")
+    for name, body in table.items():
+        try:
+            names.check_name(name, what)
+        except ValidationError as e:
+            raise ConfigError(f"{where}: [{section}.{name}]: {e}") from None
+        yield name, _build(cls, body, where, f"{section}.{name}", base, extra={"name": name})
 
 
 def _build(cls, table, where, section, base, extra=None):
