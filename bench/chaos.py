@@ -34,15 +34,14 @@ import contextlib
 import hashlib
 import os
 import random
-import shutil
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from chaosroles import CONSUMER, parse_role
-from chaosrun import TreeRun, tracebacks
+from chaosroles import CONSUMER
+from chaosrun import TreeRun, finish, run_or_play, tracebacks
 from chaostree import Disk
 from faultproxy import ERROR, PASS, STALL, FaultProxy
 
@@ -313,19 +312,11 @@ def run(args):
     ok = (put == args.messages and result["lost"] == 0 and result["duplicated"] == 0
           and result["corrupt"] == 0 and result["unexpected"] == 0 and daemon_status == 0
           and logs.get("droprd.log", 0) == 0 and logs.get("consumer.log", 0) == 0)
-    if ok and not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        print(f"chaos: logs kept in {root}", file=sys.stderr)
-    return 0 if ok else 1
+    return finish(root, ok, keep=args.keep, say=chaos.report)
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    role = parse_role(argv)
-    if role is not None:
-        return role[0](role[1])
-    return run(parse_args(argv))
+    return run_or_play(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ import collections
 import contextlib
 import json
 import random
+import shutil
+import sys
 
+from chaosroles import parse_role
 from chaostree import Daemon, ReceiverProcess, Role, kill9, wait_for
 
 from dropr.ipc import Notices
@@ -116,3 +119,22 @@ def tracebacks(root):
     """{log file name: how many tracebacks it holds} of the run's folder."""
     return {p.name: p.read_text(errors="replace").count("Traceback")
             for p in sorted(root.glob("*.log"))}
+
+
+def finish(root, ok, *, keep, say):
+    """The run's exit status; its folder removed if ``ok`` unless ``keep``."""
+    if ok and not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        say(f"logs kept in {root}")
+    return 0 if ok else 1
+
+
+def run_or_play(run, parse_args, argv=None):
+    """The script's entry: ``produce ...`` or ``consume ...`` plays that role
+    (bench/chaosroles.py); anything else is the run itself."""
+    argv = sys.argv[1:] if argv is None else argv
+    role = parse_role(argv)
+    if role is not None:
+        return role[0](role[1])
+    return run(parse_args(argv))

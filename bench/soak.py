@@ -30,7 +30,6 @@ import collections
 import contextlib
 import json
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -38,8 +37,7 @@ from pathlib import Path
 
 import psutil
 from chaos import expected_ids, stored_copies, verify
-from chaosroles import parse_role
-from chaosrun import TreeRun, tracebacks
+from chaosrun import TreeRun, finish, run_or_play, tracebacks
 from chaostree import title
 
 from dropr import config as config_mod
@@ -265,19 +263,11 @@ def run(args):
           f"tracebacks {logs}", flush=True)
     ok = (result["lost"] == 0 and result["duplicated"] == 0 and result["corrupt"] == 0
           and result["unexpected"] == 0 and daemon_status == 0)
-    if ok and not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        print(f"soak: logs kept in {root}", flush=True)
-    return 0 if ok else 1
+    return finish(root, ok, keep=args.keep, say=lambda line: print(f"soak: {line}", flush=True))
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    role = parse_role(argv)
-    if role is not None:
-        return role[0](role[1])
-    return run(parse_args(argv))
+    return run_or_play(run, parse_args, argv)
 
 
 if __name__ == "__main__":
