@@ -8,7 +8,8 @@ The receiver (``dropr receiver``) runs on its own behind a fault-injecting
 proxy (bench/faultproxy.py); the real ``droprd`` tree runs the senders, the
 retry scanner and the reaper; a consumer acks messages into the store's
 ``done/`` (producers and consumer: bench/chaosroles.py; the processes and
-disks: bench/chaostree.py). The client spool and the server store each live on a small tmpfs
+disks: bench/chaostree.py; what it shares with bench/soak.py:
+bench/chaosrun.py). The client spool and the server store each live on a small tmpfs
 (mounted here: run as root). The faults, one at a time, ``--duration`` seconds
 spread: kill -9 of a sender, of the retry scanner, of the reaper, of the
 supervisor (then ``droprd start`` again), of a gunicorn worker, of the
@@ -31,24 +32,21 @@ import argparse
 import collections
 import contextlib
 import hashlib
-import json
 import os
 import random
-import shutil
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from chaosroles import CONSUMER, parse_role
-from chaostree import Daemon, Disk, ReceiverProcess, Role, kill9, wait_for
+from chaosroles import CONSUMER
+from chaosrun import TreeRun, finish, run_or_play, tracebacks
+from chaostree import Disk
 from faultproxy import ERROR, PASS, STALL, FaultProxy
 
 from dropr.bench import configfile
 from dropr.bench.procs import free_port
-from dropr.ipc import Notices
-from dropr.spool import Spool
 from dropr.store import Store
 
 #: Fault kinds and how often each is drawn; every kind happens at least once.
@@ -106,52 +104,39 @@ def schedule(rng, faults, duration):
     return [((i + rng.random() * 0.5) * gap, kind) for i, kind in enumerate(kinds)]
 
 
-class Run:
+class Run(TreeRun):
     """One chaos run: its folder, disks, processes and fault schedule. Lives in
     the chaos process; producers and the consumer are child processes."""
 
+    script = Path(__file__)
+
     def __init__(self, args, root):
-        self.args = args
-        self.root = root
-        self.rng = random.Random(args.seed)
+        super().__init__(args, root)
         self.duration = args.duration or float(args.faults)
         avg = 3000  # bytes a small message takes on tmpfs, page rounding included
         self.client_disk = Disk(root / "client-disk", 64 * MiB)
         store_size = 64 * MiB + args.messages * (4096 + 2 * avg)
         self.store_disk = Disk(root / "store-disk", store_size)
-        self.proxy = self.receiver = self.daemon = self.config = self.consumer = None
-        self.producers = []
-        self.injected = collections.Counter()
+        self.proxy = None
         self.timers = []
+
+    def report(self, line):
+        print(f"chaos: {line}", file=sys.stderr)
 
     def setup(self):
         self.client_disk.mount()
         self.store_disk.mount()
         receiver_port = free_port()
         self.proxy = FaultProxy(receiver_port).start()
-        self.config = write_config(self.root, receiver_port=receiver_port,
-                                   proxy_port=self.proxy.port, max_backlog=self.args.max_backlog)
-        Spool(self.config.client.spool, fsync=False).create()
-        Store(self.config.receiver.store, fsync=False)
-        self.receiver = ReceiverProcess(self.config, self.root / "receiver.log")
-        self.receiver.start()
-        self.daemon = Daemon(self.config)
-        self.daemon.start()
-        self.consumer = self._consumer().start()
-
-    def _consumer(self):
-        return Role(Path(__file__), ["consume", "--config", str(self.config.path)],
-                    self.root / "consumer.log")
+        self.start_tree(write_config(self.root, receiver_port=receiver_port,
+                                     proxy_port=self.proxy.port,
+                                     max_backlog=self.args.max_backlog))
 
     def start_producers(self):
         n, p = self.args.messages, self.args.producers
         for i in range(p):
             count = n // p + (1 if i < n % p else 0)
-            args = ["produce", "--config", str(self.config.path), "--count", str(count),
-                    "--rate", str(max(1.0, count / self.duration)),
-                    "--seed", str(self.args.seed * 1000 + i),
-                    "--out", str(self.root / f"producer-{i}.ids")]
-            self.producers.append(Role(Path(__file__), args, self.root / f"producer-{i}.log").start())
+            self.start_producer(count, max(1.0, count / self.duration))
 
     # -- faults -----------------------------------------------------------------
 
@@ -197,15 +182,7 @@ class Run:
             self.consumer.kill()
             self.consumer = self._consumer().start()
             return True
-        victims = []
-        with contextlib.suppress(RuntimeError):
-            victims = wait_for(lambda: self._victims(what), 5, f"a live {what}")
-        return bool(victims) and kill9(self.rng.choice(victims).pid)
-
-    def _victims(self, what):
-        if what == "receiver-worker":
-            return self.receiver.workers()
-        return self.daemon.workers("dropr: " + ("sender" if what == "sender" else what))
+        return self.kill_one(what, 5)
 
     # -- the end ------------------------------------------------------------------
 
@@ -222,42 +199,10 @@ class Run:
         if not self.consumer.running():
             self.consumer = self._consumer().start()
 
-    def wait_producers(self):
-        stats = collections.Counter()
-        for producer in self.producers:
-            producer.proc.wait()
-            out = producer.stop().strip().splitlines()
-            if producer.proc.returncode != 0 or not out:
-                raise RuntimeError(f"producer failed; see {producer.log_path}")
-            stats.update(json.loads(out[-1]))
-        return stats
-
-    def wait_idle(self, timeout):
-        """Wait until queue/, active/ and deferred/ are empty."""
-        spool = Spool(self.config.client.spool, fsync=False)
-
-        def idle():
-            return spool.backlog()[0] == 0 and spool.count("active") == 0
-        try:
-            wait_for(idle, timeout, "the spool to drain", interval=0.2)
-        except RuntimeError as e:
-            print(f"chaos: {e}: {spool.counts()}", file=sys.stderr)
-        return spool
-
     def teardown(self):
-        for role in [*self.producers, self.consumer]:
-            if role is not None:
-                role.kill()
-        if self.daemon is not None:
-            self.daemon.stop()
-        if self.receiver is not None:
-            self.receiver.stop()
+        super().teardown()
         if self.proxy is not None:
             self.proxy.close()
-        if self.config is not None:
-            notices = Notices.open(self.config.client.spool)
-            if notices is not None:
-                notices.remove()
         self.client_disk.unmount()
         self.store_disk.unmount()
 
@@ -307,7 +252,7 @@ def run(args):
         chaos.inject_all()
         chaos.heal()
         stats = chaos.wait_producers()
-        spool = chaos.wait_idle(60 + args.messages / 500)
+        spool = chaos.wait_idle(60 + args.messages / 500, interval=0.2)
         daemon_status = chaos.daemon.status()
         chaos.consumer.stop()
         result = verify(expected_ids(root), stored_copies(Store(chaos.config.receiver.store)))
@@ -315,8 +260,7 @@ def run(args):
     finally:
         chaos.teardown()
     faults = sum(chaos.injected.values())
-    tracebacks = {p.name: p.read_text(errors="replace").count("Traceback")
-                  for p in sorted(root.glob("*.log"))}
+    logs = tracebacks(root)
     put = stats["put"]
     print(f"put {put}, stored {result['stored']}, lost {result['lost']}, "
           f"duplicated {result['duplicated']}, faults {faults}, seed {args.seed}", flush=True)
@@ -324,25 +268,17 @@ def run(args):
           f"put refused: {stats['queue_full']} queue full, {stats['spool_full']} spool full; "
           f"corrupt {result['corrupt']}, unexpected {result['unexpected']}, "
           f"dead {len(dead)} {dead[:5]}; droprd status exit {daemon_status}; "
-          f"tracebacks {sum(tracebacks.values())} {tracebacks}", file=sys.stderr)
+          f"tracebacks {sum(logs.values())} {logs}", file=sys.stderr)
     # A worker that crashed is a finding even when nothing was lost: under the
     # default restart policy a crash loop ends in a fatal worker.
     ok = (put == args.messages and result["lost"] == 0 and result["duplicated"] == 0
           and result["corrupt"] == 0 and result["unexpected"] == 0 and daemon_status == 0
-          and tracebacks.get("droprd.log", 0) == 0 and tracebacks.get("consumer.log", 0) == 0)
-    if ok and not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        print(f"chaos: logs kept in {root}", file=sys.stderr)
-    return 0 if ok else 1
+          and logs.get("droprd.log", 0) == 0 and logs.get("consumer.log", 0) == 0)
+    return finish(root, ok, keep=args.keep, say=chaos.report)
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    role = parse_role(argv)
-    if role is not None:
-        return role[0](role[1])
-    return run(parse_args(argv))
+    return run_or_play(run, parse_args, argv)
 
 
 if __name__ == "__main__":

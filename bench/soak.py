@@ -30,7 +30,6 @@ import collections
 import contextlib
 import json
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -38,12 +37,11 @@ from pathlib import Path
 
 import psutil
 from chaos import expected_ids, stored_copies, verify
-from chaosroles import parse_role
-from chaostree import Daemon, ReceiverProcess, Role, kill9, title, wait_for
+from chaosrun import TreeRun, finish, run_or_play, tracebacks
+from chaostree import title
 
 from dropr.bench import configfile
 from dropr.bench.procs import free_port
-from dropr.ipc import Notices
 from dropr.spool import Spool
 from dropr.store import Store
 
@@ -85,41 +83,27 @@ def say(*parts):
     print(time.strftime("%H:%M:%S"), *parts, flush=True)
 
 
-class Soak:
+class Soak(TreeRun):
     """One soak run: its folder, processes and faults. Lives in the soak
     process; the tree, the receiver, producers and consumer are children."""
 
+    script = Path(__file__)
+
     def __init__(self, args, root):
-        self.args = args
-        self.root = root
-        self.rng = random.Random(args.seed)
-        self.receiver = self.daemon = self.config = self.consumer = None
-        self.producers = []
-        self.injected = collections.Counter()
+        super().__init__(args, root)
         self.last = {}  # the latest snapshot taken while the producers ran
 
-    def setup(self):
-        self.config = write_config(self.root, port=free_port())
-        Spool(self.config.client.spool, fsync=False).create()
-        Store(self.config.receiver.store, fsync=False)
-        self.receiver = ReceiverProcess(self.config, self.root / "receiver.log")
-        self.receiver.start()
-        self.daemon = Daemon(self.config)
-        self.daemon.start()
-        self.consumer = self._consumer().start()
+    def report(self, line):
+        say(line)
 
-    def _consumer(self):
-        return Role(Path(__file__), ["consume", "--config", str(self.config.path)],
-                    self.root / "consumer.log")
+    def setup(self):
+        self.start_tree(write_config(self.root, port=free_port()))
 
     def start_producers(self):
         per = self.args.rate / self.args.producers
         count = int(per * self.args.duration)
-        for i in range(self.args.producers):
-            args = ["produce", "--config", str(self.config.path), "--count", str(count),
-                    "--rate", str(per), "--seed", str(self.args.seed * 1000 + i),
-                    "--out", str(self.root / f"producer-{i}.ids")]
-            self.producers.append(Role(Path(__file__), args, self.root / f"producer-{i}.log").start())
+        for _ in range(self.args.producers):
+            self.start_producer(count, per)
 
     # -- processes by role ------------------------------------------------------
 
@@ -170,16 +154,7 @@ class Soak:
             time.sleep(down)
             self.receiver.start()
             return True
-        what = kind.removeprefix("kill-")
-        victims = []
-        with contextlib.suppress(RuntimeError):
-            victims = wait_for(lambda: self._victims(what), 10, f"a live {what}")
-        return bool(victims) and kill9(self.rng.choice(victims).pid)
-
-    def _victims(self, what):
-        if what == "receiver-worker":
-            return self.receiver.workers()
-        return self.daemon.workers("dropr: " + what)
+        return self.kill_one(kind.removeprefix("kill-"), 10)
 
     def run_faults(self, began):
         """Until the producers are done: a fault every ``fault_every`` s,
@@ -215,43 +190,6 @@ class Soak:
             f"status exit {self.daemon.status()}; "
             f"rss/fds {json.dumps(self.snapshot())}")
 
-    # -- the end ------------------------------------------------------------------
-
-    def wait_producers(self):
-        stats = collections.Counter()
-        for producer in self.producers:
-            producer.proc.wait()
-            out = producer.stop().strip().splitlines()
-            if producer.proc.returncode != 0 or not out:
-                raise RuntimeError(f"producer failed; see {producer.log_path}")
-            stats.update(json.loads(out[-1]))
-        return stats
-
-    def wait_idle(self, timeout):
-        """Wait until queue/, active/ and deferred/ are empty."""
-        spool = Spool(self.config.client.spool, fsync=False)
-
-        def idle():
-            return spool.backlog()[0] == 0 and spool.count("active") == 0
-        try:
-            wait_for(idle, timeout, "the spool to drain", interval=0.5)
-        except RuntimeError as e:
-            say(f"{e}: {spool.counts()}")
-        return spool
-
-    def teardown(self):
-        for role in [*self.producers, self.consumer]:
-            if role is not None:
-                role.kill()
-        if self.daemon is not None:
-            self.daemon.stop()
-        if self.receiver is not None:
-            self.receiver.stop()
-        if self.config is not None:
-            notices = Notices.open(self.config.client.spool)
-            if notices is not None:
-                notices.remove()
-
 
 def print_snapshots(start, end):
     """One line per role: RSS and open fds at the start and at the end."""
@@ -278,7 +216,7 @@ def run(args):
         soak.receiver.ensure()
         soak.daemon.ensure()
         stats = soak.wait_producers()
-        spool = soak.wait_idle(600)
+        spool = soak.wait_idle(600, interval=0.5)
         end = {**{k: v for k, v in soak.last.items() if k.startswith("producer")},
                **soak.snapshot()}
         say("end: " + json.dumps(end))
@@ -289,8 +227,7 @@ def run(args):
     finally:
         soak.teardown()
     faults = sum(soak.injected.values())
-    tracebacks = {p.name: p.read_text(errors="replace").count("Traceback")
-                  for p in sorted(root.glob("*.log"))}
+    logs = tracebacks(root)
     print_snapshots(start, end)
     print(f"put {stats['put']}, stored {result['stored']}, lost {result['lost']}, "
           f"duplicated {result['duplicated']}, faults {faults}, seed {args.seed}", flush=True)
@@ -298,22 +235,14 @@ def run(args):
           f"put refused: {stats['queue_full']} queue full, {stats['spool_full']} spool full; "
           f"corrupt {result['corrupt']}, unexpected {result['unexpected']}, "
           f"dead {len(dead)} {dead[:5]}; droprd status exit {daemon_status}; "
-          f"tracebacks {tracebacks}", flush=True)
+          f"tracebacks {logs}", flush=True)
     ok = (result["lost"] == 0 and result["duplicated"] == 0 and result["corrupt"] == 0
           and result["unexpected"] == 0 and daemon_status == 0)
-    if ok and not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        print(f"soak: logs kept in {root}", flush=True)
-    return 0 if ok else 1
+    return finish(root, ok, keep=args.keep, say=lambda line: print(f"soak: {line}", flush=True))
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    role = parse_role(argv)
-    if role is not None:
-        return role[0](role[1])
-    return run(parse_args(argv))
+    return run_or_play(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -102,13 +102,14 @@ def trace(config, message_id, *, channel=None, peer=None, json_out=False, out=sy
 
 def _human(message_id, mine, theirs, out):
     print(f"message {message_id}", file=out)
-    if mine:
-        print("  here: " + ", ".join(f"{k} {v}" for k, v in mine.items() if v is not None),
+    _side("here", mine, "not in this host's spool (sent and forgotten, or never put here)", out)
+    _side("receiver", theirs, "unknown", out)
+
+
+def _side(where, known, unknown, out):
+    """One line: what ``where`` knows (its fields that have a value), or ``unknown``."""
+    if known:
+        print(f"  {where}: " + ", ".join(f"{k} {v}" for k, v in known.items() if v is not None),
               file=out)
     else:
-        print("  here: not in this host's spool (sent and forgotten, or never put here)", file=out)
-    if theirs:
-        print("  receiver: " + ", ".join(f"{k} {v}" for k, v in theirs.items() if v is not None),
-              file=out)
-    else:
-        print("  receiver: unknown", file=out)
+        print(f"  {where}: {unknown}", file=out)
