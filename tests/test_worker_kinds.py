@@ -8,7 +8,7 @@ import pytest
 
 from dropr import config as config_mod
 from dropr.workers import kinds
-from tests import harness
+from tests.support import harness
 
 
 def test_names_and_titles_are_spelled_as_ps_shows_them():
