@@ -147,7 +147,7 @@ class ReceiverConfig:
 class StoreConfig:
     """[store]: which engine holds the server store. ``files`` is the folder
     ``[receiver] store``; ``jetstream`` is a stream on a NATS JetStream cluster
-    (see dropr.jetstream and docs/backends.md)."""
+    (see dropr.store.jetstream and docs/backends.md)."""
 
     backend: str = key("files", kind="backend")
     servers: tuple = key(("nats://127.0.0.1:4222",), kind="nats_urls")
