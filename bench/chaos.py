@@ -29,9 +29,6 @@ and the store holds nothing else.
 """
 
 import argparse
-import collections
-import contextlib
-import hashlib
 import os
 import random
 import sys
@@ -40,14 +37,12 @@ import threading
 import time
 from pathlib import Path
 
-from chaosroles import CONSUMER
 from chaosrun import TreeRun, finish, run_or_play, tracebacks
 from chaostree import Disk
 from faultproxy import ERROR, PASS, STALL, FaultProxy
 
 from dropr.bench import configfile
 from dropr.bench.procs import free_port
-from dropr.store import Store
 
 #: Fault kinds and how often each is drawn; every kind happens at least once.
 FAULTS = {
@@ -207,40 +202,6 @@ class Run(TreeRun):
         self.store_disk.unmount()
 
 
-# -- the check ------------------------------------------------------------------
-
-def expected_ids(root):
-    """{id: sha256} of every id a producer recorded."""
-    expected = {}
-    for path in sorted(root.glob("producer-*.ids")):
-        for line in path.read_text().splitlines():
-            message_id, _channel, _priority, digest = line.split()
-            expected[message_id] = digest
-    return expected
-
-
-def stored_copies(store):
-    """{id: [sha256 of each stored copy]} over every channel, queue/ and done/."""
-    with contextlib.suppress(Exception):
-        store.open_work(CONSUMER).close()  # what a killed consumer left goes back to queue/
-    found = collections.defaultdict(list)
-    for channel in store.channels():
-        for state in ("queue", "done", "dead"):
-            for message in store.messages(channel, state=state):
-                found[message.id].append(hashlib.sha256(message.read()).hexdigest())
-    return found
-
-
-def verify(expected, found):
-    """Counts of the comparison: stored, lost, duplicated, corrupt, unexpected."""
-    stored = sum(1 for mid in expected if mid in found)
-    corrupt = sum(1 for mid, digest in expected.items()
-                  if any(d != digest for d in found.get(mid, ())))
-    return {"stored": stored, "lost": len(expected) - stored,
-            "duplicated": sum(len(copies) - 1 for copies in found.values()),
-            "corrupt": corrupt, "unexpected": sum(1 for mid in found if mid not in expected)}
-
-
 def run(args):
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
@@ -253,10 +214,7 @@ def run(args):
         chaos.heal()
         stats = chaos.wait_producers()
         spool = chaos.wait_idle(60 + args.messages / 500, interval=0.2)
-        daemon_status = chaos.daemon.status()
-        chaos.consumer.stop()
-        result = verify(expected_ids(root), stored_copies(Store(chaos.config.receiver.store)))
-        dead = [(n.id, spool.reason(n).strip()) for n in spool.names("dead")]
+        daemon_status, result, dead = chaos.check(spool)
     finally:
         chaos.teardown()
     faults = sum(chaos.injected.values())

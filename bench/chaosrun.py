@@ -2,17 +2,19 @@
 tree started on one config, the producers and the consumer (the run's own
 script started again as ``produce`` or ``consume``, bench/chaosroles.py), a
 kill -9 of one process of a kind, the wait for the producers and for the spool
-to drain, and the teardown. Each run brings its config and its faults.
+to drain, the check of the store against what the producers recorded, and the
+teardown. Each run brings its config and its faults.
 """
 
 import collections
 import contextlib
+import hashlib
 import json
 import random
 import shutil
 import sys
 
-from chaosroles import parse_role
+from chaosroles import CONSUMER, parse_role
 from chaostree import Daemon, ReceiverProcess, Role, kill9, wait_for
 
 from dropr.ipc import Notices
@@ -100,6 +102,16 @@ class TreeRun:
             self.report(f"{e}: {spool.counts()}")
         return spool
 
+    def check(self, spool):
+        """Stop the consumer and compare the store with what the producers
+        recorded: (droprd status exit, the counts of :func:`verify`, the dead
+        messages of ``spool`` with their reasons)."""
+        daemon_status = self.daemon.status()
+        self.consumer.stop()
+        result = verify(expected_ids(self.root), stored_copies(Store(self.config.receiver.store)))
+        dead = [(n.id, spool.reason(n).strip()) for n in spool.names("dead")]
+        return daemon_status, result, dead
+
     def teardown(self):
         """Stop every process of the run (by pid) and remove its SysV queue."""
         for role in [*self.producers, self.consumer]:
@@ -113,6 +125,40 @@ class TreeRun:
             notices = Notices.open(self.config.client.spool)
             if notices is not None:
                 notices.remove()
+
+
+# -- the check ------------------------------------------------------------------
+
+def expected_ids(root):
+    """{id: sha256} of every id a producer recorded."""
+    expected = {}
+    for path in sorted(root.glob("producer-*.ids")):
+        for line in path.read_text().splitlines():
+            message_id, _channel, _priority, digest = line.split()
+            expected[message_id] = digest
+    return expected
+
+
+def stored_copies(store):
+    """{id: [sha256 of each stored copy]} over every channel, queue/ and done/."""
+    with contextlib.suppress(Exception):
+        store.open_work(CONSUMER).close()  # what a killed consumer left goes back to queue/
+    found = collections.defaultdict(list)
+    for channel in store.channels():
+        for state in ("queue", "done", "dead"):
+            for message in store.messages(channel, state=state):
+                found[message.id].append(hashlib.sha256(message.read()).hexdigest())
+    return found
+
+
+def verify(expected, found):
+    """Counts of the comparison: stored, lost, duplicated, corrupt, unexpected."""
+    stored = sum(1 for mid in expected if mid in found)
+    corrupt = sum(1 for mid, digest in expected.items()
+                  if any(d != digest for d in found.get(mid, ())))
+    return {"stored": stored, "lost": len(expected) - stored,
+            "duplicated": sum(len(copies) - 1 for copies in found.values()),
+            "corrupt": corrupt, "unexpected": sum(1 for mid in found if mid not in expected)}
 
 
 def tracebacks(root):

@@ -36,14 +36,12 @@ import time
 from pathlib import Path
 
 import psutil
-from chaos import expected_ids, stored_copies, verify
 from chaosrun import TreeRun, finish, run_or_play, tracebacks
 from chaostree import title
 
 from dropr.bench import configfile
 from dropr.bench.procs import free_port
 from dropr.spool import Spool
-from dropr.store import Store
 
 FAULTS = ("kill-sender", "kill-receiver-worker", "kill-receiver-master", "stop-receiver",
           "kill-sender", "kill-retry-scanner", "kill-reaper", "stop-receiver")
@@ -220,10 +218,7 @@ def run(args):
         end = {**{k: v for k, v in soak.last.items() if k.startswith("producer")},
                **soak.snapshot()}
         say("end: " + json.dumps(end))
-        daemon_status = soak.daemon.status()
-        soak.consumer.stop()
-        result = verify(expected_ids(root), stored_copies(Store(soak.config.receiver.store)))
-        dead = [(n.id, spool.reason(n).strip()) for n in spool.names("dead")]
+        daemon_status, result, dead = soak.check(spool)
     finally:
         soak.teardown()
     faults = sum(soak.injected.values())
