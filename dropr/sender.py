@@ -21,6 +21,7 @@ answer causes.
 
 import concurrent.futures
 import logging
+import os
 import queue
 import random
 import signal
@@ -305,7 +306,7 @@ class Sender:
         for item in part:
             if item[0].id != error.message_id:
                 rest.append(item)
-            elif item[1].exists():
+            elif os.path.exists(item[1]):
                 self._dead(item, str(error))
         return [rest] if rest else []
 

@@ -2,6 +2,7 @@
 claimed message goes for each answer, peers marked down and up, refused
 batches split, and `dropr send` stopped by SIGTERM."""
 
+import os
 import signal
 import subprocess
 
@@ -207,7 +208,7 @@ def test_claimed_file_that_vanished_does_not_hold_up_the_rest(env):
     sender = open_sender(config)
     try:
         claimed = sender.spool.claim(sender._active, limit=10, max_bytes=10**6)
-        claimed[1][1].unlink()  # e.g. removed by hand from active/
+        os.unlink(claimed[1][1])  # e.g. removed by hand from active/
         del sent[claimed[1][0].id]
         sender._deliver("local", claimed)
     finally:
