@@ -63,12 +63,14 @@ def clear(root):
             shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
 
 
-def send(config, senders, prefix=()):
-    """Run ``senders`` concurrent ``dropr send --once``; (wall s, user s, system s)."""
+def send(config, senders, trace=None):
+    """Run ``senders`` concurrent ``dropr send --once`` (each under ``strace -c
+    -f -o TRACE.<i>`` with ``trace``); (wall s, user s, system s)."""
     started = time.perf_counter()
-    children = [subprocess.Popen([*prefix, *procs.DROPR, "--config", str(config.path), "send",
-                                  "--once"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for _ in range(senders)]
+    children = [subprocess.Popen([*(("strace", "-c", "-f", "-o", f"{trace}.{i}") if trace else ()),
+                                  *procs.DROPR, "--config", str(config.path), "send", "--once"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for i in range(senders)]
     user = system = 0.0
     for child in children:
         _, status, ru = os.wait4(child.pid, 0)
@@ -78,8 +80,12 @@ def send(config, senders, prefix=()):
     return time.perf_counter() - started, user, system
 
 
-def print_calls(title, path, n):
-    rows = strace_counts(path.read_text(), n)
+def print_calls(title, paths, n):
+    calls = {}
+    for path in paths:
+        for per, name in strace_counts(path.read_text(), n):
+            calls[name] = calls.get(name, 0) + per
+    rows = sorted(((per, name) for name, per in calls.items()), reverse=True)
     print(f"{title}: {sum(per for per, _ in rows):.1f} system calls per message (strace -c -f)")
     for per, name in rows[:15]:
         print(f"  {per:7.2f} {name}")
@@ -121,12 +127,11 @@ def main():
                                        *(a for pid in workers for a in ("-p", str(pid)))],
                                       stderr=subprocess.DEVNULL)
             time.sleep(1)  # strace attaches
-            send(config, args.senders, prefix=("strace", "-c", "-f", "-o",
-                                               str(root / "sender.strace")))
+            send(config, args.senders, trace=root / "sender.strace")
             tracer.send_signal(signal.SIGINT)
             tracer.wait()
-            print_calls("sender", root / "sender.strace", n)
-            print_calls("receiver workers", root / "receiver.strace", n)
+            print_calls("senders", [root / f"sender.strace.{i}" for i in range(args.senders)], n)
+            print_calls("receiver workers", [root / "receiver.strace"], n)
     return 0
 
 
