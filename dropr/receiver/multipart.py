@@ -163,6 +163,9 @@ class Part:
         if len(data) == size or not data:
             self._done = not data
             return data
+        if self._reader.at_part_end():  # the rest of the part was in the buffer
+            self._done = True
+            return data
         chunks, got = [data], len(data)  # as a file does: short only at the end
         while got < size and (more := self._reader.body_bytes(size - got)):
             chunks.append(more)
@@ -302,6 +305,10 @@ class FormReader:
         return headers
 
     # -- bodies -----------------------------------------------------------------
+
+    def at_part_end(self):
+        """True once the current part's body has been read to its end."""
+        return self._end is not None and self._pos >= self._end
 
     def body_bytes(self, size):
         """Up to ``size`` bytes of the current part's body; b"" at its end."""
