@@ -269,7 +269,7 @@ def test_a_sender_whose_every_lane_is_full_does_not_list_the_queue(tmp_path):
     # message, walking the whole listing and listing queue/ again for nothing.
     with harness.hung_listener() as url:
         path = harness.write_config(tmp_path, sections={"sender": {"batch_messages": 2}},
-                                    peers={"local": {"url": url, "timeout": 1.0}})
+                                    peers={"local": {"url": url, "timeout": 3.0}})
         config = config_mod.load(path)
         client = Client(config)
         for i in range(10):
