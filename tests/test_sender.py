@@ -2,6 +2,7 @@
 claimed message goes for each answer, peers marked down and up, refused
 batches split, and `dropr send` stopped by SIGTERM."""
 
+import os
 import signal
 import subprocess
 
@@ -208,7 +209,7 @@ def test_claimed_file_that_vanished_does_not_hold_up_the_rest(env):
     sender = open_sender(config)
     try:
         claimed = sender.spool.claim(sender._active, limit=10, max_bytes=10**6)
-        claimed[1][1].unlink()  # e.g. removed by hand from active/
+        os.unlink(claimed[1][1])  # e.g. removed by hand from active/
         del sent[claimed[1][0].id]
         sender._deliver("local", claimed)
     finally:
@@ -262,3 +263,25 @@ def test_step_claims_the_next_batch_while_one_is_on_the_wire_and_flush_settles_i
         sender.close()
     assert stored(config) == sent
     assert client.spool.count("active") == 0 and client.spool.count("queue") == 0
+
+
+def test_a_sender_whose_every_lane_is_full_does_not_list_the_queue(tmp_path):
+    # Two batches wait in the only peer's lane: a claim could only skip every
+    # message, walking the whole listing and listing queue/ again for nothing.
+    with harness.hung_listener() as url:
+        path = harness.write_config(tmp_path, sections={"sender": {"batch_messages": 2}},
+                                    peers={"local": {"url": url, "timeout": 3.0}})
+        config = config_mod.load(path)
+        client = Client(config)
+        for i in range(10):
+            client.put(b"m%d" % i, "local")
+        sender = open_sender(config)
+        try:
+            assert sender.step() == 2 and sender.step() == 2
+            listing = sender.spool._listing
+            assert sender.step() == 0
+            assert sender.spool._listing is listing
+            assert client.spool.count("queue") == 6
+        finally:
+            sender.close()
+        harness.remove_queues(tmp_path / "client")

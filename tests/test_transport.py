@@ -7,16 +7,18 @@ never answers) that a healthy receiver cannot be made to give on demand."""
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
 
+import pycurl
 import pytest
 
 from dropr.config import PeerConfig
 from dropr.errors import BatchRefused, Forbidden, PeerError, Unreadable
 from dropr.spool import SpoolName
-from dropr.sender.transport import Transport, probe
+from dropr.sender.transport import Transport, _Body, probe
 from tests.support import harness
 
 
@@ -216,3 +218,26 @@ def test_probe_reports_readiness_and_the_reason_it_failed():
     assert server.requests[0][0].startswith("GET /v1/ready HTTP/1.1\r\n")
     ok, reason = probe(peer_at(f"http://127.0.0.1:{harness.free_port()}"), timeout=1.0)
     assert not ok and "curl error 7" in reason
+
+
+def test_a_body_read_again_from_its_start_is_the_same(tmp_path):
+    # libcurl rewinds the body to resend it on a fresh connection when the
+    # kept-alive one was closed under it.
+    batch = make_batch(tmp_path, [b"a" * 5000, b"b", b""])
+    body = _Body('{"client":"c"}', batch)
+    first = b"".join(iter(lambda: body.read(1000), b""))
+    assert len(first) == body.length
+    assert body.seek(0, os.SEEK_SET) == pycurl.SEEKFUNC_OK
+    assert b"".join(iter(lambda: body.read(4096), b"")) == first
+    assert body.seek(1234, os.SEEK_SET) == pycurl.SEEKFUNC_OK
+    assert body.read(10**6) == first[1234:]
+    body.close()
+
+
+def test_a_message_file_shorter_than_claimed_stops_the_upload_as_unreadable(tmp_path):
+    batch = make_batch(tmp_path, [b"a", b"bbbb"])
+    batch[1][1].write_bytes(b"bb")  # claimed at 4 bytes
+    with CannedPeer() as peer:
+        with pytest.raises(Unreadable) as info:
+            Transport(peer_at(peer.url), client="c").send(batch)
+    assert info.value.message_id == "ID1" and peer.requests == []

@@ -147,8 +147,9 @@ def _entry(i, message):
     where = f"meta messages[{i}]"
     if not isinstance(message, dict):
         raise ValidationError(f"{where} must be an object")
-    _no_unknown_keys(message, MESSAGE_KEYS, where)
-    missing = sorted(MESSAGE_KEYS - set(message))
+    if message.keys() != MESSAGE_KEYS:  # else (nearly always) both checks pass
+        _no_unknown_keys(message, MESSAGE_KEYS, where)
+    missing = () if len(message) == len(MESSAGE_KEYS) else sorted(MESSAGE_KEYS - set(message))
     if missing:
         raise ValidationError(f"{where} lacks {', '.join(missing)}: every message has exactly "
                               f"{', '.join(sorted(MESSAGE_KEYS))}")

@@ -38,6 +38,13 @@ _OWS = " \t"
 #: The part headers RFC 7578 gives a meaning to; others are ignored (but not twice).
 _DISPOSITION, _ENCODING = "content-disposition", "content-transfer-encoding"
 _PLAIN_ENCODINGS = ("7bit", "8bit", "binary")
+#: A message part's headers as dropr's sender writes them (and curl -F with a
+#: file), read by exact comparison instead of line by line: name, then the
+#: same filename, in the characters of a message id.
+_USUAL_START = b'Content-Disposition: form-data; name="'
+_USUAL_END = b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
+_USUAL_NAME = frozenset(string.ascii_letters.encode() + string.digits.encode() + b"_-")
+_USUAL_MAX = 128
 #: Control characters but HTAB, for str.translate to remove (and so to find).
 _CONTROLS = dict.fromkeys([c for c in range(0x20) if c != 0x09] + [0x7F])
 
@@ -156,6 +163,9 @@ class Part:
         if len(data) == size or not data:
             self._done = not data
             return data
+        if self._reader.at_part_end():  # the rest of the part was in the buffer
+            self._done = True
+            return data
         chunks, got = [data], len(data)  # as a file does: short only at the end
         while got < size and (more := self._reader.body_bytes(size - got)):
             chunks.append(more)
@@ -231,8 +241,7 @@ class FormReader:
             self._need(2)
             if self._buf.startswith(b"\r\n", self._pos):
                 self._pos += 2
-                headers = self._headers()
-                name = _name_of(headers)
+                headers, name = self._usual_headers() or self._any_headers()
                 if name in self._names:
                     raise _malformed(f"two parts are named {name!r}")
                 self._names.add(name)
@@ -240,6 +249,32 @@ class FormReader:
             if self._buf[self._pos] not in b" \t":
                 raise _malformed("a multipart delimiter must end its line")
             self._pos += 1
+
+    def _any_headers(self):
+        headers = self._headers()
+        return headers, _name_of(headers)
+
+    def _usual_headers(self):
+        """(headers, name) of a part whose headers are exactly the usual ones
+        (``_USUAL_START``, a name, ``"; filename="``, the same name,
+        ``_USUAL_END``), all in the buffer; what :meth:`_headers` and
+        :func:`_name_of` make of the same bytes, at a fraction of the cost.
+        None for anything else."""
+        buf, pos = self._buf, self._pos
+        if not buf.startswith(_USUAL_START, pos):
+            return None
+        start = pos + len(_USUAL_START)
+        quote = buf.find(b'"', start, start + _USUAL_MAX + 1)
+        raw = buf[start:quote]
+        if quote <= start or not _USUAL_NAME.issuperset(raw):
+            return None
+        rest = b'"; filename="' + raw + _USUAL_END
+        if not buf.startswith(rest, quote):
+            return None
+        self._pos = quote + len(rest)
+        name = raw.decode("ascii")
+        return {_DISPOSITION: f'form-data; name="{name}"; filename="{name}"',
+                "content-type": "application/octet-stream"}, name
 
     def _headers(self):
         self._need(2)
@@ -270,6 +305,10 @@ class FormReader:
         return headers
 
     # -- bodies -----------------------------------------------------------------
+
+    def at_part_end(self):
+        """True once the current part's body has been read to its end."""
+        return self._end is not None and self._pos >= self._end
 
     def body_bytes(self, size):
         """Up to ``size`` bytes of the current part's body; b"" at its end."""

@@ -21,6 +21,7 @@ answer causes.
 
 import concurrent.futures
 import logging
+import os
 import queue
 import random
 import signal
@@ -125,8 +126,10 @@ class Sender:
         for a producer's wake-up. Returns how many it claimed."""
         self._collect()
         moved = 0
-        if claim:
-            full = {peer for peer, n in self._lanes_in_flight.items() if n >= LANE_DEPTH}
+        full = {peer for peer, n in self._lanes_in_flight.items() if n >= LANE_DEPTH}
+        # Every lane full: a claim would only walk the whole listing (and list
+        # queue/ again) to skip every message in it.
+        if claim and not full.issuperset(self.config.peers):
             moved, by_peer = self._claim(skip_peers=full)
             for peer, batch in by_peer.items():
                 self._submit(peer, batch)
@@ -299,7 +302,7 @@ class Sender:
         for item in part:
             if item[0].id != error.message_id:
                 rest.append(item)
-            elif item[1].exists():
+            elif os.path.exists(item[1]):
                 self._dead(item, str(error))
         return [rest] if rest else []
 

@@ -7,11 +7,13 @@ own backoff, in memory) and the same batch goes at once to the next one; the
 peer fails (``PeerError``) only when every URL failed for this batch.
 
 A batch is ``POST <url>/v1/batch``, multipart as the wire protocol fixes it:
-a JSON ``meta`` part, then one part per message whose body libcurl streams
-from the spool file itself, so no message is ever read into Python memory.
-The files are in the sender's own claim folder, which only droprd's user can
-write, and the claim checked each there to be a regular file with one link:
-a producer cannot swap in a symlink to make the sender upload another file.
+a JSON ``meta`` part, then one part per message, read from the spool file as
+libcurl sends (:class:`_Body`): many small messages in one send, a large one
+in pieces, never a whole message in memory. The files are in the sender's
+own claim folder, which only droprd's user can write, and the claim checked
+each there to be a regular file with one link; each is opened without
+following a symlink: a producer cannot swap one in to make the sender upload
+another file.
 The answer sorts into three outcomes the sender handles differently:
 
 - 200: a result per message id (``stored``, ``duplicate`` or ``rejected``);
@@ -50,6 +52,10 @@ STALL_SECONDS = 30
 LOW_SPEED_BYTES = 1
 #: An answer body larger than this is not a dropr receiver talking.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: Bytes of a batch's body handed to libcurl at a time (its upload buffer).
+UPLOAD_BYTES = 256 * 1024
+#: How a message file is opened: never through a symlink, never blocking on a FIFO.
+_OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: The 4xx answers that judge the batch's content, not the peer's state.
 _REFUSING_4XX = frozenset((400, 411, 413, 415, 422))
 
@@ -142,18 +148,91 @@ def _error_of(body):
         return "unknown", text or "no error body"
 
 
-def _add_file(form, message_id, path, fds):
-    """A part that libcurl streams from ``path`` itself (in C: no Python per
-    chunk). ``path`` is in the sender's own claim folder under ``active/``,
-    which only droprd's user can write, and the claim checked it there, after
-    its rename, to be a regular file with one link (``Spool._claimed_size``):
-    no producer can swap a symlink in between. ``fds`` is kept for the caller's
-    sake (nothing is opened here). Unreadable if libcurl cannot open it."""
-    try:
-        form.add(name=message_id, file=os.fsencode(path), filename=message_id,
-                 content_type="application/octet-stream")
-    except pycurl.error as e:
-        raise Unreadable(message_id, e.args[-1] if e.args else str(e)) from None
+class _Body:
+    """The multipart body of one batch, made as libcurl asks for it (its
+    READFUNCTION): many small messages go out in one piece of up to
+    ``UPLOAD_BYTES``, in one send, instead of libcurl's read, send and poll
+    per part; a large one streams through in pieces, so no message is ever
+    read whole into memory. Each file is opened when its turn comes, without
+    following a symlink; it is in the sender's own claim folder, which only
+    droprd's user can write, and the claim checked it there, after its
+    rename, to be a regular file with one link. Exactly the size the claim
+    saw is sent, as meta announces it; a file that cannot be opened, or is
+    shorter by now, ends the upload (``error``: Unreadable) and the receiver,
+    short of the body's Content-Length, stores nothing of it."""
+
+    def __init__(self, meta, batch):
+        self.boundary = "dropr-" + os.urandom(12).hex()
+        self.error = None
+        self._batch = batch
+        self._head = (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\n"
+                      f"Content-Type: application/json\r\n\r\n{meta}").encode()
+        self._tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self.length = len(self._head) + len(self._tail) + sum(
+            len(self._part_head(name.id)) + size for name, _, size in batch)
+        self._pieces, self._rest = self._generate(), b""
+
+    def _part_head(self, message_id):
+        return (f"\r\n--{self.boundary}\r\nContent-Disposition: form-data; "
+                f"name=\"{message_id}\"; filename=\"{message_id}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+    def _generate(self):
+        yield self._head
+        for name, path, size in self._batch:
+            yield self._part_head(name.id)
+            try:
+                fd = os.open(path, _OPEN_MESSAGE)
+            except OSError as e:
+                raise Unreadable(name.id, e.strerror) from None
+            try:
+                left = size
+                while left:
+                    data = os.read(fd, min(left, UPLOAD_BYTES))
+                    if not data:
+                        raise Unreadable(name.id, f"{left} of its {size} bytes are gone")
+                    left -= len(data)
+                    yield data
+            finally:
+                os.close(fd)
+        yield self._tail
+
+    def read(self, size):
+        """Up to ``size`` bytes of the body (b"" at its end)."""
+        chunks, room = [], size
+        try:
+            while room > 0:
+                piece = self._rest or next(self._pieces, None)
+                if piece is None:
+                    break
+                if len(piece) > room:
+                    piece, self._rest = piece[:room], piece[room:]
+                else:
+                    self._rest = b""
+                chunks.append(piece)
+                room -= len(piece)
+        except Unreadable as e:
+            self.error = e
+            return pycurl.READFUNC_ABORT
+        return b"".join(chunks)
+
+    def seek(self, offset, origin):
+        """Start again at ``offset`` (libcurl resends a body on a fresh
+        connection when a kept-alive one was closed under it)."""
+        if origin != os.SEEK_SET:
+            return pycurl.SEEKFUNC_CANTSEEK
+        self.close()
+        self._pieces, self._rest = self._generate(), b""
+        while offset > 0:
+            data = self.read(min(offset, UPLOAD_BYTES))
+            if not isinstance(data, bytes) or not data:
+                return pycurl.SEEKFUNC_FAIL
+            offset -= len(data)
+        return pycurl.SEEKFUNC_OK
+
+    def close(self):
+        """Close the file being read, if any."""
+        self._pieces.close()
 
 
 def _results_of(body, peer, url):
@@ -184,6 +263,8 @@ class Transport:
         self._backoff = (backoff_base, backoff_cap)
         self._clock = clock
         self._handles = {}
+        # "Expect: 100-continue" would cost a round trip per batch.
+        self._headers = ["Expect:"] + ([f"Authorization: Bearer {token}"] if token else [])
         self._down = {}  # url -> (failures in a row, not to be tried before)
         self._turn = 0
 
@@ -194,7 +275,10 @@ class Transport:
         Tries the peer's URLs in turn until one answers. Raises ``PeerError``
         (every URL failed: try later), ``BatchRefused`` (4xx, permanent),
         ``Forbidden`` (403: a channel this client may not write), or
-        ``Unreadable`` before anything is sent if a message file cannot be opened."""
+        ``Unreadable`` if a message file cannot be opened (or is shorter than
+        claimed): the upload stops short of its Content-Length, so the
+        receiver stores none of it (when the file is in the body's first
+        ``UPLOAD_BYTES``, nothing is sent at all)."""
         errors = []
         for url in self._order():
             try:
@@ -234,23 +318,22 @@ class Transport:
         meta = {"client": self.client, "messages": [
             {"id": n.id, "channel": n.channel, "priority": n.priority, "size": size}
             for n, _, size in batch]}
-        fds = []
+        body = _Body(json.dumps(meta, separators=(",", ":")), batch)
         try:
-            with pycurl.CurlMime(curl) as form:
-                form.add_field("meta", json.dumps(meta, separators=(",", ":")),
-                               content_type="application/json")
-                for name, path, _ in batch:
-                    _add_file(form, name.id, path, fds)
-                curl.setopt(pycurl.MIMEPOST, form)
-                try:
-                    status, body = _perform(curl, self.peer, url)
-                finally:
-                    # The form dies with this block; libcurl must not keep a pointer to it.
-                    curl.unsetopt(pycurl.MIMEPOST)
+            curl.setopt(pycurl.HTTPHEADER, [
+                *self._headers, f"Content-Type: multipart/form-data; boundary={body.boundary}"])
+            curl.setopt(pycurl.POSTFIELDSIZE_LARGE, body.length)
+            curl.setopt(pycurl.READFUNCTION, body.read)
+            curl.setopt(pycurl.SEEKFUNCTION, body.seek)
+            try:
+                status, body_bytes = _perform(curl, self.peer, url)
+            except PeerError:
+                if body.error is not None:
+                    raise body.error from None
+                raise
         finally:
-            for fd in fds:
-                os.close(fd)
-        return self._outcome(status, body, url)
+            body.close()
+        return self._outcome(status, body_bytes, url)
 
     def _outcome(self, status, body, url):
         if status == 200:
@@ -268,11 +351,8 @@ class Transport:
         if curl is None:
             curl = _base_handle(self.peer, url)
             curl.setopt(pycurl.URL, url + BATCH_PATH)
-            # "Expect: 100-continue" would cost a round trip per batch.
-            headers = ["Expect:"]
-            if self.token:
-                headers.append(f"Authorization: Bearer {self.token}")
-            curl.setopt(pycurl.HTTPHEADER, headers)
+            curl.setopt(pycurl.POST, 1)
+            curl.setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BYTES)
             self._handles[url] = curl
         return curl
 

@@ -326,7 +326,8 @@ class Spool:
 
     def claim(self, active, *, limit, max_bytes, now_ms=None, skip_peers=frozenset()):
         """Move up to ``limit`` due messages (at most ``max_bytes``, but at least one)
-        from ``queue/`` into ``active``; returns [(name, path, size)] in send order.
+        from ``queue/`` into ``active``; returns [(name, path, size)] in send order
+        (``path`` a string).
         The messages of ``skip_peers`` stay in ``queue/``.
 
         Raw file names sort in send order, so only the names taken are parsed;
@@ -351,15 +352,16 @@ class Spool:
             listing.advance()
             if item is None:
                 continue
+            path = dest + "/" + filename  # a plain string: a Path per message costs
             try:
-                os.rename(item[1], dest + "/" + filename)
+                os.rename(item[1], path)
             except FileNotFoundError:
                 continue  # another sender claimed it first
             crash_point("send.after_claim")
-            size = self._claimed_size(dest + "/" + filename, item[1])
+            size = self._claimed_size(path, item[1])
             if size is None:
                 continue
-            claimed.append((item[0], Path(dest, filename), size))
+            claimed.append((item[0], path, size))
             total += size
         return claimed
 
@@ -412,9 +414,9 @@ class Spool:
     def to_sent(self, path, *, keep):
         """An acknowledged message: into ``sent/`` if ``keep``, else unlinked."""
         if keep:
-            os.rename(path, self.dirs["sent"] / path.name)
+            os.rename(path, f"{self.dirs['sent']}/{os.path.basename(path)}")
         else:
-            path.unlink()
+            os.unlink(path)
         crash_point("send.after_move_sent")
 
     def to_deferred(self, path, name, *, due_ms, count_attempt=True):

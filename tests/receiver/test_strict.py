@@ -2,11 +2,13 @@
 numbers in headers, JSON, header parameters and the end of a request head.
 (test_hostile_strict.py sends the same classes to the real receiver.)"""
 
+import io
+
 import falcon
 import pytest
 
 from dropr.errors import ValidationError
-from dropr.receiver.multipart import boundary_of, parameters
+from dropr.receiver.multipart import FormReader, boundary_of, parameters
 from dropr.receiver.strict import check_target, exact_int, header_number, load_json
 from dropr.receiver.worker import head_complete
 
@@ -124,3 +126,25 @@ def test_the_end_of_a_request_head(head, complete):
     assert head_complete(head) is complete
     # Found also when it arrives a byte at a time.
     assert any(head_complete(head[:i + 1], i) for i in range(len(head))) is complete
+
+
+@pytest.mark.parametrize("headers", [
+    b'Content-Disposition: form-data; name="m-1"; filename="m-1"\r\n'
+    b'Content-Type: application/octet-stream\r\n\r\n',
+    b'content-disposition: form-data; name="m-1"; filename="m-1"\r\n'
+    b'Content-Type: application/octet-stream\r\n\r\n',
+    b'Content-Disposition: form-data; name="m-1"; filename="m-2"\r\n'
+    b'Content-Type: application/octet-stream\r\n\r\n',
+    b'Content-Disposition: form-data; name="m.1"; filename="m.1"\r\n'
+    b'Content-Type: application/octet-stream\r\n\r\n',
+    b'Content-Disposition: form-data; name="m-1"; filename="m-1"\r\n'
+    b'Content-Type: application/octet-stream\r\nX-More: 1\r\n\r\n',
+    b'Content-Disposition: form-data; name="m-1"; filename="m-1"\r\n\r\n',
+])
+def test_a_part_read_by_exact_comparison_reads_as_line_by_line(headers):
+    body = b"--b\r\n" + headers + b"body\r\n--b--\r\n"
+    usual = FormReader(io.BytesIO(body).read, b"b")
+    (part,) = [(p._headers, p.name, p.stream.read()) for p in usual.parts()]
+    general = FormReader(io.BytesIO(body).read, b"b")
+    general._usual_headers = lambda: None  # line by line only
+    assert [(p._headers, p.name, p.stream.read()) for p in general.parts()] == [part]
