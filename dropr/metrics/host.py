@@ -32,7 +32,7 @@ import time
 import psutil
 
 from dropr.peers import Peers
-from dropr.sender import counts as sendercounts
+from dropr.sender import counts
 from dropr.spool import Spool, census
 from dropr.supervisor import status
 
@@ -56,7 +56,7 @@ class HostMetrics:
         self.config = config
         self.spool = Spool(config.client.spool, fsync=False)
         self.peers = Peers(self.spool)
-        self.folder = sendercounts.counts_folder(config, supervisor_pid)
+        self.folder = counts.counts_folder(config, supervisor_pid)
         self._clock, self._monotonic, self._cpu = clock, monotonic, cpu
         self.census = None
         self._lock = threading.Lock()
@@ -89,7 +89,7 @@ class HostMetrics:
         """Fold the exited senders' count files into one (see
         :func:`dropr.sender.counts.compact`); in the worker's loop."""
         with self._counts_lock:
-            return sendercounts.compact(self.folder)
+            return counts.compact(self.folder)
 
     def collect(self):
         """The metric families of one scrape. The senders' counts are read
@@ -133,12 +133,12 @@ class HostMetrics:
         from prometheus_client.core import CounterMetricFamily
 
         totals = {(peer, result): 0.0 for peer in self.config.peers
-                  for result in sendercounts.RESULTS}
+                  for result in counts.RESULTS}
         with self._counts_lock:
-            counted = sendercounts.totals(self.folder)
+            counted = counts.totals(self.folder)
         for (peer, result), value in counted.items():
             totals[peer, result] = totals.get((peer, result), 0.0) + value
-        family = CounterMetricFamily(sendercounts.NAME, sendercounts.DOC,
+        family = CounterMetricFamily(counts.NAME, counts.DOC,
                                      labels=("peer", "result"))
         for labels, value in sorted(totals.items()):
             family.add_metric(labels, value)

@@ -2,8 +2,8 @@
 (:mod:`dropr.metrics.host`) on ``[metrics] bind``; droprd runs it while that
 is set."""
 
-from dropr.metrics import host as hostmetrics
-from dropr.sender import counts as sendercounts
+from dropr.metrics import host
+from dropr.sender import counts
 from dropr.workers.base import Worker, pause
 
 
@@ -22,11 +22,11 @@ class MetricsWorker(Worker):
     def open(self):
         """In the child: clear the count folders of dead supervisors, make this
         one's, take the first census, then listen."""
-        sendercounts.remove_stale_folders(self.config, self.ppid)
-        sendercounts.counts_folder(self.config, self.ppid).mkdir(parents=True, exist_ok=True)
-        self.metrics = hostmetrics.HostMetrics(self.config, supervisor_pid=self.ppid)
+        counts.remove_stale_folders(self.config, self.ppid)
+        counts.counts_folder(self.config, self.ppid).mkdir(parents=True, exist_ok=True)
+        self.metrics = host.HostMetrics(self.config, supervisor_pid=self.ppid)
         self.metrics.refresh(progress=self.report)
-        self.server = hostmetrics.serve(self.config.metrics.bind, self.metrics)
+        self.server = host.serve(self.config.metrics.bind, self.metrics)
 
     def tick(self):
         """Renew the census when it is due, fold the count files of exited
@@ -34,7 +34,7 @@ class MetricsWorker(Worker):
         seconds: it keeps the heartbeat going."""
         wait = self.metrics.refresh(progress=self.report)
         self.metrics.fold_counts()
-        pause(self, min(hostmetrics.MIN_REFRESH, wait))
+        pause(self, min(host.MIN_REFRESH, wait))
         return 0
 
     def close(self):

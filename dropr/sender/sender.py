@@ -54,7 +54,7 @@ class Sender:
         self.config = config
         self.name = name  # the worker's name: in its logs and its claim folder's
         self.notices = notices
-        self.counts = counts  # a hostmetrics.SenderCounts, or None: not counted
+        self.counts = counts  # a counts.SenderCounts, or None: not counted
         # Wall time for what is stored (due times); the boot clock for waits.
         self.spool = Spool(config.client.spool, fsync=config.client.fsync, clock=clock)
         self.peers = Peers(self.spool, clock=clock, boottime=boottime)

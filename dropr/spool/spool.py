@@ -2,7 +2,8 @@
 
     tmp/               being written by a producer (O_EXCL create)
     queue/             ready to send, sorted by name = send order
-    active/<name>.<pid>/ claimed by one sender; ``.lock`` is flock-ed while it lives
+    active/<name>.<pid>/  claimed by one sender (``sender-2.4242``); ``.lock`` is
+                       flock-ed while it lives
     deferred/          waiting for its next attempt (due time in the name)
     hold/              held by an operator: no sender, retry scanner or expiry touches it
     sent/              acknowledged by the receiver, kept for the retention time
