@@ -48,7 +48,7 @@ class MessagesResource:
         if self.message_limit is not None and length is not None and length > self.message_limit:
             raise TooLarge(f"message of {length} bytes is over the limit of {self.message_limit}")
         self.floor.check(length or 0, messages=1)
-        status = self._store(req, channel, message_id, priority)
+        status = self._store(req, channel, message_id, priority, fresh=key is None)
         if status != STORED:
             # The copy that won may be another request's, linked but not yet
             # synced; sync before saying "duplicate", which lets the client forget it.
@@ -57,7 +57,7 @@ class MessagesResource:
         resp.status = 201 if status == STORED else 200
         resp.media = {"id": message_id, "channel": channel, "status": status}
 
-    def _store(self, req, channel, message_id, priority):
+    def _store(self, req, channel, message_id, priority, fresh):
         # Without a Content-Length the body is chunked: the server decodes it
         # and ends the stream, so reading the raw stream cannot overrun.
         body = req.bounded_stream if req.content_length is not None else req.stream
@@ -68,7 +68,8 @@ class MessagesResource:
         except BaseException:
             self.store.discard(staged)
             raise
-        return self.store.publish(staged)  # removes the staged file, whatever happens
+        # A fresh id (made here, not the client's key) cannot be stored already.
+        return self.store.publish(staged, fresh=fresh)  # removes the staged file, whatever happens
 
     def _check_staged(self, length, size):
         # gunicorn ends the body stream quietly when the client shuts its side

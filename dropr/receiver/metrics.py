@@ -283,9 +283,9 @@ class CountingStore:
             self._metrics.published(status, size)
         return statuses
 
-    def publish(self, staged, *, sync_dir=True):
+    def publish(self, staged, *, sync_dir=True, fresh=False):
         """:meth:`dropr.store.Store.publish`, counted."""
-        status = self._store.publish(staged, sync_dir=sync_dir)
+        status = self._store.publish(staged, sync_dir=sync_dir, fresh=fresh)
         self._metrics.published(status, staged.size)
         return status
 
