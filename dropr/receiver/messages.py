@@ -10,6 +10,9 @@ from dropr.receiver.strict import header_number
 from dropr.store import STORED
 
 
+_ANSWER = '{{"id": "{}", "channel": "{}", "status": "{}"}}'
+
+
 def _header(req, name, default=None):
     """A header's value. The server hands header bytes over as Latin-1; text
     a client sent in UTF-8 is decoded as such, so that an error message shows
@@ -55,7 +58,9 @@ class MessagesResource:
             self.store.sync([channel])
         crash_point("messages.before_answer")
         resp.status = 201 if status == STORED else 200
-        resp.media = {"id": message_id, "channel": channel, "status": status}
+        # What falcon's JSON handler would write for {"id", "channel", "status"},
+        # without it: a checked id and channel have nothing to escape.
+        resp.data = _ANSWER.format(message_id, channel, status).encode()
 
     def _store(self, req, channel, message_id, priority, fresh):
         # Without a Content-Length the body is chunked: the server decodes it
