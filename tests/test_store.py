@@ -102,6 +102,16 @@ def test_a_re_send_by_the_same_client_stays_a_duplicate_over_its_whole_life(stor
     assert tree(store.root / "queue") == ["orders/5.shop-b@order-1"]
 
 
+def test_a_fresh_id_is_published_without_looking_back_but_never_over_a_queued_copy(store):
+    # fresh=True: the receiver made the id just now; only queue/ can refuse it.
+    staged = store.stage("orders", "NEW-1", b"first", priority=5, client="h")
+    assert store.publish(staged, fresh=True) == "stored"
+    again = store.stage("orders", "NEW-1", b"second", priority=5, client="h")
+    assert store.publish(again, fresh=True) == "duplicate"
+    assert store.get("orders", "NEW-1").read() == b"first"
+    assert tree(store.root) == ["queue/orders/5.h@NEW-1"]
+
+
 def test_get_names_the_clients_when_two_sent_the_same_id(store):
     store.put("orders", "order-1", b"a", priority=5, client="shop-a")
     store.put("orders", "order-1", b"b", priority=5, client="shop-b")

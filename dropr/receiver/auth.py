@@ -22,6 +22,7 @@ client it belongs to, shows in the time an answer takes.
 import base64
 import binascii
 import dataclasses
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -123,6 +124,7 @@ class Authenticate:
 
     def __init__(self, clients, *, bind, basic_path=""):
         self.clients = clients
+        self.known = len(clients) > 0  # Clients do not change once built
         # Over a unix socket every client is on this host (and passed its permissions).
         self.unix = bind.startswith("unix:")
         # The PHP client's path takes 'Authorization: Basic' (NAME:TOKEN) too:
@@ -132,10 +134,10 @@ class Authenticate:
     def process_request(self, req, resp):
         if req.method in ("GET", "HEAD") and req.path in OPEN_ROUTES:
             identity = Identity(None)
-        elif len(self.clients) and req.path == self.basic_path and _is_basic(
+        elif self.known and req.path == self.basic_path and _is_basic(
                 req.get_header("Authorization")):
             identity = self._by_basic(req.get_header("Authorization"))
-        elif len(self.clients):
+        elif self.known:
             header = req.get_header("Authorization")
             subject = peer_subject(req.env) if header is None else None
             identity = self._by_token(header) if subject is None else self._by_subject(subject)
@@ -210,9 +212,11 @@ def check_channel(req, channel):
         raise Forbidden(f"client {req.context.client!r} may not write to channel {channel!r}")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(address):
     """Is ``address`` (an IP address as text) on this host: 127.0.0.0/8 or ::1
-    (also as an IPv4-mapped IPv6 address)?"""
+    (also as an IPv4-mapped IPv6 address)? Remembered for the last addresses
+    asked about: parsing one costs more than the rest of the check."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

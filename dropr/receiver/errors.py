@@ -3,6 +3,7 @@
 unexpected exception is logged with its traceback and answered 500 with
 nothing but "internal error". Runs in receiver worker processes."""
 
+import errno
 import http
 import logging
 
@@ -33,6 +34,7 @@ def install(app):
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(TimeoutError, _body_timeout)
+    app.add_error_handler(BlockingIOError, _read_stalled)
     app.add_error_handler(ParseException, _unparsable_body)
     app.add_error_handler(NoMoreData, _unparsable_body)
     for cls, (status, code) in STATUS.items():
@@ -70,6 +72,14 @@ def _body_timeout(req, resp, ex, params):
     waited = f" for {seconds} s" if seconds is not None else ""
     answer(resp, 408, "body_timeout",
            f"no bytes of the request body arrived{waited}; nothing was stored")
+
+
+def _read_stalled(req, resp, ex, params):
+    """A read of the body failed with EAGAIN: the kernel's read timeout that
+    the receiver's worker sets on the socket ran out (limits.BodyTimeout)."""
+    if ex.errno in (errno.EAGAIN, errno.EWOULDBLOCK) and req.env.get(BODY_TIMEOUT_ENV):
+        return _body_timeout(req, resp, ex, params)
+    return _internal_error(req, resp, ex, params)
 
 
 def _unparsable_body(req, resp, ex, params):

@@ -14,8 +14,12 @@ import time
 from dropr.errors import StoreFull, TooLarge, ValidationError
 from dropr.store.files.format import MESSAGE_OVERHEAD
 
-#: Environ key that tells the 408 handler how long the body stalled.
+#: Environ key that tells the 408 handler how long the body stalled. The
+#: receiver's gunicorn worker sets it itself where the kernel already times
+#: out every read of the request's socket (see worker.set_read_timeout).
 BODY_TIMEOUT_ENV = "dropr.body_timeout"
+#: Environ key: the socket that BodyTimeout put in Python's timeout mode.
+_TIMED_SOCKET_ENV = "dropr.timed_socket"
 #: Seconds a measure of the store's free space is reused (statvfs is cheap,
 #: but a batch of 10,000 messages should not make 10,000 calls).
 FREE_SPACE_MAX_AGE = 0.5
@@ -36,19 +40,27 @@ class BodyTimeout:
     It sets a timeout on the connection's socket (``gunicorn.socket``), so a
     client that keeps sending, however slowly, is not cut off (as nginx's
     ``client_body_timeout``); without gunicorn (falcon's TestClient) it does
-    nothing."""
+    nothing. Where the receiver's worker already has the kernel time out the
+    socket's reads after as many seconds (plain HTTP: ``BODY_TIMEOUT_ENV`` is
+    set when the request comes in), it does nothing either: a stalled read
+    then fails with ``BlockingIOError``, answered 408 as well, and the two
+    switches of the socket's mode per request are saved."""
 
     def __init__(self, seconds):
         self.seconds = seconds
 
     def process_request(self, req, resp):
-        sock = req.env.get("gunicorn.socket")
+        env = req.env
+        if BODY_TIMEOUT_ENV in env:
+            return  # the kernel's read timeout holds for the body too
+        sock = env.get("gunicorn.socket")
         if sock is not None:
-            req.env[BODY_TIMEOUT_ENV] = self.seconds
+            env[BODY_TIMEOUT_ENV] = self.seconds
+            env[_TIMED_SOCKET_ENV] = sock
             sock.settimeout(self.seconds)
 
     def process_response(self, req, resp, resource, req_succeeded):
-        sock = req.env.get("gunicorn.socket")
+        sock = req.env.get(_TIMED_SOCKET_ENV)
         if sock is not None:
             # gunicorn writes the answer next, on a socket it expects blocking.
             sock.settimeout(None)

@@ -10,6 +10,9 @@ from dropr.receiver.strict import header_number
 from dropr.store import STORED
 
 
+_ANSWER = '{{"id": "{}", "channel": "{}", "status": "{}"}}'
+
+
 def _header(req, name, default=None):
     """A header's value. The server hands header bytes over as Latin-1; text
     a client sent in UTF-8 is decoded as such, so that an error message shows
@@ -48,16 +51,18 @@ class MessagesResource:
         if self.message_limit is not None and length is not None and length > self.message_limit:
             raise TooLarge(f"message of {length} bytes is over the limit of {self.message_limit}")
         self.floor.check(length or 0, messages=1)
-        status = self._store(req, channel, message_id, priority)
+        status = self._store(req, channel, message_id, priority, fresh=key is None)
         if status != STORED:
             # The copy that won may be another request's, linked but not yet
             # synced; sync before saying "duplicate", which lets the client forget it.
             self.store.sync([channel])
         crash_point("messages.before_answer")
         resp.status = 201 if status == STORED else 200
-        resp.media = {"id": message_id, "channel": channel, "status": status}
+        # What falcon's JSON handler would write for {"id", "channel", "status"},
+        # without it: a checked id and channel have nothing to escape.
+        resp.data = _ANSWER.format(message_id, channel, status).encode()
 
-    def _store(self, req, channel, message_id, priority):
+    def _store(self, req, channel, message_id, priority, fresh):
         # Without a Content-Length the body is chunked: the server decodes it
         # and ends the stream, so reading the raw stream cannot overrun.
         body = req.bounded_stream if req.content_length is not None else req.stream
@@ -68,7 +73,8 @@ class MessagesResource:
         except BaseException:
             self.store.discard(staged)
             raise
-        return self.store.publish(staged)  # removes the staged file, whatever happens
+        # A fresh id (made here, not the client's key) cannot be stored already.
+        return self.store.publish(staged, fresh=fresh)  # removes the staged file, whatever happens
 
     def _check_staged(self, length, size):
         # gunicorn ends the body stream quietly when the client shuts its side

@@ -40,6 +40,7 @@ KNOWN_REASONS = ("invalid", "malformed", "too_large", "length_required",
 UNMATCHED = "unmatched"  # the route label of a request for an unknown path
 CALLS_ROUTE = "/v1/channels/{channel}/calls"
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
+_METHODS = frozenset(falcon.COMBINED_METHODS)
 
 
 def _prometheus():
@@ -103,6 +104,7 @@ class Metrics:
         self.latency = prom.Histogram(
             PREFIX + "request_duration_seconds", "Seconds from request to answer, by route.",
             ("method", "route"), buckets=LATENCY_BUCKETS, registry=registry)
+        self._latency_of = {}  # (method, route) -> its histogram, found once
 
     # -- counting -------------------------------------------------------------
 
@@ -139,11 +141,14 @@ class Metrics:
         """Falcon middleware: time the request; count a refused upload, and the
         messages a batch rejected."""
         started = req.context.get("metrics_started")
-        method = req.method if req.method in falcon.COMBINED_METHODS else "other"
+        method = req.method if req.method in _METHODS else "other"
         route = req.uri_template or UNMATCHED
         if started is not None:
-            self.latency.labels(method, route).observe(max(0.0, self._timer() - started))
-        if req.method != "POST" or route == CALLS_ROUTE:
+            latency = self._latency_of.get((method, route))
+            if latency is None:  # a few methods times a few routes: few entries
+                latency = self._latency_of[method, route] = self.latency.labels(method, route)
+            latency.observe(max(0.0, self._timer() - started))
+        if method != "POST" or route == CALLS_ROUTE:
             return  # calls are counted by dropr_receiver_calls_total
         status = resp.status_code
         if status >= 400:
@@ -293,9 +298,9 @@ class CountingStore:
         self._metrics.published_many(statuses, sizes)
         return statuses
 
-    def publish(self, staged, *, sync_dir=True):
+    def publish(self, staged, *, sync_dir=True, fresh=False):
         """:meth:`dropr.store.Store.publish`, counted."""
-        status = self._store.publish(staged, sync_dir=sync_dir)
+        status = self._store.publish(staged, sync_dir=sync_dir, fresh=fresh)
         self._metrics.published(status, staged.size)
         return status
 

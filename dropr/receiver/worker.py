@@ -35,6 +35,8 @@ from gunicorn.http import errors as gerrors
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers import gthread
 
+from dropr.receiver.limits import BODY_TIMEOUT_ENV
+
 
 class _Absent(Exception):
     """Stands in for an error class that an older gunicorn does not have."""
@@ -96,8 +98,8 @@ def set_read_timeout(sock, seconds):
     """Make every blocking read on ``sock`` fail after ``seconds`` without a
     byte. gunicorn switches the socket between blocking and non-blocking
     mode, which resets Python's own socket timeout, but not this option of
-    the kernel's (and reads in Python's timeout mode poll first, so the app's
-    body reads keep the timeout that limits.BodyTimeout gives them)."""
+    the kernel's. Over plain HTTP it is the body's timeout too (see
+    ThreadWorker.load_wsgi): a read cut off fails with EAGAIN."""
     whole = int(seconds)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                     struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
@@ -168,18 +170,36 @@ class ThreadWorker(gthread.ThreadWorker):
         head = getattr(conn, "head", None)
         if head is not None:  # gathered by the event loop
             conn.head = None
-            conn.sock.setblocking(True)
-            conn.init()  # plain HTTP/1: makes the parser, once
+            conn.init()  # plain HTTP/1: makes the parser, once (gunicorn makes it blocking)
             conn.parser.unreader.unread(bytes(head))
             deadline = conn.head_deadline
         else:
             deadline = time.monotonic() + self.timeout_s
-        set_read_timeout(conn.sock, self.timeout_s)
+        if not getattr(conn, "read_timeout_set", False):  # it stays with the socket
+            set_read_timeout(conn.sock, self.timeout_s)
+            conn.read_timeout_set = True
         self.reading[conn] = deadline  # until handle_request: the head is read
         try:
             return super().handle(conn)
         finally:
             self.reading.pop(conn, None)
+
+    def load_wsgi(self):
+        """Load the app; over plain HTTP, tell it with each request that the
+        kernel times out the socket's reads (``handle`` sets that once per
+        connection), so that limits.BodyTimeout need not switch the socket
+        into Python's timeout mode and back for every request. (Over TLS a
+        read that the kernel cuts off is not a plain EAGAIN: BodyTimeout
+        does its part there.)"""
+        super().load_wsgi()
+        if self.timeout_s is None or self.cfg.is_ssl:
+            return
+        app, seconds = self.wsgi, self.timeout_s
+
+        def wsgi(environ, start_response):
+            environ[BODY_TIMEOUT_ENV] = seconds
+            return app(environ, start_response)
+        self.wsgi = wsgi
 
     def handle_request(self, req, conn):
         """Serve ``req`` (its head is read), in a request thread; a header of

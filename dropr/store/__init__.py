@@ -109,12 +109,14 @@ class Backend(typing.Protocol):
         After a crash: a staged body is a scratch file, never a message; the
         reaper (files) or the process's end (JetStream) removes it."""
 
-    def publish(self, staged, *, sync_dir=True):
+    def publish(self, staged, *, sync_dir=True, fresh=False):
         """Make one staged message visible to consumers unless an earlier copy
         (same channel, client and id) is known: :data:`STORED` or
         :data:`DUPLICATE`. The staged body is gone afterwards, whatever happens.
         With ``sync_dir=False`` (files) the caller calls :meth:`sync` for the
-        channel before it answers.
+        channel before it answers. ``fresh``: the receiver made the id itself
+        just now, so no earlier copy can exist (the files store then looks
+        only at the queue; the stream checks every id the same way).
 
         After a crash: once it returned (and :meth:`sync` ran, where asked),
         the answer holds: a "stored" message survives, and a "duplicate" one's

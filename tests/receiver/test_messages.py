@@ -56,6 +56,20 @@ def test_without_key_a_new_id_is_made(client_store):
     assert store.count("orders") == 2
 
 
+def test_a_made_id_sent_again_as_a_key_is_a_duplicate_over_its_whole_life(client_store):
+    # A plain POST skips the look for earlier copies (its id is new); a keyed one never does.
+    client, store = client_store
+    made = client.simulate_post(URL, body=b"one").json["id"]
+    headers = {"Idempotency-Key": made}
+    (m,) = store.claim("orders", "worker-a")
+    r = client.simulate_post(URL, body=b"two", headers=headers)
+    assert (r.status_code, r.json["status"]) == (200, "duplicate")
+    store.ack(m)
+    r = client.simulate_post(URL, body=b"three", headers=headers)
+    assert (r.status_code, r.json["status"]) == (200, "duplicate")
+    assert files(store.root) == [f"done/orders/5.local@{made}"]
+
+
 class RacyIds:
     """An id generator that reads its state, pauses, then writes it: called by
     two threads at once it makes the same id twice."""

@@ -77,10 +77,18 @@ HEAD_TIMEOUT = 5.0
 TRICKLED = b"POST /v1/channels/orders/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X: y\r\n" * 20
 
 
-def _trickle(port, stop, closed_after, started):
+def _trickle(port, stop, closed_after, started, kept_alive=False):
     """Send TRICKLED a byte every 2 s until ``stop`` is set or the receiver
-    closes the connection; note how long after the first byte it closed it."""
+    closes the connection; note how long after the first byte it closed it.
+    ``kept_alive``: on a connection that has had one request answered."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
+        if kept_alive:
+            sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"}"):  # the health answer's JSON body
+                chunk = sock.recv(4096)
+                assert chunk, "the first request on the connection got no answer"
+                answer += chunk
         start = time.monotonic()
         for i in range(len(TRICKLED)):
             try:
@@ -100,14 +108,17 @@ def _trickle(port, stop, closed_after, started):
         closed_after.append(time.monotonic() - start)
 
 
-def test_trickled_headers_cannot_starve_health(one_worker, clients=8):
+@pytest.mark.parametrize("kept_alive", [False, True], ids=["new", "kept-alive"])
+def test_trickled_headers_cannot_starve_health(one_worker, kept_alive, clients=8):
     """Clients that send their request line and headers a byte every 2 s (each
     gap under the timeout) hold no request thread: /v1/health answers at
     once all along, and each trickler is cut off once its head has taken
-    HEAD_TIMEOUT seconds in all."""
+    HEAD_TIMEOUT seconds in all; also the next request's head on a
+    connection kept alive after an answer."""
     port = int(one_worker.url.rsplit(":", 1)[1])
     stop, closed_after, started = threading.Event(), [], threading.Semaphore(0)
-    threads = [threading.Thread(target=_trickle, args=(port, stop, closed_after, started))
+    threads = [threading.Thread(target=_trickle,
+                                args=(port, stop, closed_after, started, kept_alive))
                for _ in range(clients)]
     for t in threads:
         t.start()

@@ -113,6 +113,19 @@ class _Holders:
         return dirs
 
 
+class _NoHolders:
+    """The holders of a message whose id was made just now: none."""
+
+    def hold(self, channel, name):
+        return False
+
+    def find(self, channel, name):
+        return None
+
+
+_NO_HOLDERS = _NoHolders()
+
+
 class IntakeMixin:
     """Staging and publishing of the files :class:`~dropr.store.files.Store`."""
 
@@ -192,17 +205,23 @@ class IntakeMixin:
             except FileExistsError:
                 continue
 
-    def publish(self, staged, *, sync_dir=True):
+    def publish(self, staged, *, sync_dir=True, fresh=False):
         """Make a :class:`Staged` message visible in ``queue/<channel>/`` unless its
         id is already stored; returns ``"stored"`` or ``"duplicate"``. The staged
         file is gone afterwards, whatever happens. With ``sync_dir=False`` the
-        caller must call :meth:`sync` for the channel before answering."""
+        caller must call :meth:`sync` for the channel before answering.
+
+        ``fresh``: the receiver made the id itself just now (a plain POST
+        without an Idempotency-Key), so no earlier copy can be in ``work/``,
+        ``done/`` or ``dead/``, and those are not looked at; the link still
+        refuses a name that is in ``queue/``."""
         self._notice_format()
         try:
             with full_is_store_full(self.root):
                 self._flush([staged])
-                status = self._link_new(staged, _Holders(self._root))
-                if status == STORED and self._placed_twice(staged, _Holders(self._root)):
+                status = self._link_new(staged, _NO_HOLDERS if fresh else _Holders(self._root))
+                if (status == STORED and not fresh
+                        and self._placed_twice(staged, _Holders(self._root))):
                     status = DUPLICATE
                 if sync_dir:
                     # "duplicate" too: the copy that won may be another request's,

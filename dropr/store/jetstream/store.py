@@ -180,8 +180,9 @@ class JetStreamStore(JsOperatorMixin, JsClaimsMixin):
             return room, f"the JetStream servers' max_payload leaves {room} bytes per message"
         return limit, f"message is over the limit of {limit} bytes"
 
-    def publish(self, staged, *, sync_dir=True):
-        """Publish one staged body; ``"stored"`` or ``"duplicate"``."""
+    def publish(self, staged, *, sync_dir=True, fresh=False):
+        """Publish one staged body; ``"stored"`` or ``"duplicate"`` (``fresh``
+        is the files store's: JetStream checks every id the same way)."""
         return self.publish_many([staged])[0]
 
     def publish_many(self, staged, *, counted=None):
