@@ -25,7 +25,7 @@ from pathlib import Path
 from dropr.metrics.host import IDLE_FACTOR, REFRESH_FACTOR
 from dropr.ids import IdGenerator
 from dropr.spool import Spool, census
-from dropr.spool.naming import SpoolName
+from dropr.spool.filenames import SpoolName
 
 
 def fill(spool, messages, peers):

@@ -36,7 +36,7 @@ from dropr.fs import write_all as _write_all
 from dropr.spool import perms
 from dropr.spool.files import check_message, is_message_file
 from dropr.spool.listing import Listing
-from dropr.spool.naming import parse
+from dropr.spool.filenames import parse
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 from dropr import names
 from dropr.errors import ValidationError
 from dropr.ids import IdGenerator
-from dropr.spool.naming import SpoolName, parse, quote, unquote
+from dropr.spool.filenames import SpoolName, parse, quote, unquote
 
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,40}", fullmatch=True)
 any_text = st.text(max_size=30)
