@@ -33,8 +33,8 @@ from dropr.receiver.auth import check_channel
 from dropr.receiver.limits import RECHECK_BYTES, check_json_depth
 from dropr.receiver.multipart import FormReader, boundary_of
 from dropr.receiver.strict import exact_int, load_json
+from dropr.results import REJECTED
 
-REJECTED = "rejected"  # "stored" and "duplicate" come from the store
 #: Generous bytes of meta JSON per message (id and channel at most 64 each),
 #: used to bound how much of the meta part is read into memory.
 META_BYTES_PER_MESSAGE = 512

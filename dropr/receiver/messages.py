@@ -7,7 +7,7 @@ from dropr.faults import crash_point
 from dropr.receiver.auth import check_channel
 from dropr.receiver.limits import RECHECK_BYTES
 from dropr.receiver.strict import header_number
-from dropr.store import STORED
+from dropr.results import STORED
 
 
 _ANSWER = '{{"id": "{}", "channel": "{}", "status": "{}"}}'

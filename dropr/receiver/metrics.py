@@ -24,7 +24,7 @@ import falcon
 import psutil
 
 from dropr.errors import ConfigError, DroprError
-from dropr.store import DUPLICATE, STORED
+from dropr.results import DUPLICATE, REJECTED, STORED
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "dropr_receiver_"
@@ -155,7 +155,7 @@ class Metrics:
             self.refusals.labels(_reason(resp.media, status)).inc()
         elif isinstance(resp.media, dict) and isinstance(resp.media.get("results"), dict):
             rejected = sum(1 for r in resp.media["results"].values()
-                           if isinstance(r, dict) and r.get("status") == "rejected")
+                           if isinstance(r, dict) and r.get("status") == REJECTED)
             if rejected:
                 self.rejected.inc(rejected)
 

@@ -24,11 +24,12 @@ import shutil
 import psutil
 
 from dropr.errors import ConfigError
+from dropr.results import DUPLICATE, STORED
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 NAME = "dropr_sender_messages"
 #: The sender's results, as ``dropr_sender_messages_total{result}`` names them.
-RESULTS = ("stored", "duplicate", "deferred", "dead")
+RESULTS = (STORED, DUPLICATE, "deferred", "dead")
 DOC = "Messages settled by the senders, by peer and result."
 ARCHIVE = "counter_archive.db"
 FOLD = ".fold"

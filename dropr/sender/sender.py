@@ -32,12 +32,12 @@ from dropr.errors import BatchRefused, Forbidden, PeerError, SpoolFull, Unreadab
 from dropr.faults import crash_point
 from dropr.ipc import Notices
 from dropr.peers import Peers
+from dropr.results import DUPLICATE, REJECTED, STORED
 from dropr.spool import Spool
 from dropr.sender.transport import Transport, check_client_certs
 
 log = logging.getLogger(__name__)
 
-STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
 #: Batches a peer's lane holds: one on the wire and the next one claimed.
 LANE_DEPTH = 2
 #: Seconds between looks for a wake-up while waiting for a lane.

@@ -28,8 +28,9 @@ import time
 import typing
 from pathlib import Path
 
-#: What a publish answers for a message: it is now stored, or an earlier copy was.
-STORED, DUPLICATE = "stored", "duplicate"
+# What a publish answers for a message: it is now stored, or an earlier copy
+# was (the upload protocol's words).
+from dropr.results import DUPLICATE, STORED
 
 #: The states of a stored message, as trace and the HTTP API name them.
 QUEUED, CLAIMED, ACKED, DEAD = "queued", "claimed", "acked", "dead"

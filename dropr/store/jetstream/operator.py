@@ -18,7 +18,7 @@ import json
 
 from dropr import names
 from dropr.errors import NotFound
-from dropr.store import ACKED, CLAIMED, DEAD, QUEUED  # noqa: F401 - the same words
+from dropr.store import CLAIMED, DEAD, QUEUED
 from dropr.store.jetstream.wire import message_of, msg_id_of, nats_module, subject_of
 
 PRIORITIES = range(10)
