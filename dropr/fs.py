@@ -274,3 +274,41 @@ class FsFlush:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+# -- renameat2(2) ----------------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+#: What renameat2 answers where the filesystem (or the kernel) cannot refuse to
+#: replace: then a link and an unlink do the same in two steps.
+_NOREPLACE_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def _renameat2_function():
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28 and later
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+    return function
+
+
+#: libc's renameat2(2), or None where there is none.
+_RENAMEAT2 = _renameat2_function()
+
+
+def rename_noreplace(src, dst):
+    """Rename ``src`` to ``dst`` in one step unless ``dst`` exists, then
+    ``FileExistsError`` and nothing changed: ``os.link`` then ``os.unlink`` of
+    ``src`` in one call. ``NotImplementedError`` where the C library or the
+    filesystem cannot (nothing changed then either)."""
+    if _RENAMEAT2 is None:
+        raise NotImplementedError("renameat2 is not in this C library")
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                  _RENAME_NOREPLACE) != 0:
+        err = ctypes.get_errno()
+        if err in _NOREPLACE_UNSUPPORTED:
+            raise NotImplementedError(f"renameat2(RENAME_NOREPLACE): {os.strerror(err)}")
+        raise OSError(err, os.strerror(err), src, None, dst)

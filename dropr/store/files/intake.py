@@ -1,7 +1,10 @@
 """The receiver's side of the files store: a body is written into ``tmp/``
-(staged), flushed, and published by ``os.link`` into ``queue/<channel>/``
-unless an earlier copy of the message is anywhere in the store. Mixed into
-:class:`dropr.store.files.Store`; runs in receiver worker processes.
+(staged), flushed, and published into ``queue/<channel>/`` unless an earlier
+copy of the message is anywhere in the store: moved there by one
+``renameat2(RENAME_NOREPLACE)``, which fails if the name exists; where the
+filesystem cannot, by ``os.link`` (which fails alike) and an unlink of the
+``tmp/`` name. Mixed into :class:`dropr.store.files.Store`; runs in receiver
+worker processes.
 
 Crash points: ``store.after_tmp_write``, ``store.after_tmp_fsync``,
 ``store.after_link``, ``store.after_publish``, ``store.after_queue_sync``.
@@ -42,6 +45,8 @@ class Staged:
     synced: bool = True  # False: its body still has to be flushed before it is linked
     fd: int = None
     client: str = ""
+    ino: int = None  # its inode, where publishing moves it out of tmp/
+    moved: bool = False  # True once moved into queue/: no tmp/ name is left
 
     @property
     def name(self):
@@ -116,6 +121,10 @@ class _Holders:
 class IntakeMixin:
     """Staging and publishing of the files :class:`~dropr.store.files.Store`."""
 
+    #: Publish by one renameat2(RENAME_NOREPLACE); False once this store's
+    #: filesystem (or C library) answered that it cannot: then link and unlink.
+    _renames = True
+
     def put(self, channel, message_id, body, *, priority, client, limit=None, sync_dir=True,
             legacy_id=None):
         """Store ``body`` (bytes or an object with ``read(n)``) unless ``message_id``
@@ -151,13 +160,16 @@ class IntakeMixin:
             fd, tmp = self._create_tmp(message_id)
             try:
                 size = self._write(fd, body, header, limit)
+                # After the move only the inode tells this copy from another
+                # request's of the same name (_placed_twice).
+                ino = os.fstat(fd).st_ino if self._renames else None
             except BaseException:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
             staged = Staged(message_id, channel, priority, size, tmp, synced=not self.fsync,
-                            fd=fd, client=client)
+                            fd=fd, client=client, ino=ino)
             self._hold_or_flush(staged, batch)
         return staged
 
@@ -291,7 +303,7 @@ class IntakeMixin:
             # copy in queue/ if this process died in between.
             return DUPLICATE
         try:
-            self._link(staged.file, qdir, f"{qdir}/{name}")
+            self._place(staged, qdir, f"{qdir}/{name}")
         except FileExistsError:
             return DUPLICATE
         crash_point("store.after_link")
@@ -335,7 +347,7 @@ class IntakeMixin:
         if not holders.hold(staged.channel, name):
             return False
         dest = f"{self._root}/queue/{staged.channel}/{name}"
-        ino = os.stat(staged.file).st_ino
+        ino = staged.ino if staged.moved else os.stat(staged.file).st_ino
         with contextlib.suppress(FileNotFoundError):
             if os.stat(dest).st_ino == ino:
                 os.unlink(dest)
@@ -344,6 +356,8 @@ class IntakeMixin:
     def discard(self, staged):
         """Drop a :class:`Staged` message that will not be published (idempotent)."""
         _close_fd(staged)
+        if staged.moved:
+            return  # its only name is in queue/ now
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged.file)
 
@@ -365,16 +379,31 @@ class IntakeMixin:
         crash_point("store.after_tmp_write")
         return written
 
-    def _link(self, tmp, qdir, dest):
+    def _place(self, staged, qdir, dest):
+        """Give ``staged`` the name ``dest`` in ``qdir``; ``FileExistsError`` if it
+        is taken. Where it can, one rename that refuses to replace (no ``tmp/``
+        name is left); elsewhere a link, whose ``tmp/`` name :meth:`discard`
+        removes."""
         try:
-            os.link(tmp, dest)
+            self._place_once(staged, dest)
         except FileNotFoundError:
-            if not os.path.lexists(tmp):
+            if not os.path.lexists(staged.file):
                 raise  # the tmp file itself is gone: nothing to publish
             # The channel's first message; another worker may be making the
             # folder at this very moment, and may not have synced queue/ yet.
             self._make_dir(qdir, always_sync=True)
-            os.link(tmp, dest)
+            self._place_once(staged, dest)
+
+    def _place_once(self, staged, dest):
+        if self._renames and staged.ino is not None:
+            try:
+                fs.rename_noreplace(staged.file, dest)
+            except NotImplementedError:
+                self._renames = False  # this filesystem cannot: link from now on
+            else:
+                staged.moved = True
+                return
+        os.link(staged.file, dest)
 
     def sync(self, channels):
         """Make the entries published in ``channels`` durable (after ``sync_dir=False``)."""
