@@ -71,29 +71,21 @@ def test_a_message_is_not_stored_when_its_write_back_failed_and_its_inode_left_t
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("renames", [True, False], ids=["renameat2", "link"])
-def test_a_new_channel_made_by_two_workers_at_once_stores_both(tmp_path, monkeypatch, renames):
-    """Worker A's move (or link, where the filesystem cannot rename without
-    replacing) fails (no folder yet); worker B makes the folder before A
+def test_a_new_channel_made_by_two_workers_at_once_stores_both(tmp_path, monkeypatch):
+    """Worker A's link fails (no folder yet); worker B makes the folder before A
     looks. The interleaving is forced: B is a real mkdir in another process,
-    run right after A's move fails."""
-    if renames and dropr.fs._RENAMEAT2 is None:
-        pytest.skip("no renameat2 in this C library")
+    run right after A's link fails."""
     store = Store(tmp_path / "server", fsync=True)
-    store._renames = renames
-    real_link, real_rename = os.link, dropr.fs.rename_noreplace
+    real_link = os.link
 
-    def make_folder_after(real):
-        def place(src, dst, **kwargs):
-            try:
-                return real(src, dst, **kwargs)
-            except FileNotFoundError:
-                subprocess.run(["mkdir", "-p", os.path.dirname(dst)], check=True)
-                raise
-        return place
+    def link(src, dst, **kwargs):
+        try:
+            return real_link(src, dst, **kwargs)
+        except FileNotFoundError:
+            subprocess.run(["mkdir", "-p", os.path.dirname(dst)], check=True)
+            raise
 
-    monkeypatch.setattr(os, "link", make_folder_after(real_link))
-    monkeypatch.setattr(dropr.fs, "rename_noreplace", make_folder_after(real_rename))
+    monkeypatch.setattr(os, "link", link)
     assert store.put("new", "A", b"a", priority=5, client="h") == STORED
     staged = collections.deque([store.stage("newer", "B", b"b", priority=5, client="h")])
     assert store.publish_many(staged) == [STORED]

@@ -1,13 +1,9 @@
 """The filesystem store: create-if-absent publication, duplicates across the
 message's whole life (queue, work, done), order, claims and acks."""
 
-import ctypes
-import errno
 import os
 
 import pytest
-
-import dropr.fs
 
 from dropr import Store, ValidationError
 from dropr.errors import NotFound, TooLarge
@@ -106,51 +102,23 @@ def test_a_re_send_by_the_same_client_stays_a_duplicate_over_its_whole_life(stor
     assert tree(store.root / "queue") == ["orders/5.shop-b@order-1"]
 
 
-@pytest.mark.parametrize("renames", [True, False], ids=["renameat2", "link"])
-def test_a_copy_claimed_while_a_re_send_is_published_leaves_one_copy(store, monkeypatch,
-                                                                     renames):
+def test_a_copy_claimed_while_a_re_send_is_published_leaves_one_copy(store, monkeypatch):
     """The earlier copy leaves queue/ for a consumer's work/ folder, made just now,
-    between the re-send's first look and its move into queue/: the move
-    succeeds, the look after it finds the claimed copy, and the new one is
-    taken out again, by its inode (after a move it has no other name)."""
-    if renames and dropr.fs._RENAMEAT2 is None:
-        pytest.skip("no renameat2 in this C library")
-    store._renames = renames
+    between the re-send's first look and its link into queue/: the link
+    succeeds, the look after it finds the claimed copy, and the new link is
+    taken out again (the one whose inode is the staged file's)."""
     assert store.put("c", "ID1", b"first", priority=5, client="h") == "stored"
-    real_link, real_rename, claimed = os.link, dropr.fs.rename_noreplace, []
+    real_link, claimed = os.link, []
 
-    def claim_first(real):
-        def place(src, dst, **kwargs):
-            if not claimed:
-                claimed.extend(store.claim("c", "worker-a"))
-            return real(src, dst, **kwargs)
-        return place
+    def link(src, dst, **kwargs):
+        if not claimed:
+            claimed.extend(store.claim("c", "worker-a"))
+        return real_link(src, dst, **kwargs)
 
-    monkeypatch.setattr(os, "link", claim_first(real_link))
-    monkeypatch.setattr(dropr.fs, "rename_noreplace", claim_first(real_rename))
+    monkeypatch.setattr(os, "link", link)
     assert store.put("c", "ID1", b"again", priority=5, client="h") == "duplicate"
     assert len(claimed) == 1 and claimed[0].read() == b"first"
     assert tree(store.root) == ["work/worker-a/c/5.h@ID1"]
-
-
-def test_a_filesystem_that_cannot_rename_without_replacing_is_asked_once(store, monkeypatch):
-    """renameat2 answers EINVAL where a filesystem has no RENAME_NOREPLACE (a fault
-    no test filesystem here shows): the store links and unlinks instead, and
-    does not ask again."""
-    asked = []
-
-    def renameat2(*args):
-        asked.append(args)
-        ctypes.set_errno(errno.EINVAL)
-        return -1
-
-    monkeypatch.setattr(dropr.fs, "_RENAMEAT2", renameat2)
-    assert store.put("c", "ID1", b"a", priority=5, client="h") == "stored"
-    assert store.put("c", "ID2", b"b", priority=5, client="h") == "stored"
-    assert store.put("c", "ID1", b"a", priority=5, client="h") == "duplicate"
-    assert len(asked) == 1
-    assert tree(store.root) == ["queue/c/5.h@ID1", "queue/c/5.h@ID2"]
-    assert [m.read() for m in store.messages("c")] == [b"a", b"b"]
 
 
 def test_get_names_the_clients_when_two_sent_the_same_id(store):

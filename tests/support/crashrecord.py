@@ -4,7 +4,7 @@
 :class:`Recorder` records, in this process, the file-system operations a
 scenario makes under one root (the crashing host's tree) at the ``os`` level:
 ``open`` (a create), ``write``, ``fsync``, ``fdatasync``, ``syncfs``,
-``rename``/``replace`` (and libc's ``renameat2``, as the store calls it), ``link``, ``unlink``, ``mkdir``, ``rmdir``, ``close``,
+``rename``/``replace``, ``link``, ``unlink``, ``mkdir``, ``rmdir``, ``close``,
 and files opened for writing with ``open()``, whose buffered writes are
 recorded when they reach the kernel. :class:`State` is a tree as the explorer
 models it: folders, names, and the bytes of each file.
@@ -174,27 +174,6 @@ class Recorder:
             return result
         return move
 
-    def _renameat2(self, real):
-        """libc's renameat2, as :func:`dropr.fs.rename_noreplace` calls it (paths
-        as bytes, from the working directory): a rename when it succeeds."""
-        def renameat2(src_dir_fd, src, dst_dir_fd, dst, flags):
-            assert src_dir_fd == dst_dir_fd == dropr.fs._AT_FDCWD, "paths only"
-            src, dst = os.fsdecode(src), os.fsdecode(dst)
-            rs, rd = self._rel(src), self._rel(dst)
-            st = os.lstat(src) if rs is not None and os.path.lexists(src) else None
-            result = real(dropr.fs._AT_FDCWD, os.fsencode(src), dropr.fs._AT_FDCWD,
-                          os.fsencode(dst), flags)
-            if result != 0:
-                return result
-            if rs is not None and rd is not None:
-                is_dir = stat.S_ISDIR(st.st_mode)
-                self.ops.append(Op("rename", path=rs, dest=rd, is_dir=is_dir,
-                                   ino=None if is_dir else self._id_of(st.st_ino)))
-            elif rd is not None or rs is not None:
-                raise AssertionError(f"rename across the recorded root: {src} -> {dst}")
-            return result
-        return renameat2
-
     def _path_op(self, real, kind):
         def op(path, *args, dir_fd=None, **kwargs):
             rel = self._rel(path, dir_fd)
@@ -253,8 +232,6 @@ class Recorder:
         ]
         if dropr.fs._SYNCFS is not None:
             patches.append((dropr.fs, "_SYNCFS", self._syncfs))
-        if dropr.fs._RENAMEAT2 is not None:
-            patches.append((dropr.fs, "_RENAMEAT2", self._renameat2))
         for module, name, wrap in patches:
             real = getattr(module, name)
             self._saved.append((module, name, real))

@@ -14,11 +14,9 @@
 This package alone knows the layout. A stored file is a one-line header
 (``DROPR1 {json}\\n`` with id, channel, priority, client and received_at)
 followed by the message body byte for byte, so a message and its metadata
-appear together or not at all. A message is published by moving the
-finished, fsync-ed ``tmp/`` file into ``queue/<channel>/`` with
-``renameat2(RENAME_NOREPLACE)`` (``os.link``, then an unlink of the ``tmp/``
-name, where the filesystem cannot): either fails if the name exists, so two
-uploads of the same id cannot both win.
+appear together or not at all. A message is published by ``os.link`` of the
+finished, fsync-ed ``tmp/`` file into ``queue/<channel>/``: the link fails if
+the name exists, so two uploads of the same id cannot both win.
 
 A message is known by its channel, priority, client and id (its name,
 :mod:`dropr.store.files.format`). In a store made before client names (no
@@ -65,6 +63,9 @@ class Store(IntakeMixin, ClaimsMixin, ExpiryMixin, OperatorMixin):
         self.fsync = fsync
         self._clock = clock
         self._serial = itertools.count()  # next() is atomic: safe for the request threads
+        # (channel, client) pairs that passed the name checks (see stage()); a
+        # set's add and membership test are atomic for the request threads.
+        self._good_names = set()
         # Read once: a Store copied into a forked child makes the same names
         # as its parent, and O_EXCL then moves it on to the next number.
         self._pid = os.getpid()

@@ -1,10 +1,7 @@
 """The receiver's side of the files store: a body is written into ``tmp/``
-(staged), flushed, and published into ``queue/<channel>/`` unless an earlier
-copy of the message is anywhere in the store: moved there by one
-``renameat2(RENAME_NOREPLACE)``, which fails if the name exists; where the
-filesystem cannot, by ``os.link`` (which fails alike) and an unlink of the
-``tmp/`` name. Mixed into :class:`dropr.store.files.Store`; runs in receiver
-worker processes.
+(staged), flushed, and published by ``os.link`` into ``queue/<channel>/``
+unless an earlier copy of the message is anywhere in the store. Mixed into
+:class:`dropr.store.files.Store`; runs in receiver worker processes.
 
 Crash points: ``store.after_tmp_write``, ``store.after_tmp_fsync``,
 ``store.after_link``, ``store.after_publish``, ``store.after_queue_sync``.
@@ -26,6 +23,10 @@ from dropr.store.files import format as store_names
 from dropr.store.files.format import entry_name, header_line, read_message
 
 _CHUNK = 1 << 20
+#: (channel, client) pairs a store remembers as checked, at most: a name that
+#: passed the grammar once passes it again (strings do not change).
+_GOOD_NAMES_MAX = 4096
+_PRIORITY_MIN, _PRIORITY_MAX = names.PRIORITY_MIN, names.PRIORITY_MAX
 
 
 @dataclasses.dataclass
@@ -45,8 +46,6 @@ class Staged:
     synced: bool = True  # False: its body still has to be flushed before it is linked
     fd: int = None
     client: str = ""
-    ino: int = None  # its inode, where publishing moves it out of tmp/
-    moved: bool = False  # True once moved into queue/: no tmp/ name is left
 
     @property
     def name(self):
@@ -64,10 +63,15 @@ def full_is_store_full(root):
     try:
         yield
     except OSError as e:
-        if e.errno in FULL:
-            # The path is for the log, not for a client's answer.
-            raise StoreFull(f"the store is full: {e.strerror}", path=root) from None
+        _raise_full(e, root)
         raise
+
+
+def _raise_full(error, root):
+    """``StoreFull`` for ``error`` if it is one of a full disk."""
+    if error.errno in FULL:
+        # The path is for the log, not for a client's answer.
+        raise StoreFull(f"the store is full: {error.strerror}", path=root) from None
 
 
 def _close_fd(staged):
@@ -98,7 +102,10 @@ class _Holders:
 
     def hold(self, channel, name):
         """True if ``name`` is in one of ``channel``'s folders."""
-        return any(os.path.lexists(f"{d}/{name}") for d in self._of(channel))
+        dirs = self._dirs.get(channel)
+        if dirs is None:
+            dirs = self._of(channel)
+        return bool(dirs) and any(os.path.lexists(f"{d}/{name}") for d in dirs)
 
     def find(self, channel, name):
         """The path of ``name`` in one of ``channel``'s folders, or ``None``."""
@@ -120,10 +127,6 @@ class _Holders:
 
 class IntakeMixin:
     """Staging and publishing of the files :class:`~dropr.store.files.Store`."""
-
-    #: Publish by one renameat2(RENAME_NOREPLACE); False once this store's
-    #: filesystem (or C library) answered that it cannot: then link and unlink.
-    _renames = True
 
     def put(self, channel, message_id, body, *, priority, client, limit=None, sync_dir=True,
             legacy_id=None):
@@ -151,26 +154,34 @@ class IntakeMixin:
 
         Raises ``ValidationError`` for a bad name, ``TooLarge`` past ``limit``
         bytes and ``StoreFull`` on a full disk; then nothing is left behind."""
-        names.check_name(channel, "channel")
-        names.check_id(message_id)
-        names.check_name(client, "client")
-        priority = names.check_priority(priority)
+        good = self._good_names
+        if type(channel) is str and type(client) is str and (channel, client) in good:
+            names.check_id(message_id)  # the names were checked for an earlier message
+        else:
+            names.check_name(channel, "channel")
+            names.check_id(message_id)
+            names.check_name(client, "client")
+            if len(good) >= _GOOD_NAMES_MAX:
+                good.clear()
+            good.add((channel, client))
+        if priority.__class__ is not int or not _PRIORITY_MIN <= priority <= _PRIORITY_MAX:
+            priority = names.check_priority(priority)  # converts, or refuses
         header = header_line(message_id, channel, priority, client, self._clock(), legacy_id)
-        with full_is_store_full(self.root):
+        try:
             fd, tmp = self._create_tmp(message_id)
             try:
                 size = self._write(fd, body, header, limit)
-                # After the move only the inode tells this copy from another
-                # request's of the same name (_placed_twice).
-                ino = os.fstat(fd).st_ino if self._renames else None
             except BaseException:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
             staged = Staged(message_id, channel, priority, size, tmp, synced=not self.fsync,
-                            fd=fd, client=client, ino=ino)
+                            fd=fd, client=client)
             self._hold_or_flush(staged, batch)
+        except OSError as e:
+            _raise_full(e, self.root)
+            raise
         return staged
 
     def _hold_or_flush(self, staged, batch):
@@ -303,7 +314,7 @@ class IntakeMixin:
             # copy in queue/ if this process died in between.
             return DUPLICATE
         try:
-            self._place(staged, qdir, f"{qdir}/{name}")
+            self._link(staged.file, qdir, f"{qdir}/{name}")
         except FileExistsError:
             return DUPLICATE
         crash_point("store.after_link")
@@ -347,7 +358,7 @@ class IntakeMixin:
         if not holders.hold(staged.channel, name):
             return False
         dest = f"{self._root}/queue/{staged.channel}/{name}"
-        ino = staged.ino if staged.moved else os.stat(staged.file).st_ino
+        ino = os.stat(staged.file).st_ino
         with contextlib.suppress(FileNotFoundError):
             if os.stat(dest).st_ino == ino:
                 os.unlink(dest)
@@ -356,8 +367,6 @@ class IntakeMixin:
     def discard(self, staged):
         """Drop a :class:`Staged` message that will not be published (idempotent)."""
         _close_fd(staged)
-        if staged.moved:
-            return  # its only name is in queue/ now
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged.file)
 
@@ -379,31 +388,16 @@ class IntakeMixin:
         crash_point("store.after_tmp_write")
         return written
 
-    def _place(self, staged, qdir, dest):
-        """Give ``staged`` the name ``dest`` in ``qdir``; ``FileExistsError`` if it
-        is taken. Where it can, one rename that refuses to replace (no ``tmp/``
-        name is left); elsewhere a link, whose ``tmp/`` name :meth:`discard`
-        removes."""
+    def _link(self, tmp, qdir, dest):
         try:
-            self._place_once(staged, dest)
+            os.link(tmp, dest)
         except FileNotFoundError:
-            if not os.path.lexists(staged.file):
+            if not os.path.lexists(tmp):
                 raise  # the tmp file itself is gone: nothing to publish
             # The channel's first message; another worker may be making the
             # folder at this very moment, and may not have synced queue/ yet.
             self._make_dir(qdir, always_sync=True)
-            self._place_once(staged, dest)
-
-    def _place_once(self, staged, dest):
-        if self._renames and staged.ino is not None:
-            try:
-                fs.rename_noreplace(staged.file, dest)
-            except NotImplementedError:
-                self._renames = False  # this filesystem cannot: link from now on
-            else:
-                staged.moved = True
-                return
-        os.link(staged.file, dest)
+            os.link(tmp, dest)
 
     def sync(self, channels):
         """Make the entries published in ``channels`` durable (after ``sync_dir=False``)."""
