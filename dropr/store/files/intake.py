@@ -367,8 +367,10 @@ class IntakeMixin:
     def discard(self, staged):
         """Drop a :class:`Staged` message that will not be published (idempotent)."""
         _close_fd(staged)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(staged.file)
+        except FileNotFoundError:
+            pass
 
     def _write(self, fd, body, header, limit):
         """Write the header and ``body`` to ``fd``; the body's size. Not synced
