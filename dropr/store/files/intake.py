@@ -164,7 +164,7 @@ class IntakeMixin:
             if len(good) >= _GOOD_NAMES_MAX:
                 good.clear()
             good.add((channel, client))
-        if priority.__class__ is not int or not _PRIORITY_MIN <= priority <= _PRIORITY_MAX:
+        if type(priority) is not int or not _PRIORITY_MIN <= priority <= _PRIORITY_MAX:
             priority = names.check_priority(priority)  # converts, or refuses
         header = header_line(message_id, channel, priority, client, self._clock(), legacy_id)
         try:
