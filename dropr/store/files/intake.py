@@ -377,14 +377,18 @@ class IntakeMixin:
         here: :meth:`publish` and :meth:`publish_many` flush before they link,
         the latter a whole batch at once."""
         written, pending = 0, header  # the header goes out with the first chunk: one write
-        chunks = [body] if isinstance(body, (bytes, bytearray, memoryview)) else iter(
-            lambda: body.read(_CHUNK), b"")
-        for chunk in chunks:
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            chunk, read = body, None
+        else:
+            read = body.read
+            chunk = read(_CHUNK)
+        while chunk:
             written += len(chunk)
             if limit is not None and written > limit:
                 raise TooLarge(f"message is over the limit of {limit} bytes")
             write_all(fd, pending + chunk if pending else chunk)
             pending = b""
+            chunk = read(_CHUNK) if read is not None else b""
         if pending:
             write_all(fd, pending)
         crash_point("store.after_tmp_write")
