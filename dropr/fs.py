@@ -62,9 +62,11 @@ def make_dirs(root, paths, *, fsync):
 
 def write_all(fd, data):
     """Write all of ``data`` to ``fd`` (``os.write`` may write less)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    written = os.write(fd, data)  # nearly always all of it
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def try_lock(fd, *, shared=False):

@@ -123,7 +123,8 @@ class Peer:
             raise PeerError("connection refused")
         results = {}
         for name, path, _ in part:
-            assert Path(path).read_bytes() == self.bodies[name.id], f"{name.id} was sent half-written"
+            sent = Path(path).read_bytes()  # claims hand out string paths
+            assert sent == self.bodies[name.id], f"{name.id} was sent half-written"
             if name.id in self.reject:
                 results[name.id] = {"status": "rejected", "error": "channel closed"}
                 continue

@@ -112,6 +112,25 @@ def test_a_fresh_id_is_published_without_looking_back_but_never_over_a_queued_co
     assert tree(store.root) == ["queue/orders/5.h@NEW-1"]
 
 
+def test_a_copy_claimed_while_a_re_send_is_published_leaves_one_copy(store, monkeypatch):
+    """The earlier copy leaves queue/ for a consumer's work/ folder, made just now,
+    between the re-send's first look and its link into queue/: the link
+    succeeds, the look after it finds the claimed copy, and the new link is
+    taken out again (the one whose inode is the staged file's)."""
+    assert store.put("c", "ID1", b"first", priority=5, client="h") == "stored"
+    real_link, claimed = os.link, []
+
+    def link(src, dst, **kwargs):
+        if not claimed:
+            claimed.extend(store.claim("c", "worker-a"))
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+    assert store.put("c", "ID1", b"again", priority=5, client="h") == "duplicate"
+    assert len(claimed) == 1 and claimed[0].read() == b"first"
+    assert tree(store.root) == ["work/worker-a/c/5.h@ID1"]
+
+
 def test_get_names_the_clients_when_two_sent_the_same_id(store):
     store.put("orders", "order-1", b"a", priority=5, client="shop-a")
     store.put("orders", "order-1", b"b", priority=5, client="shop-b")

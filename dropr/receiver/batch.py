@@ -145,18 +145,11 @@ def _entry(i, message):
     a value of the right type that is not acceptable (a channel name outside
     the grammar, a priority out of range) rejects that message alone."""
     where = f"meta messages[{i}]"
-    if not isinstance(message, dict):
-        raise ValidationError(f"{where} must be an object")
-    if message.keys() != MESSAGE_KEYS:  # else (nearly always) both checks pass
-        _no_unknown_keys(message, MESSAGE_KEYS, where)
-    missing = () if len(message) == len(MESSAGE_KEYS) else sorted(MESSAGE_KEYS - set(message))
-    if missing:
-        raise ValidationError(f"{where} lacks {', '.join(missing)}: every message has exactly "
-                              f"{', '.join(sorted(MESSAGE_KEYS))}")
-    for key, is_type, name in _TYPES:
-        if not is_type(message[key]):
-            raise ValidationError(f"{where} {key} must be {name}, not "
-                                  f"{names.shown(message[key])}")
+    if not (type(message) is dict and len(message) == 4 and "id" in message
+            and "channel" in message and "priority" in message and "size" in message
+            and type(message["id"]) is str and type(message["channel"]) is str
+            and type(message["priority"]) is int and type(message["size"]) is int):
+        _check_entry(message, where)  # else (nearly always) every check below passes
     entry = Entry(names.check_id(message["id"], f"{where} id"))
     if entry.id == "meta":
         raise ValidationError(f"{where} id 'meta' is the name of the meta part")
@@ -167,6 +160,22 @@ def _entry(i, message):
     except ValidationError as e:
         entry.error = str(e)
     return entry
+
+
+def _check_entry(message, where):
+    """Refuse a meta message whose keys or JSON types are not MESSAGE_KEYS' own."""
+    if not isinstance(message, dict):
+        raise ValidationError(f"{where} must be an object")
+    if message.keys() != MESSAGE_KEYS:
+        _no_unknown_keys(message, MESSAGE_KEYS, where)
+    missing = () if len(message) == len(MESSAGE_KEYS) else sorted(MESSAGE_KEYS - set(message))
+    if missing:
+        raise ValidationError(f"{where} lacks {', '.join(missing)}: every message has exactly "
+                              f"{', '.join(sorted(MESSAGE_KEYS))}")
+    for key, is_type, name in _TYPES:
+        if not is_type(message[key]):
+            raise ValidationError(f"{where} {key} must be {name}, not "
+                                  f"{names.shown(message[key])}")
 
 
 #: The JSON type of each key of a meta message: (key, test, what it must be).

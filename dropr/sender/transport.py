@@ -168,8 +168,9 @@ class _Body:
         self._head = (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\n"
                       f"Content-Type: application/json\r\n\r\n{meta}").encode()
         self._tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self._heads = [self._part_head(name.id) for name, _, _ in batch]  # made once
         self.length = len(self._head) + len(self._tail) + sum(
-            len(self._part_head(name.id)) + size for name, _, size in batch)
+            len(head) + size for head, (_, _, size) in zip(self._heads, batch))
         self._pieces, self._rest = self._generate(), b""
 
     def _part_head(self, message_id):
@@ -179,8 +180,8 @@ class _Body:
 
     def _generate(self):
         yield self._head
-        for name, path, size in self._batch:
-            yield self._part_head(name.id)
+        for head, (name, path, size) in zip(self._heads, self._batch):
+            yield head
             try:
                 fd = os.open(path, _OPEN_MESSAGE)
             except OSError as e:

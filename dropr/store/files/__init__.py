@@ -63,6 +63,9 @@ class Store(IntakeMixin, ClaimsMixin, ExpiryMixin, OperatorMixin):
         self.fsync = fsync
         self._clock = clock
         self._serial = itertools.count()  # next() is atomic: safe for the request threads
+        # (channel, client) pairs that passed the name checks (see stage()); a
+        # set's add and membership test are atomic for the request threads.
+        self._good_names = set()
         # Read once: a Store copied into a forked child makes the same names
         # as its parent, and O_EXCL then moves it on to the next number.
         self._pid = os.getpid()

@@ -23,6 +23,10 @@ from dropr.store.files import format as store_names
 from dropr.store.files.format import entry_name, header_line, read_message
 
 _CHUNK = 1 << 20
+#: (channel, client) pairs a store remembers as checked, at most: a name that
+#: passed the grammar once passes it again (strings do not change).
+_GOOD_NAMES_MAX = 4096
+_PRIORITY_MIN, _PRIORITY_MAX = names.PRIORITY_MIN, names.PRIORITY_MAX
 
 
 @dataclasses.dataclass
@@ -59,10 +63,15 @@ def full_is_store_full(root):
     try:
         yield
     except OSError as e:
-        if e.errno in FULL:
-            # The path is for the log, not for a client's answer.
-            raise StoreFull(f"the store is full: {e.strerror}", path=root) from None
+        _raise_full(e, root)
         raise
+
+
+def _raise_full(error, root):
+    """``StoreFull`` for ``error`` if it is one of a full disk."""
+    if error.errno in FULL:
+        # The path is for the log, not for a client's answer.
+        raise StoreFull(f"the store is full: {error.strerror}", path=root) from None
 
 
 def _close_fd(staged):
@@ -93,7 +102,10 @@ class _Holders:
 
     def hold(self, channel, name):
         """True if ``name`` is in one of ``channel``'s folders."""
-        return any(os.path.lexists(f"{d}/{name}") for d in self._of(channel))
+        dirs = self._dirs.get(channel)
+        if dirs is None:
+            dirs = self._of(channel)
+        return bool(dirs) and any(os.path.lexists(f"{d}/{name}") for d in dirs)
 
     def find(self, channel, name):
         """The path of ``name`` in one of ``channel``'s folders, or ``None``."""
@@ -155,12 +167,20 @@ class IntakeMixin:
 
         Raises ``ValidationError`` for a bad name, ``TooLarge`` past ``limit``
         bytes and ``StoreFull`` on a full disk; then nothing is left behind."""
-        names.check_name(channel, "channel")
-        names.check_id(message_id)
-        names.check_name(client, "client")
-        priority = names.check_priority(priority)
+        good = self._good_names
+        if type(channel) is str and type(client) is str and (channel, client) in good:
+            names.check_id(message_id)  # the names were checked for an earlier message
+        else:
+            names.check_name(channel, "channel")
+            names.check_id(message_id)
+            names.check_name(client, "client")
+            if len(good) >= _GOOD_NAMES_MAX:
+                good.clear()
+            good.add((channel, client))
+        if type(priority) is not int or not _PRIORITY_MIN <= priority <= _PRIORITY_MAX:
+            priority = names.check_priority(priority)  # converts, or refuses
         header = header_line(message_id, channel, priority, client, self._clock(), legacy_id)
-        with full_is_store_full(self.root):
+        try:
             fd, tmp = self._create_tmp(message_id)
             try:
                 size = self._write(fd, body, header, limit)
@@ -172,6 +192,9 @@ class IntakeMixin:
             staged = Staged(message_id, channel, priority, size, tmp, synced=not self.fsync,
                             fd=fd, client=client)
             self._hold_or_flush(staged, batch)
+        except OSError as e:
+            _raise_full(e, self.root)
+            raise
         return staged
 
     def _hold_or_flush(self, staged, batch):
@@ -363,22 +386,28 @@ class IntakeMixin:
     def discard(self, staged):
         """Drop a :class:`Staged` message that will not be published (idempotent)."""
         _close_fd(staged)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(staged.file)
+        except FileNotFoundError:
+            pass
 
     def _write(self, fd, body, header, limit):
         """Write the header and ``body`` to ``fd``; the body's size. Not synced
         here: :meth:`publish` and :meth:`publish_many` flush before they link,
         the latter a whole batch at once."""
         written, pending = 0, header  # the header goes out with the first chunk: one write
-        chunks = [body] if isinstance(body, (bytes, bytearray, memoryview)) else iter(
-            lambda: body.read(_CHUNK), b"")
-        for chunk in chunks:
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            chunk, read = body, None
+        else:
+            read = body.read
+            chunk = read(_CHUNK)
+        while chunk:
             written += len(chunk)
             if limit is not None and written > limit:
                 raise TooLarge(f"message is over the limit of {limit} bytes")
             write_all(fd, pending + chunk if pending else chunk)
             pending = b""
+            chunk = read(_CHUNK) if read is not None else b""
         if pending:
             write_all(fd, pending)
         crash_point("store.after_tmp_write")
