@@ -51,7 +51,7 @@ from dropr.sender.sender import Sender
 from dropr.spool import Spool, SpoolName
 from dropr.store import DUPLICATE, STORED, Failures, Store
 from dropr.store.files.format import entry_name, read_message
-from dropr.spool.spool import REASON_SUFFIX
+from dropr.spool.files import REASON_SUFFIX
 from tests.receiver import forms
 from tests.support import harness
 from tests.support.crashrecord import Recorder

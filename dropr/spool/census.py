@@ -14,7 +14,7 @@ import os
 from dropr import ids
 from dropr.errors import ValidationError
 from dropr.spool.filenames import unquote
-from dropr.spool.spool import REASON_SUFFIX
+from dropr.spool.files import REASON_SUFFIX
 
 #: The states counted, as the spool's directories (``tmp/`` and ``hold/`` are not).
 STATES = ("queue", "active", "deferred", "sent", "dead")

@@ -14,6 +14,9 @@ import stat
 
 from dropr.errors import NotAMessage
 
+#: Beside a message in ``dead/``: ``<name>.reason`` says why it was given up.
+REASON_SUFFIX = ".reason"
+
 #: How a message file is opened: never through a symlink, never blocking on a FIFO.
 _OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
