@@ -41,8 +41,12 @@ class JsOperatorMixin:
             except nats.js.errors.BucketNotFoundError:
                 if not make:
                     return None
-                return await self._js.create_key_value(bucket=name,
-                                                        replicas=self.settings.replicas)
+                kv = await self._js.create_key_value(bucket=name,
+                                                      replicas=self.settings.replicas)
+                # A bucket is a stream: until its leader is elected a put finds
+                # no stream and the first pause would fail.
+                await self._leader_elected(self._js, f"KV_{name}")
+                return kv
         return bucket
 
     def pause(self, channel):

@@ -126,15 +126,16 @@ class JetStreamStore(JsOperatorMixin, JsClaimsMixin):
             log.warning("stream %s keeps ids for %g s, less than [store] duplicate_window %g s",
                         s.stream, info.config.duplicate_window, s.duplicate_window)
 
-    async def _leader_elected(self, js):
-        """Wait, up to publish_timeout, until a stream just made has a leader:
-        before that a publish finds no stream (answered 503, retried later)."""
+    async def _leader_elected(self, js, stream=None):
+        """Wait, up to publish_timeout, until a stream just made (ours, or
+        ``stream``) has a leader: before that a publish finds no stream
+        (answered 503, retried later)."""
         nats = nats_module()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.publish_timeout
         while loop.time() < deadline:
             try:
-                info = await js.stream_info(self.settings.stream)
+                info = await js.stream_info(stream or self.settings.stream)
                 if info.cluster is None or info.cluster.leader:
                     return
             except (nats.errors.Error, asyncio.TimeoutError):
