@@ -34,6 +34,14 @@ from dropr.receiver.auth import check_channel
 log = logging.getLogger("dropr.receiver")
 
 ROUTE = "/v1/channels/{channel}/calls"
+
+
+def waits(path):
+    """Whether a request for ``path`` may wait for something but the store:
+    a call waits for its responder."""
+    return path.endswith("/calls")
+
+
 _CHUNK = 1 << 16
 #: Bytes of a responder's stderr kept for the log.
 STDERR_KEEP = 8192

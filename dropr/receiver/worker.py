@@ -1,5 +1,7 @@
 """The gunicorn worker class of the receiver: gunicorn's threaded worker,
-with three changes for clients that misbehave before the app sees a request:
+which reads and answers plain requests itself (see :mod:`dropr.receiver.plain`),
+closes a kept-alive connection after ``plain.KEEPALIVE_REQUESTS`` requests,
+and has three changes for clients that misbehave before the app sees a request:
 
 - the requests gunicorn refuses itself (a malformed request line or header,
   an over-long URL, a broken chunked body) are answered with the same JSON
@@ -35,6 +37,7 @@ from gunicorn.http import errors as gerrors
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers import gthread
 
+from dropr.receiver import plain
 from dropr.receiver.limits import BODY_TIMEOUT_ENV
 
 
@@ -136,7 +139,7 @@ def head_complete(head, start=0):
     return head.find(b"\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
 
 
-class ThreadWorker(gthread.ThreadWorker):
+class ThreadWorker(plain.PlainServing, gthread.ThreadWorker):
     """gunicorn's ``gthread`` worker that refuses unparsable requests in JSON
     (``{"error": {"code", "message"}}``, as the app does), gathers request
     heads in its event loop under a total deadline, and cuts off clients that
@@ -160,6 +163,12 @@ class ThreadWorker(gthread.ThreadWorker):
         # Connections whose head a request thread reads: {conn: deadline}.
         self.reading = {}
         self.heads_cut_at = None  # when a stopping worker drops the heads still arriving
+        # Plain requests (see plain.py) are read without gunicorn's parser; in
+        # the event loop itself where the store answers without waiting (the
+        # files store without fsync), else in a request thread.
+        self.plain = plain.PlainRequests(self.cfg) if self.gathers_heads else None
+        self.plain_inline = (self.plain is not None and config.store.backend == "files"
+                             and not config.receiver.fsync)
         super().init_process()
 
     def handle(self, conn):
@@ -203,8 +212,12 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def handle_request(self, req, conn):
         """Serve ``req`` (its head is read), in a request thread; a header of
-        SINGLE_HEADERS given twice is refused (400) instead."""
+        SINGLE_HEADERS given twice is refused (400) instead. The answer closes
+        the connection once it has carried plain.KEEPALIVE_REQUESTS requests."""
         self.reading.pop(conn, None)
+        conn.served = getattr(conn, "served", 0) + 1
+        if conn.served >= plain.KEEPALIVE_REQUESTS:
+            req.force_close()
         seen = set()
         for name, _ in req.headers:
             if name in SINGLE_HEADERS:
