@@ -6,7 +6,7 @@ JSON line on stdout. Run by :mod:`dropr.bench.procs` as
     python -m dropr.bench.probe putfile CONFIG PATH
     python -m dropr.bench.probe send CONFIG
     python -m dropr.bench.probe batch CONFIG
-    python -m dropr.bench.probe post URL COUNT SIZE AT
+    python -m dropr.bench.probe post URL COUNT SIZE AT [CONNECTIONS]
     python -m dropr.bench.probe call CONFIG CHANNEL COUNT SIZE AT
     python -m dropr.bench.probe publish SERVERS COUNT SIZE
 
@@ -15,11 +15,12 @@ loops together once their imports are done. Times are wall-clock seconds;
 RSS figures are MiB: ``rss_base`` before the work, ``rss_peak`` the process's
 peak (``ru_maxrss``)."""
 
-import http.client
 import logging
 import json
 import os
 import resource
+import selectors
+import socket
 import sys
 import time
 from urllib.parse import urlsplit
@@ -131,24 +132,67 @@ def batch(config):
             "rss": _rss(), "rss_peak": _peak()}
 
 
-def post(url, count, size, at):
-    """POST ``count`` bodies of ``size`` bytes to the plain messages endpoint,
-    one after another on one kept-alive connection."""
+def post(url, count, size, at, connections=1):
+    """POST ``count`` bodies of ``size`` bytes to the plain messages endpoint
+    over ``connections`` kept-alive connections at once, each with one
+    request in flight, from this one process with plain sockets: a load
+    tool's cost per request, not an HTTP library's, so that the client is
+    not what limits the figure. A connection the server closes (its answer
+    says so) is opened again."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     body = os.urandom(int(size))
-    headers = {"Content-Type": "application/octet-stream"}
-    errors = duplicates = 0
+    request = (f"POST /v1/channels/common/messages HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+               f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
+               f"\r\n").encode("ascii") + body
+    left = int(count)  # requests not sent yet
+    answers = {"errors": 0, "duplicates": 0, "answered": 0}
+    poller = selectors.DefaultSelector()
+
+    def send(sock):
+        nonlocal left
+        left -= 1
+        sock.sendall(request)
+
+    def connect():
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        poller.register(sock, selectors.EVENT_READ, bytearray())
+        send(sock)
+
     _wait_until(float(at))
     started = time.time()
-    for _ in range(int(count)):
-        conn.request("POST", "/v1/channels/common/messages", body=body, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        errors += resp.status not in (200, 201)
-        duplicates += resp.status == 200  # without an Idempotency-Key: a new id each time
-    conn.close()
-    return {"started": started, "ended": time.time(), "errors": errors, "duplicates": duplicates}
+    for _ in range(min(int(connections), left)):
+        connect()
+    while poller.get_map():
+        for key, _ in poller.select(30):
+            sock, buf = key.fileobj, key.data
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed a connection with a request in flight")
+            buf += chunk
+            end = buf.find(b"\r\n\r\n")
+            head = bytes(buf[:end]).lower() if end >= 0 else b""
+            at_length = head.find(b"content-length:")
+            length = int(head[at_length + 15:].split(b"\r\n", 1)[0]) if at_length >= 0 else 0
+            if end < 0 or len(buf) < end + 4 + length:
+                continue  # the rest of the answer is on its way
+            status = int(head[9:12])
+            answers["answered"] += 1
+            answers["errors"] += status not in (200, 201)
+            answers["duplicates"] += status == 200  # no Idempotency-Key: a new id each time
+            del buf[:end + 4 + length]
+            if b"\r\nconnection: close" in head:
+                poller.unregister(sock)
+                sock.close()
+                if left > 0:
+                    connect()
+            elif left > 0:
+                send(sock)
+            else:
+                poller.unregister(sock)
+                sock.close()
+    return {"started": started, "ended": time.time(), "errors": answers["errors"],
+            "duplicates": answers["duplicates"]}
 
 
 def call(config, channel, count, size, at):

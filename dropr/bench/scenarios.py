@@ -202,7 +202,8 @@ def _latencies(ctx, client, store, count, pause=0.005):
 
 
 def post(ctx, root, fsync, clients=8):
-    """Plain POST /v1/channels/common/messages, 8 clients at once, against the
+    """Plain POST /v1/channels/common/messages, 8 kept-alive connections at
+    once from one client process (plain sockets, as a load tool), against the
     receiver and then against the bare app of :mod:`dropr.bench.bare` (the
     limit: HTTP and falcon alone, nothing stored)."""
     config = procs.write_config(root, fsync=fsync, notify=False)
@@ -210,8 +211,8 @@ def post(ctx, root, fsync, clients=8):
     each = max(1, total // clients)
     with procs.Receiver(config) as receiver:
         ctx.progress.say(f"{clients} clients, {each * clients} POSTs")
-        results = procs.probes(*[("post", receiver.url, each, ctx.sizes.size, _at(clients))
-                                 for _ in range(clients)])
+        results = procs.probes(("post", receiver.url, each * clients, ctx.sizes.size, _at(1),
+                                clients))
     errors = sum(r["errors"] for r in results)
     duplicates = sum(r["duplicates"] for r in results)
     if errors or duplicates:
@@ -220,8 +221,8 @@ def post(ctx, root, fsync, clients=8):
     _expect_stored(config, each * clients)
     with procs.BareApp(config) as bare:
         ctx.progress.say(f"bare app: {clients} clients, {each * clients} POSTs")
-        yardstick = procs.probes(*[("post", bare.url, each, ctx.sizes.size, _at(clients))
-                                   for _ in range(clients)])
+        yardstick = procs.probes(("post", bare.url, each * clients, ctx.sizes.size, _at(1),
+                                  clients))
     return {"post8": (each * clients / _span(results), each * clients / _span(yardstick))}
 
 
