@@ -5,6 +5,7 @@ batches split, and `dropr send` stopped by SIGTERM."""
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -284,4 +285,30 @@ def test_a_sender_whose_every_lane_is_full_does_not_list_the_queue(tmp_path):
             assert client.spool.count("queue") == 6
         finally:
             sender.close()
+        harness.remove_queues(tmp_path / "client")
+
+
+def test_while_every_peer_is_in_its_pause_nothing_is_claimed_and_the_sender_sleeps(tmp_path):
+    # A claim would only park each message in deferred/ until the pause ends,
+    # one wake-up at a time, taking the CPU from the producers putting them.
+    path = harness.write_config(tmp_path, sections={"sender": {"wait": 5.0}},
+                                peers={"local": {"url": f"http://127.0.0.1:{harness.free_port()}"}})
+    config = config_mod.load(path)
+    client = Client(config)
+    sender = open_sender(config)
+    try:
+        sender.peers.mark_down("local", pause=0.5, failures=1, error="refused")
+        for i in range(3):
+            client.put(b"m%d" % i, "local")
+        assert sender.step() == 0
+        assert (client.spool.count("queue"), client.spool.count("deferred")) == (3, 0)
+        started = time.monotonic()
+        assert sender.wait() is False
+        assert 0.3 < time.monotonic() - started < 2.0  # the pause, not [sender] wait
+        harness.wait_for(lambda: sender.peers.before_send("local", cap=60)[1] == 0, timeout=5)
+        assert sender.step() == 3  # the pause is over: tried again
+        sender.flush()
+        assert client.spool.count("deferred") == 3  # still down
+    finally:
+        sender.close()
         harness.remove_queues(tmp_path / "client")

@@ -128,8 +128,10 @@ class Sender:
         moved = 0
         full = {peer for peer, n in self._lanes_in_flight.items() if n >= LANE_DEPTH}
         # Every lane full: a claim would only walk the whole listing (and list
-        # queue/ again) to skip every message in it.
-        if claim and not full.issuperset(self.config.peers):
+        # queue/ again) to skip every message in it. Every peer down and in its
+        # pause: a claim would only park what it takes in deferred/ until the
+        # pause ends; it waits in queue/ for that as well.
+        if claim and not full.issuperset(self.config.peers) and not self._all_held():
             moved, by_peer = self._claim(skip_peers=full)
             for peer, batch in by_peer.items():
                 self._submit(peer, batch)
@@ -137,6 +139,16 @@ class Sender:
             self._wait_for_lanes()
             self._collect()
         return moved
+
+    def _all_held(self):
+        """Whether every peer is down and in its pause."""
+        return self._held_for() > 0
+
+    def _held_for(self):
+        """Seconds until the first peer's pause ends: 0 if a peer is not in one."""
+        cap = self.config.sender.peer_backoff_cap
+        return min((self.peers.before_send(peer, cap=cap)[1] for peer in self.config.peers),
+                   default=0.0)
 
     def _wait_for_lanes(self):
         """Wait up to ``[sender] wait`` for an upload to finish, but no longer
@@ -207,7 +219,14 @@ class Sender:
 
     def wait(self):
         """Block for a wake-up notice up to ``[sender] wait`` seconds (without
-        notices, sleep that long). True if woken by a notice."""
+        notices, sleep that long). True if woken by a notice. While every peer
+        is in its pause, sleep until the first pause ends instead (at most as
+        long): what producers put meanwhile waits in queue/ for it anyway, and
+        their wake-ups are taken after it."""
+        held = self._held_for()
+        if held > 0:
+            time.sleep(min(held, self.config.sender.wait))
+            return False
         if self.notices is not None:
             return self.notices.wait(self.config.sender.wait)
         time.sleep(self.config.sender.wait)
