@@ -33,6 +33,7 @@ def quote(text):
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
 
 
+@functools.lru_cache(maxsize=1024)  # a sender's claims parse the same few peers and channels
 def unquote(text):
     """Reverse :func:`quote`; ``ValidationError`` on anything it never makes."""
     if not _ENCODED.match(text):
