@@ -5,14 +5,19 @@ prometheus_client runs in its multiprocess mode: the master makes a fresh
 folder for the run (:func:`open_folder`) and names it in
 ``PROMETHEUS_MULTIPROC_DIR`` before it forks; each worker keeps its counts in
 files there, and a scrape answered by any worker sums them all, those of
-workers that have exited included. Without that variable (one process, e.g.
-falcon's TestClient) the counts live in a plain registry of the app.
+workers that have exited included. When a worker exits, the master adds its
+counts to one archive file per kind and removes its own files
+(:func:`worker_exited`), so that the folder does not grow by two files with
+every recycled worker (each scrape reads them all). Without that variable
+(one process, e.g. falcon's TestClient) the counts live in a plain registry
+of the app.
 
 Labels take few values on purpose: a client cannot make new series by
 sending new channels, paths or methods.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -165,12 +170,14 @@ class Metrics:
         """The metrics in the Prometheus text format (bytes): in multiprocess
         mode, summed over every worker of this run."""
         registry = self._registry
-        if registry is None:
-            registry = self._prom.CollectorRegistry()
-            self._prom.multiprocess.MultiProcessCollector(registry)
-            registry.register(self._space)
-            registry.register(self._depth)
-        return self._prom.generate_latest(registry)
+        if registry is not None:
+            return self._prom.generate_latest(registry)
+        registry = self._prom.CollectorRegistry()
+        self._prom.multiprocess.MultiProcessCollector(registry)
+        registry.register(self._space)
+        registry.register(self._depth)
+        with folder_lock(os.environ[ENV_VAR], fcntl.LOCK_SH):  # no fold halfway
+            return self._prom.generate_latest(registry)
 
 
 def _reason(media, status):
@@ -336,11 +343,87 @@ def close_folder():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def worker_exited(pid):
-    """In the gunicorn master when a worker exits: drop the worker's live
-    gauges. Its counts stay, so totals never go down."""
-    if ENV_VAR in os.environ:
+def worker_exited(pid, live=()):
+    """In the gunicorn master when worker ``pid`` has exited (``live``: the
+    pids of the workers still running): drop its live gauges and fold the
+    counts of every worker that is gone into the archive (:func:`fold`), so
+    totals never go down."""
+    folder = os.environ.get(ENV_VAR)
+    if folder:
         _prometheus().multiprocess.mark_process_dead(pid)
+        fold(folder, live)
+
+
+#: The kinds of metric files the receiver's workers write (counters and histograms).
+KINDS = ("counter", "histogram")
+#: The lock file of a metrics folder: a scrape reads under a shared lock, a fold
+#: writes under an exclusive one.
+LOCK_NAME = ".lock"
+#: Seconds a fold waits for the scrapes under way; then it is left to the next.
+FOLD_WAIT = 1.0
+
+
+def archive_path(folder, kind):
+    """The file that holds the counts of ``kind`` of the workers that exited.
+    prometheus_client reads it with the workers' own (by its ``kind_`` prefix;
+    the part after it is a pid only for gauges)."""
+    return os.path.join(folder, f"{kind}_archive.db")
+
+
+@contextlib.contextmanager
+def folder_lock(folder, how, wait=None):
+    """Hold the metrics folder's lock (``fcntl.LOCK_SH`` or ``LOCK_EX``);
+    with ``wait`` (seconds), yield False instead if it is not free by then."""
+    fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if wait is None:
+            fcntl.flock(fd, how)
+            yield True
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, how | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.01)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def fold(folder, live=()):
+    """Add the counts of every worker that is gone (not in ``live``) to the
+    folder's archive files and remove its own files. Under the folder's
+    exclusive lock, which every scrape takes shared: no scrape sees a count
+    twice or not at all. A fold that cannot have the lock within FOLD_WAIT
+    (a scrape stuck in a hung worker) is left to the next one: the master
+    never waits long. (A master that dies halfway ends the run, whose folder
+    the next one replaces.)"""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    live = {str(pid) for pid in live}
+    with folder_lock(folder, fcntl.LOCK_EX, wait=FOLD_WAIT) as locked:
+        if not locked:
+            return
+        for kind in KINDS:
+            gone = [e.path for e in os.scandir(folder) if e.name.startswith(kind + "_")
+                    and e.name.endswith(".db") and e.name[len(kind) + 1:-3].isdigit()
+                    and e.name[len(kind) + 1:-3] not in live]
+            if not gone:
+                continue
+            archive = MmapedDict(archive_path(folder, kind))
+            try:
+                for path in gone:
+                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
+                        archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+            finally:
+                archive.close()
+            for path in gone:
+                os.unlink(path)
 
 
 def remove_stale_folders(tmp=None):
@@ -367,15 +450,17 @@ def _folder_pid(name):
 HANDLED = tuple(PREFIX + name for name in ("messages_stored", "duplicates", "messages_rejected"))
 
 
-def counter_files():
-    """In the gunicorn master: ``(pid, path)`` of this run's counter files."""
+def handled():
+    """In the gunicorn master: the messages this run's workers answered, those
+    that exited included (see :func:`handled_in`)."""
     folder = os.environ.get(ENV_VAR)
     if not folder:
-        return []
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
-        return [(int(e.name[8:-3]), e.path) for e in it
-                if e.name.startswith("counter_") and e.name[8:-3].isdigit()]
-    return []
+        return 0
+    with folder_lock(folder, fcntl.LOCK_SH):
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
+            return sum(handled_in(e.path) for e in it
+                       if e.name.startswith("counter_") and e.name.endswith(".db"))
+    return 0
 
 
 def handled_in(path):

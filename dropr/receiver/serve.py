@@ -125,7 +125,7 @@ def when_ready(server):
 
 def child_exit(server, worker):
     """gunicorn hook, in the master when a worker has exited."""
-    metrics.worker_exited(worker.pid)
+    metrics.worker_exited(worker.pid, live=server.WORKERS)
 
 
 def on_exit(server):

@@ -74,7 +74,6 @@ class ReceiverWorker(Worker):
         self.booted = False
         self.stop_signal = signal.SIGTERM
         self._recycling = set()  # HTTP workers told to go for their memory
-        self._counted = {}  # counter file of an exited HTTP worker -> its count
 
     def open(self):
         """Build the gunicorn application (config checked, nothing bound yet)."""
@@ -90,7 +89,7 @@ class ReceiverWorker(Worker):
             self.booted = True
         self.hold_rss(arbiter)
         if time.monotonic() - self._last_report >= self.report_interval:
-            self.handled = self.count_handled(set(arbiter.WORKERS))
+            self.handled = metrics.handled()
         self.report()
         if os.getppid() != self.ppid:
             os.kill(os.getpid(), signal.SIGINT)  # gunicorn's quick shutdown
@@ -115,20 +114,6 @@ class ReceiverWorker(Worker):
                                     "it", pid, rss // MiB, policy.max_rss)
                 self._recycling.add(pid)
                 arbiter.kill_worker(pid, signal.SIGTERM)
-
-    def count_handled(self, live):
-        """Messages the HTTP workers of this run answered, from their metric
-        files (an exited worker's file is read once)."""
-        total = 0
-        for pid, path in metrics.counter_files():
-            if path in self._counted:
-                total += self._counted[path]
-                continue
-            count = metrics.handled_in(path)
-            if pid not in live:
-                self._counted[path] = count
-            total += count
-        return total
 
     def _handle_stop(self, signum, frame):
         # Until gunicorn takes over the signals: remember which stop was asked.

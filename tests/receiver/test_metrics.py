@@ -2,6 +2,7 @@
 summed over real gunicorn workers and under droprd; readiness against real
 faults (a store that cannot be written, a disk under the floor)."""
 
+import fcntl
 import glob
 import json
 import os
@@ -226,11 +227,59 @@ def folder_of(master_pid):
 
 def stored_by(folder, pid):
     """Messages counted as stored by worker ``pid`` alone, from its own file."""
-    for metric in MultiProcessCollector.merge([os.path.join(folder, f"counter_{pid}.db")]):
+    return stored_by_file(os.path.join(folder, f"counter_{pid}.db"))
+
+
+def stored_by_file(path):
+    for metric in MultiProcessCollector.merge([path]):
         for s in metric.samples:
             if s.name == "dropr_receiver_messages_stored_total":
                 return s.value
     return 0
+
+
+def test_an_exited_worker_s_counts_are_folded_into_the_archive_but_not_a_live_one_s(tmp_path):
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    def write(name, values):
+        d = MmapedDict(str(tmp_path / name))
+        for key, value in values.items():
+            d.write_value(key, value, 0.0)
+        d.close()
+
+    stored = mmap_key("dropr_receiver_messages_stored_total", "dropr_receiver_messages_stored_total",
+                      [], [], "stored")
+    bucket = mmap_key("dropr_receiver_request_seconds", "dropr_receiver_request_seconds_bucket",
+                      ["le"], ["0.1"], "latency")
+    write("counter_11.db", {stored: 3.0})
+    write("histogram_11.db", {bucket: 3.0})
+    write("counter_12.db", {stored: 4.0})
+    write("counter_archive.db", {stored: 10.0})
+    before = sorted((m.name, s.value) for m in MultiProcessCollector.merge(
+        [str(p) for p in tmp_path.glob("*.db")]) for s in m.samples)
+    metrics.fold(str(tmp_path), live=[12])
+    metrics.fold(str(tmp_path), live=[12])  # nothing more to fold
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_12.db", "counter_archive.db", "histogram_archive.db"]
+    assert stored_by_file(str(tmp_path / "counter_archive.db")) == 13
+    after = sorted((m.name, s.value) for m in MultiProcessCollector.merge(
+        [str(p) for p in tmp_path.glob("*.db")]) for s in m.samples)
+    assert after == before
+
+
+def test_a_fold_that_cannot_have_the_lock_is_left_to_the_next(tmp_path):
+    from prometheus_client.mmap_dict import MmapedDict
+
+    d = MmapedDict(str(tmp_path / "counter_11.db"))
+    d.write_value('["a", "a", {}, "h"]', 1.0, 0.0)
+    d.close()
+    with metrics.folder_lock(str(tmp_path), fcntl.LOCK_SH):  # a scrape under way
+        started = time.monotonic()
+        metrics.fold(str(tmp_path))
+        assert time.monotonic() - started < metrics.FOLD_WAIT + 1
+        assert (tmp_path / "counter_11.db").exists()
+    metrics.fold(str(tmp_path))
+    assert not (tmp_path / "counter_11.db").exists()
 
 
 def workers_of(master_pid, count=2):
@@ -267,6 +316,12 @@ def test_counts_are_summed_over_the_workers_and_outlive_them(receiver):
     os.kill(first, signal.SIGKILL)  # gunicorn replaces it; what it counted stays
     harness.wait_for(lambda: first not in workers_of(master), 15, what="a new worker")
     assert value(scrape(receiver.url), "dropr_receiver_messages_stored_total") == 5
+    # ... in the archive, not in files of its own: the folder does not grow
+    # with every worker that exits.
+    harness.wait_for(lambda: not os.path.exists(os.path.join(folder, f"counter_{first}.db")),
+                     5, what="the exited worker's counts folded into the archive")
+    assert not os.path.exists(os.path.join(folder, f"histogram_{first}.db"))
+    assert stored_by_file(os.path.join(folder, "counter_archive.db")) == 2
     receiver.stop()
     assert folder_of(master) is None
 

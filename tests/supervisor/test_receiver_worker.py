@@ -2,16 +2,20 @@
 recycled after max_messages_per_life requests and held to max_rss, and the
 messages they answer show as the receiver's handled count in status."""
 
+import glob
 import logging
+import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import psutil
 import pytest
 
 from dropr import Client, Store, config as config_mod
+from dropr.receiver import metrics
 from dropr.receiver.serve import settings
 from dropr.receiver.shell import ReceiverWorker
 from tests.support import harness
@@ -80,6 +84,12 @@ def test_receiver_workers_are_recycled_and_their_messages_show_as_handled(make_t
     harness.wait_for(lambda: tree.workers()["receiver"]["handled"] >= 40, 5,
                      what=f"the receiver's handled count\n{tree.workers()['receiver']}")
     assert "Autorestarting worker after current request" in tree.log_tail(200_000)
+    # The exited workers' counts are in one archive file per kind, not in two
+    # files each: the metrics folder does not grow with every recycled worker.
+    folder, = glob.glob(os.path.join(tempfile.gettempdir(),
+                                     f"{metrics.FOLDER_PREFIX}{receiver}-*"))
+    harness.wait_for(lambda: len(glob.glob(os.path.join(folder, "counter_*.db"))) <= 3, 5,
+                     what=f"exited workers folded: {sorted(os.listdir(folder))}")
 
 
 @pytest.mark.process
