@@ -224,7 +224,7 @@ class BatchResource:
         results = dict.fromkeys(e.id for e in entries)  # answers in meta's order
         staged = collections.deque()
         try:
-            self._stage_all(parts, client, entries, results, staged)
+            self._stage_all(form, parts, client, entries, results, staged)
             if sum(s.size for s in staged) >= RECHECK_BYTES:
                 self.floor.recheck()
             self._publish_all(staged, results)
@@ -248,10 +248,21 @@ class BatchResource:
                            f"{self.limits.max_batch_bytes}")
         self.floor.check(length)
 
-    def _stage_all(self, parts, client, entries, results, staged):
+    def _stage_all(self, form, parts, client, entries, results, staged):
         store = self.store
         stage = store.stage  # looked up once: the store may be a wrapper that forwards each lookup
+        usual_body = form.usual_body
         for entry in entries:
+            if entry.error is None:
+                # Nearly always: the part as the sender writes it, whole in the buffer.
+                body = usual_body(entry.id, entry.size)
+                if body is not None:
+                    outcome = self._stage(stage, store, body, client, entry, staged)
+                    if isinstance(outcome, str):
+                        results[entry.id] = _rejected(outcome)
+                    else:
+                        staged.append(outcome)
+                    continue
             part = next(parts, None)
             if part is None:
                 raise ValidationError(f"no part for message {entry.id!r}: {_ORDER}")
@@ -262,7 +273,7 @@ class BatchResource:
             if entry.error:
                 results[entry.id] = _rejected(entry.error)
                 continue
-            outcome = self._stage(stage, store, part, client, entry, staged)
+            outcome = self._stage(stage, store, part.stream, client, entry, staged)
             if isinstance(outcome, str):
                 results[entry.id] = _rejected(outcome)
             else:
@@ -270,12 +281,12 @@ class BatchResource:
         if next(parts, None) is not None:
             raise ValidationError(f"more parts than the {len(entries)} messages in meta")
 
-    def _stage(self, stage, store, part, client, entry, batch):
+    def _stage(self, stage, store, body, client, entry, batch):
         """The staged message (by ``stage``, ``store``'s), or why it is
-        rejected. The rest of a refused part is skipped by the form when it
-        moves to the next part."""
+        rejected; ``body`` is a part's stream or its bytes. The rest of a
+        refused part is skipped by the form when it moves to the next part."""
         try:
-            staged = stage(entry.channel, entry.id, part.stream, priority=entry.priority,
+            staged = stage(entry.channel, entry.id, body, priority=entry.priority,
                            client=client, limit=self.message_limit, batch=batch)
         except TooLarge as e:
             return str(e)

@@ -314,6 +314,33 @@ class FormReader:
 
     # -- bodies -----------------------------------------------------------------
 
+    def usual_body(self, name, size):
+        """The body of the next part if that part is exactly as dropr's sender
+        writes it (the usual headers for ``name``, a message id; a body of
+        ``size`` bytes; then a delimiter) and all of it is in the buffer: the
+        reader then stands at that part's end, as after reading it from
+        :meth:`parts`, whose next part is the one after it. ``None``, with
+        nothing read, for anything else (:meth:`parts` then reads the same
+        part the long way) and while the current part is not read to its end."""
+        end = self._end
+        if end is None or self._pos < end:
+            return None
+        buf, delimiter = self._buf, self._delimiter
+        start = end + len(delimiter)
+        if not buf.startswith(b"\r\n", start) or name in self._names:
+            return None
+        raw = name.encode()
+        head = b"".join((_USUAL_START, raw, b'"; filename="', raw, _USUAL_END))
+        start += 2
+        if not buf.startswith(head, start):
+            return None
+        start += len(head)
+        if buf.find(delimiter, start, start + size + len(delimiter)) != start + size:
+            return None  # a body of another size, or not all here yet
+        self._names.add(name)
+        self._pos = self._end = start + size
+        return buf[start:start + size]
+
     def at_part_end(self):
         """True once the current part's body has been read to its end."""
         return self._end is not None and self._pos >= self._end
