@@ -18,7 +18,7 @@ import pytest
 from dropr.config import PeerConfig
 from dropr.errors import BatchRefused, Forbidden, PeerError, Unreadable
 from dropr.spool import SpoolName
-from dropr.sender.transport import Transport, _Body, probe
+from dropr.sender.transport import Transport, _Body, _Form, probe
 from tests.support import harness
 
 
@@ -224,7 +224,7 @@ def test_a_body_read_again_from_its_start_is_the_same(tmp_path):
     # libcurl rewinds the body to resend it on a fresh connection when the
     # kept-alive one was closed under it.
     batch = make_batch(tmp_path, [b"a" * 5000, b"b", b""])
-    body = _Body('{"client":"c"}', batch)
+    body = _Body(_Form('{"client":"c"}', batch))
     first = b"".join(iter(lambda: body.read(1000), b""))
     assert len(first) == body.length
     assert body.seek(0, os.SEEK_SET) == pycurl.SEEKFUNC_OK

@@ -78,7 +78,8 @@ def read_meta(part, max_messages):
     messages = meta["messages"]
     if len(messages) > max_messages:
         raise TooLarge(f"batch of {len(messages)} messages is over the limit of {max_messages}")
-    entries = [_entry(i, m) for i, m in enumerate(messages)]
+    channels = set()  # the channel names that passed, checked once per batch
+    entries = [_entry(i, m, channels) for i, m in enumerate(messages)]
     if len({e.id for e in entries}) != len(entries):
         seen = set()
         dup = next(e.id for e in entries if e.id in seen or seen.add(e.id))
@@ -139,11 +140,12 @@ def part_name(part):
         raise ValidationError("a part's Content-Disposition is not UTF-8") from None
 
 
-def _entry(i, message):
+def _entry(i, message, channels):
     """The i-th message of meta. A missing key or a value of the wrong JSON
     type refuses the whole request, as the OpenAPI document's schema would;
     a value of the right type that is not acceptable (a channel name outside
-    the grammar, a priority out of range) rejects that message alone."""
+    the grammar, a priority out of range) rejects that message alone.
+    ``channels``: the names that passed as a channel in this meta so far."""
     where = f"meta messages[{i}]"
     if not (type(message) is dict and len(message) == 4 and "id" in message
             and "channel" in message and "priority" in message and "size" in message
@@ -154,7 +156,10 @@ def _entry(i, message):
     if entry.id == "meta":
         raise ValidationError(f"{where} id 'meta' is the name of the meta part")
     try:
-        entry.channel = names.check_name(message["channel"], "channel")
+        channel = message["channel"]
+        if channel not in channels:
+            channels.add(names.check_name(channel, "channel"))
+        entry.channel = channel
         entry.priority = names.check_priority(message["priority"])
         entry.size = _check_size(message["size"])
     except ValidationError as e:
@@ -214,13 +219,12 @@ class BatchResource:
         self.floor.check(req.content_length, messages=len(entries))  # blocks and inodes too
         # The client is the one its bearer token names; meta's "client" is not trusted.
         client = req.context.client
-        for entry in entries:
-            if entry.channel is not None:
-                check_channel(req, entry.channel)  # 403 for the whole batch: nothing stored
+        for channel in dict.fromkeys(e.channel for e in entries if e.channel is not None):
+            check_channel(req, channel)  # 403 for the whole batch: nothing stored
         results = dict.fromkeys(e.id for e in entries)  # answers in meta's order
         staged = collections.deque()
         try:
-            self._stage_all(parts, client, entries, results, staged)
+            self._stage_all(form, parts, client, entries, results, staged)
             if sum(s.size for s in staged) >= RECHECK_BYTES:
                 self.floor.recheck()
             self._publish_all(staged, results)
@@ -244,8 +248,21 @@ class BatchResource:
                            f"{self.limits.max_batch_bytes}")
         self.floor.check(length)
 
-    def _stage_all(self, parts, client, entries, results, staged):
+    def _stage_all(self, form, parts, client, entries, results, staged):
+        store = self.store
+        stage = store.stage  # looked up once: the store may be a wrapper that forwards each lookup
+        usual_body = form.usual_body
         for entry in entries:
+            if entry.error is None:
+                # Nearly always: the part as the sender writes it, whole in the buffer.
+                body = usual_body(entry.id, entry.size)
+                if body is not None:
+                    outcome = self._stage(stage, store, body, client, entry, staged)
+                    if isinstance(outcome, str):
+                        results[entry.id] = _rejected(outcome)
+                    else:
+                        staged.append(outcome)
+                    continue
             part = next(parts, None)
             if part is None:
                 raise ValidationError(f"no part for message {entry.id!r}: {_ORDER}")
@@ -256,7 +273,7 @@ class BatchResource:
             if entry.error:
                 results[entry.id] = _rejected(entry.error)
                 continue
-            outcome = self._stage(part, client, entry, staged)
+            outcome = self._stage(stage, store, part.stream, client, entry, staged)
             if isinstance(outcome, str):
                 results[entry.id] = _rejected(outcome)
             else:
@@ -264,17 +281,17 @@ class BatchResource:
         if next(parts, None) is not None:
             raise ValidationError(f"more parts than the {len(entries)} messages in meta")
 
-    def _stage(self, part, client, entry, batch):
-        """The staged message, or why it is rejected. The rest of a refused
-        part is skipped by the form when it moves to the next part."""
+    def _stage(self, stage, store, body, client, entry, batch):
+        """The staged message (by ``stage``, ``store``'s), or why it is
+        rejected; ``body`` is a part's stream or its bytes. The rest of a
+        refused part is skipped by the form when it moves to the next part."""
         try:
-            staged = self.store.stage(entry.channel, entry.id, part.stream,
-                                      priority=entry.priority, client=client,
-                                      limit=self.message_limit, batch=batch)
+            staged = stage(entry.channel, entry.id, body, priority=entry.priority,
+                           client=client, limit=self.message_limit, batch=batch)
         except TooLarge as e:
             return str(e)
         if staged.size != entry.size:
-            self.store.discard(staged)
+            store.discard(staged)
             return f"body has {staged.size} bytes, meta says {entry.size}"
         return staged
 

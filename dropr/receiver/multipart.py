@@ -227,13 +227,17 @@ class FormReader:
     def _skip_to_delimiter(self):
         """Skip what is left of the current part (or the preamble), up to and
         including the next delimiter."""
-        while self.body_bytes(READ_BYTES):
-            pass
+        if self._end is None or self._pos < self._end:  # else read to its end already
+            while self.body_bytes(READ_BYTES):
+                pass
         self._pos = self._end + len(self._delimiter)
         self._end = None
 
     def _after_delimiter(self):
         """The part after a delimiter, or None after the closing one."""
+        if self._buf.startswith(b"\r\n", self._pos):  # nearly always: no padding, in the buffer
+            self._pos += 2
+            return self._part()
         self._need(2)
         if self._buf.startswith(b"--", self._pos):
             return None  # the closing delimiter: the epilogue is ignored
@@ -241,14 +245,18 @@ class FormReader:
             self._need(2)
             if self._buf.startswith(b"\r\n", self._pos):
                 self._pos += 2
-                headers, name = self._usual_headers() or self._any_headers()
-                if name in self._names:
-                    raise _malformed(f"two parts are named {name!r}")
-                self._names.add(name)
-                return Part(self, headers, name)
+                return self._part()
             if self._buf[self._pos] not in b" \t":
                 raise _malformed("a multipart delimiter must end its line")
             self._pos += 1
+
+    def _part(self):
+        """The part whose headers start at _pos."""
+        headers, name = self._usual_headers() or self._any_headers()
+        if name in self._names:
+            raise _malformed(f"two parts are named {name!r}")
+        self._names.add(name)
+        return Part(self, headers, name)
 
     def _any_headers(self):
         headers = self._headers()
@@ -305,6 +313,33 @@ class FormReader:
         return headers
 
     # -- bodies -----------------------------------------------------------------
+
+    def usual_body(self, name, size):
+        """The body of the next part if that part is exactly as dropr's sender
+        writes it (the usual headers for ``name``, a message id; a body of
+        ``size`` bytes; then a delimiter) and all of it is in the buffer: the
+        reader then stands at that part's end, as after reading it from
+        :meth:`parts`, whose next part is the one after it. ``None``, with
+        nothing read, for anything else (:meth:`parts` then reads the same
+        part the long way) and while the current part is not read to its end."""
+        end = self._end
+        if end is None or self._pos < end:
+            return None
+        buf, delimiter = self._buf, self._delimiter
+        start = end + len(delimiter)
+        if not buf.startswith(b"\r\n", start) or name in self._names:
+            return None
+        raw = name.encode()
+        head = b"".join((_USUAL_START, raw, b'"; filename="', raw, _USUAL_END))
+        start += 2
+        if not buf.startswith(head, start):
+            return None
+        start += len(head)
+        if buf.find(delimiter, start, start + size + len(delimiter)) != start + size:
+            return None  # a body of another size, or not all here yet
+        self._names.add(name)
+        self._pos = self._end = start + size
+        return buf[start:start + size]
 
     def at_part_end(self):
         """True once the current part's body has been read to its end."""

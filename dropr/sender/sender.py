@@ -175,7 +175,9 @@ class Sender:
             lane = self._lanes[peer] = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"{self.name}-{peer}")
         self._lanes_in_flight[peer] = self._lanes_in_flight.get(peer, 0) + 1
-        future = lane.submit(self._deliver, peer, batch, lambda *answer: self._answered.put(answer))
+        form = self._transport(peer).prepare(batch)  # here, not in the lane: see prepare()
+        future = lane.submit(self._deliver, peer, batch,
+                             lambda *answer: self._answered.put(answer), form)
         self._futures[future] = peer
 
     def _collect(self):
@@ -260,9 +262,10 @@ class Sender:
 
     # -- one peer's share of a batch ----------------------------------------
 
-    def _deliver(self, peer, batch, settle=None):
+    def _deliver(self, peer, batch, settle=None, form=None):
         # A stack of sub-batches, first half on top: a refused batch is split and
-        # its halves are tried at once, in send order.
+        # its halves are tried at once, in send order. ``form``: the body's
+        # fixed parts of ``batch`` (Transport.prepare), if made already.
         pending = [batch]
         while pending:
             part = pending.pop()
@@ -271,7 +274,7 @@ class Sender:
                 self._hold(peer, part, pause)
                 continue
             try:
-                results = self._transport(peer).send(part)
+                results = self._transport(peer).send(part, form=form)
             except BatchRefused as e:
                 pending += self._split_refused(peer, part, e)
                 continue

@@ -54,6 +54,9 @@ LOW_SPEED_BYTES = 1
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 #: Bytes of a batch's body handed to libcurl at a time (its upload buffer).
 UPLOAD_BYTES = 256 * 1024
+#: The most bytes of a body's first piece: meta and the first messages go out
+#: at once instead of after a whole UPLOAD_BYTES is read.
+FIRST_PIECE_BYTES = 64 * 1024
 #: How a message file is opened: never through a symlink, never blocking on a FIFO.
 _OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: The 4xx answers that judge the batch's content, not the peer's state.
@@ -148,6 +151,29 @@ def _error_of(body):
         return "unknown", text or "no error body"
 
 
+class _Form:
+    """The fixed parts of one batch's multipart body: the boundary, the meta
+    part and each message's part head, made once per batch. The sender makes
+    them on its main thread when it claims the batch (:meth:`Transport.prepare`),
+    so that the lane, when the answer to the previous batch is in, puts the
+    next one on the wire at once."""
+
+    def __init__(self, meta, batch):
+        self.boundary = "dropr-" + os.urandom(12).hex()
+        self.batch = batch
+        self.head = (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\n"
+                     f"Content-Type: application/json\r\n\r\n{meta}").encode()
+        self.tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self.heads = [self._part_head(name.id) for name, _, _ in batch]
+        self.length = len(self.head) + len(self.tail) + sum(
+            len(head) + size for head, (_, _, size) in zip(self.heads, batch))
+
+    def _part_head(self, message_id):
+        return (f"\r\n--{self.boundary}\r\nContent-Disposition: form-data; "
+                f"name=\"{message_id}\"; filename=\"{message_id}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+
 class _Body:
     """The multipart body of one batch, made as libcurl asks for it (its
     READFUNCTION): many small messages go out in one piece of up to
@@ -159,28 +185,22 @@ class _Body:
     rename, to be a regular file with one link. Exactly the size the claim
     saw is sent, as meta announces it; a file that cannot be opened, or is
     shorter by now, ends the upload (``error``: Unreadable) and the receiver,
-    short of the body's Content-Length, stores nothing of it."""
+    short of the body's Content-Length, stores nothing of it.
 
-    def __init__(self, meta, batch):
-        self.boundary = "dropr-" + os.urandom(12).hex()
+    The first piece is at most ``FIRST_PIECE_BYTES``: the receiver starts on
+    meta and the first messages while the rest is read."""
+
+    def __init__(self, form):
+        self.form = form
+        self.boundary = form.boundary
+        self.length = form.length
         self.error = None
-        self._batch = batch
-        self._head = (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\n"
-                      f"Content-Type: application/json\r\n\r\n{meta}").encode()
-        self._tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self._heads = [self._part_head(name.id) for name, _, _ in batch]  # made once
-        self.length = len(self._head) + len(self._tail) + sum(
-            len(head) + size for head, (_, _, size) in zip(self._heads, batch))
-        self._pieces, self._rest = self._generate(), b""
-
-    def _part_head(self, message_id):
-        return (f"\r\n--{self.boundary}\r\nContent-Disposition: form-data; "
-                f"name=\"{message_id}\"; filename=\"{message_id}\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        self._pieces, self._rest, self._first = self._generate(), b"", True
 
     def _generate(self):
-        yield self._head
-        for head, (name, path, size) in zip(self._heads, self._batch):
+        form = self.form
+        yield form.head
+        for head, (name, path, size) in zip(form.heads, form.batch):
             yield head
             try:
                 fd = os.open(path, _OPEN_MESSAGE)
@@ -196,10 +216,12 @@ class _Body:
                     yield data
             finally:
                 os.close(fd)
-        yield self._tail
+        yield form.tail
 
     def read(self, size):
         """Up to ``size`` bytes of the body (b"" at its end)."""
+        if self._first:
+            self._first, size = False, min(size, FIRST_PIECE_BYTES)
         chunks, room = [], size
         try:
             while room > 0:
@@ -223,7 +245,7 @@ class _Body:
         if origin != os.SEEK_SET:
             return pycurl.SEEKFUNC_CANTSEEK
         self.close()
-        self._pieces, self._rest = self._generate(), b""
+        self._pieces, self._rest, self._first = self._generate(), b"", False
         while offset > 0:
             data = self.read(min(offset, UPLOAD_BYTES))
             if not isinstance(data, bytes) or not data:
@@ -269,9 +291,20 @@ class Transport:
         self._down = {}  # url -> (failures in a row, not to be tried before)
         self._turn = 0
 
-    def send(self, batch):
+    def prepare(self, batch):
+        """The fixed parts of ``batch``'s body (meta, the part heads), made now
+        in the caller's thread, for :meth:`send` of the same batch. The sender
+        makes them as it hands a batch to the peer's lane, so that the lane
+        starts the upload as soon as the previous answer is in."""
+        meta = {"client": self.client, "messages": [
+            {"id": n.id, "channel": n.channel, "priority": n.priority, "size": size}
+            for n, _, size in batch]}
+        return _Form(json.dumps(meta, separators=(",", ":")), batch)
+
+    def send(self, batch, *, form=None):
         """Upload ``batch``, a list of ``(name, path, size)`` (``name`` with ``id``,
         ``channel`` and ``priority``); returns ``{id: {"status": ..., ...}}``.
+        ``form``: what :meth:`prepare` made of this batch, if anything.
 
         Tries the peer's URLs in turn until one answers. Raises ``PeerError``
         (every URL failed: try later), ``BatchRefused`` (4xx, permanent),
@@ -279,11 +312,13 @@ class Transport:
         ``Unreadable`` if a message file cannot be opened (or is shorter than
         claimed): the upload stops short of its Content-Length, so the
         receiver stores none of it (when the file is in the body's first
-        ``UPLOAD_BYTES``, nothing is sent at all)."""
+        ``FIRST_PIECE_BYTES``, nothing is sent at all)."""
+        if form is None or form.batch is not batch:
+            form = self.prepare(batch)
         errors = []
         for url in self._order():
             try:
-                results = self._send_to(url, batch)
+                results = self._send_to(url, form)
             except PeerError as e:
                 self._mark_down(url)
                 errors.append(str(e))
@@ -314,12 +349,9 @@ class Transport:
         base, cap = self._backoff
         self._down[url] = (failures, self._clock() + backoff.delay(failures, base=base, cap=cap))
 
-    def _send_to(self, url, batch):
+    def _send_to(self, url, form):
         curl = self._handle(url)
-        meta = {"client": self.client, "messages": [
-            {"id": n.id, "channel": n.channel, "priority": n.priority, "size": size}
-            for n, _, size in batch]}
-        body = _Body(json.dumps(meta, separators=(",", ":")), batch)
+        body = _Body(form)
         try:
             curl.setopt(pycurl.HTTPHEADER, [
                 *self._headers, f"Content-Type: multipart/form-data; boundary={body.boundary}"])

@@ -199,3 +199,60 @@ def test_meta_size_is_bounded_by_the_message_limit(make_client):
     meta = json.dumps({"client": "h", "messages": [], "pad": "x" * 200_000}).encode()
     r = post(client, forms.form(forms.meta_part(meta)))
     assert (r.status_code, r.json["error"]["code"]) == (413, "too_large")
+
+
+def _delimited(boundary=forms.BOUNDARY):
+    return b"\r\n--" + boundary
+
+
+#: Batches the usual-part path reads, or leaves to the long way part by part.
+SAME_EITHER_WAY = {
+    "usual parts": forms.batch([("U1", "c", 5, b"one"), ("U2", "d", 1, b""),
+                                ("U3", "c", 9, os.urandom(3000))])[0],
+    "a body holding the delimiter": forms.batch([
+        ("D1", "c", 5, b"x"), ("D2", "c", 5, b"ab" + _delimited() + b"cd"), ("D3", "c", 5, b"y")])[0],
+    "padding after a delimiter, an extra header": forms.form(
+        forms.meta_part({"client": "h", "messages": [_msg("P1"), _msg("P2"), _msg("P3")]}),
+        forms.file_part("P1", b"1"),
+        forms.file_part("P2", b"2").replace(b"Content-Type", b"X-Extra: 1\r\nContent-Type"),
+        forms.file_part("P3", b"3")).replace(b"\r\nContent-Disposition: form-data; name=\"P3\"",
+                                             b" \t\r\nContent-Disposition: form-data; name=\"P3\""),
+    "sizes not as announced, over the limit": forms.form(
+        forms.meta_part({"client": "h", "messages": [
+            _msg("S1", 2), _msg("S2", 5), _msg("S3", 1), _msg("S4", 70_000), _msg("S5", 1)]}),
+        forms.file_part("S1", b"ok"), forms.file_part("S2", b"abc"), forms.file_part("S3", b"abc"),
+        forms.file_part("S4", b"z" * 70_000), forms.file_part("S5", b"!")),
+    "parts across the reader's 64 KiB reads": forms.batch(
+        [(f"R{i}", "c", 5, os.urandom(size)) for i, size in
+         enumerate([100, 65_000, 10, 131_000, 7, 0, 64 * 1024, 3])])[0],
+    "a part missing at the end": forms.form(
+        forms.meta_part({"client": "h", "messages": [_msg("M1"), _msg("M2")]}),
+        forms.file_part("M1", b"1")),
+}
+
+
+@pytest.mark.parametrize("name", SAME_EITHER_WAY)
+def test_a_batch_read_by_its_announced_sizes_stores_what_the_long_way_stores(
+        make_client, tmp_path, monkeypatch, name):
+    from dropr.receiver.multipart import FormReader
+    body = SAME_EITHER_WAY[name]
+    taken = []
+    usual_body = FormReader.usual_body
+
+    def counted(self, message_id, size):
+        data = usual_body(self, message_id, size)
+        taken.append(data is not None)
+        return data
+
+    answers, stores = [], []
+    for way in ("usual", "long"):
+        store = Store(tmp_path / way, fsync=False, clock=lambda: 1700000000.0)
+        client, _ = make_client(store=store, max_message_bytes=100_000)
+        monkeypatch.setattr(FormReader, "usual_body", counted if way == "usual"
+                            else lambda self, message_id, size: None)
+        r = post(client, body)
+        answers.append((r.status_code, r.json))
+        stores.append(snapshot(store.root))
+    assert answers[0] == answers[1]
+    assert stores[0] == stores[1]
+    assert any(taken)  # the usual path read some of them
