@@ -95,7 +95,7 @@ def send(config):
     base = _rss()
     started, moved = time.time(), 0
     try:
-        while (n := sender.run_once()) > 0:
+        while (n := sender.drain()) > 0:  # dropr send --once: overlapped steps, not run_once
             moved += n
     finally:
         sender.close()
