@@ -118,7 +118,10 @@ class Peer:
         self.bodies, self.recorder = bodies, recorder
         self.received, self.reject, self.down = set(received), set(reject), down
 
-    def send(self, part):
+    def prepare(self, part):
+        return None  # nothing made ahead: send() reads each file as it is sent
+
+    def send(self, part, *, form=None):
         if self.down:
             raise PeerError("connection refused")
         results = {}
