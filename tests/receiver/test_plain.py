@@ -143,7 +143,7 @@ _VALUES = st.one_of(st.sampled_from([b"close", b"keep-alive", b"chunked", b"100-
                     st.binary(max_size=12))
 
 
-@hypothesis.settings(deadline=None, database=None, max_examples=400,
+@hypothesis.settings(deadline=None, database=None, max_examples=150,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(method=st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"Get"]),
                   target=st.one_of(st.sampled_from([b"/v1/batch", b"/v1/channels/c/messages",
