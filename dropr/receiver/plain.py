@@ -27,15 +27,18 @@ which waits for its responder, in a request thread as before.
 Runs in receiver worker processes (see :mod:`dropr.receiver.worker`).
 """
 
+import collections
 import functools
 import io
 import os
 import re
 import selectors
+import socket
 import time
 from email.utils import formatdate
 
 from gunicorn import SERVER, SERVER_SOFTWARE, util
+from gunicorn.http.message import MAX_REQUEST_LINE
 from gunicorn.http.wsgi import FileWrapper, WSGIErrorsWrapper
 from gunicorn.workers import gthread
 
@@ -46,6 +49,11 @@ from dropr.receiver.calls import waits
 #: least busy accepts, so that a worker recycled or busy does not leave
 #: its clients piled on the others for good (nginx's keepalive_requests).
 KEEPALIVE_REQUESTS = 100
+#: A closing connection's client has this long to close its side, and may send
+#: this much meanwhile (gunicorn's own lingering close: 2 s, 64 KiB).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024
+LINGER_READ_BYTES = 16 * 1024
 #: The methods read here (a HEAD's answer has no body: left to gunicorn).
 METHODS = {b"GET": "GET", b"POST": "POST", b"PUT": "PUT", b"DELETE": "DELETE"}
 #: An origin-form target: a path and an optional query of RFC 3986's own
@@ -78,7 +86,7 @@ class PlainRequests:
     """Reads plain requests for one worker process under gunicorn's ``cfg``."""
 
     def __init__(self, cfg):
-        self.line_max = cfg.limit_request_line if cfg.limit_request_line > 0 else 8190
+        self.line_max = min(cfg.limit_request_line, MAX_REQUEST_LINE) or MAX_REQUEST_LINE
         self.fields_max = cfg.limit_request_fields if cfg.limit_request_fields > 0 else 100
         self.fields_max = min(self.fields_max, 100)
         self.field_max = (cfg.limit_request_field_size if cfg.limit_request_field_size > 0
@@ -243,7 +251,7 @@ class PlainServing:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                return self._plain_close(conn)
+                return self.close_lingering(conn)
             head = head[used:]
             if sent < len(answer):
                 future = self.tpool.submit(self._send_rest, conn, answer[sent:], keep, head)
@@ -251,7 +259,7 @@ class PlainServing:
                     lambda f: self.method_queue.defer(self._plain_served, conn, f))
                 return None
             if not keep:
-                return self._plain_close(conn)
+                return self.close_lingering(conn)
             if not head:
                 return self._plain_keep(conn)
             request = self.plain.read(head, conn.sock, conn.client, conn.server)
@@ -276,10 +284,10 @@ class PlainServing:
             exc = None if future.cancelled() else future.exception()
             if not isinstance(exc, (OSError, type(None))):
                 self.log.error("Error answering a request", exc_info=exc)
-            return self._plain_close(conn)
+            return self.close_lingering(conn)
         keep, head = future.result()
         if not keep:
-            return self._plain_close(conn)
+            return self.close_lingering(conn)
         conn.sock.setblocking(False)
         if head:
             return self.gather_head(conn, head)
@@ -319,9 +327,57 @@ class PlainServing:
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              functools.partial(self.on_client_socket_readable, conn))
 
-    def _plain_close(self, conn):
+    def init_process(self):
+        self.lingering = collections.deque()  # connections closing, by deadline
+        super().init_process()
+
+    def close_lingering(self, conn):
+        """Close ``conn`` as gunicorn does, but without the event loop waiting
+        for the client: the write side is shut at once, and what the client
+        still sends is drained by the poller until it closes its side (at
+        most LINGER_BYTES, LINGER_SECONDS), so that the last answer is not
+        cut off by a reset. gunicorn drains in the event loop itself, which
+        stalled every other connection of the worker up to 2 s for a client
+        slow to close."""
         self.nr_conns -= 1
-        conn.close(graceful=True)
+        try:
+            conn.sock.setblocking(False)
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            util.close(conn.sock)
+            return
+        conn.linger_deadline = time.monotonic() + LINGER_SECONDS
+        conn.lingered = 0
+        self.lingering.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             functools.partial(self._drain_lingering, conn))
+
+    def _drain_lingering(self, conn, sock):
+        try:
+            data = sock.recv(LINGER_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.lingered += len(data)
+        if not data or conn.lingered >= LINGER_BYTES:
+            self._end_lingering(conn)
+
+    def _end_lingering(self, conn):
+        self.lingering.remove(conn)
+        try:
+            self.poller.unregister(conn.sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        util.close(conn.sock)
+
+    def murder_pending(self):
+        """Also close the lingering connections whose client has not closed
+        by their deadline (the event loop calls this about once a second)."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.lingering and self.lingering[0].linger_deadline <= now:
+            self._end_lingering(self.lingering[0])
 
 
 _dated = [0, ""]

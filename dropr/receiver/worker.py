@@ -261,6 +261,8 @@ class ThreadWorker(plain.PlainServing, gthread.ThreadWorker):
                 and conn.parser.unreader.buf.getvalue()):
             conn.sock.setblocking(False)
             return self.gather_head(conn, conn.parser.unreader.take_buffered())
+        if not fs.cancelled() and fs.exception() is None and fs.result() is False:
+            return self.close_lingering(conn)  # not gunicorn's close, which waits here
         return super().finish_request(*args)
 
     def gather_head(self, conn, data=b""):

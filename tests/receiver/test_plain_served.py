@@ -121,3 +121,23 @@ def test_a_waiting_call_holds_up_no_plain_request(running):
     assert called and called[0][:2] == (200, b"done\n")
     assert answered < called[0][2], "the plain POST waited for the call"
     assert answered - started < 1.0
+
+
+@pytest.mark.parametrize("extra", [b"", b"X-Forwarded-Proto: http\r\n"],
+                         ids=["plain", "read-by-gunicorn"])
+def test_a_client_slow_to_close_holds_up_no_other(running, extra):
+    # The answer says close; the client reads it but keeps its socket open.
+    # A close that waits for the client in the event loop (gunicorn's own,
+    # up to 2 s) would hold up every other connection of the one worker.
+    with connect(running) as lazy:
+        lazy.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n" % extra)
+        (status, headers, _), = answers(lazy, 1)
+        assert (status, headers["connection"]) == (200, "close")
+        started = time.monotonic()
+        with connect(running) as other:
+            other.sendall(post("meanwhile", b"x"))
+            (status, _, _), = answers(other, 1)
+        assert status == 201
+        assert time.monotonic() - started < 1.0
+        lazy.settimeout(5)
+        assert lazy.recv(1) == b""  # and the receiver did close its side
