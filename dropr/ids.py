@@ -46,6 +46,10 @@ class IdGenerator:
         self._urandom = urandom
         self._last_ms = -1
         self._last_random = 0
+        # The first 24 characters of the last id: they change only with the
+        # millisecond or once in 1,024 ids of one millisecond (the hot path).
+        self._head_key = None
+        self._head = ""
 
     def __call__(self):
         ms = int(self._clock() * 1000)
@@ -54,4 +58,7 @@ class IdGenerator:
         else:
             rnd = int.from_bytes(self._urandom(10), "big")
         self._last_ms, self._last_random = ms, rnd
-        return _ulid(ms << _RANDOM_BITS | rnd)
+        key = (ms, rnd >> 10)
+        if key != self._head_key:
+            self._head_key, self._head = key, _ulid(ms << _RANDOM_BITS | rnd)[:24]
+        return self._head + _PAIRS[rnd & 1023]

@@ -50,6 +50,30 @@ def test_ids_sort_by_creation_time():
     assert all(len(i) == 26 and names.check_id(i) for i in made)
 
 
+def test_ids_are_the_whole_value_spelled_out_across_every_carry():
+    """Ids reuse the characters that did not change since the last one: across
+    the 10-bit carries of the random part and a new millisecond, every id is
+    still the full 130-bit value in Crockford's base32, one more than the last."""
+    from dropr.ids import _ALPHABET
+
+    def value(text):
+        v = 0
+        for c in text:
+            v = v * 32 + _ALPHABET.index(c)
+        return v
+
+    starts = iter([bytes(8) + b"\x03\xfd", b"\xff" * 7 + b"\xff\xfd\xfe"[:3]])
+    clock = iter([5.0] * 6 + [5.0015] * 3 + [5.0015] * 6).__next__
+    gen = IdGenerator(clock=clock, urandom=lambda n: next(starts)[:n].rjust(n, b"\0"))
+    made = [gen() for _ in range(15)]
+    assert made == sorted(made) and len(set(made)) == 15
+    values = [value(i) for i in made]
+    assert values[0] == 5000 << 80 | 0x3FD
+    assert all(b == a + 1 for a, b in zip(values[:5], values[1:6]))  # over 0x3FF → 0x400
+    assert values[6] >> 80 == 5001
+    assert all(b == a + 1 for a, b in zip(values[6:-1], values[7:]))
+
+
 @pytest.mark.parametrize("bad", [
     "", "5", "5.ID.peer", "x.ID.peer.chan", "55.ID.peer.chan", "5.bad!id.peer.chan",
     "5.ID.pe%2.chan", "5.ID.peer.chan.q3", "5.ID.peer.chan.a", "5.ID.peer.chan.d1.a2",
