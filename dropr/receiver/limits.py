@@ -16,7 +16,7 @@ from dropr.store.files.format import MESSAGE_OVERHEAD
 
 #: Environ key that tells the 408 handler how long the body stalled. The
 #: receiver's gunicorn worker sets it itself where the kernel already times
-#: out every read of the request's socket (see worker.set_read_timeout).
+#: out every read of the request's socket (see worker.set_io_timeouts).
 BODY_TIMEOUT_ENV = "dropr.body_timeout"
 #: Environ key: the socket that BodyTimeout put in Python's timeout mode.
 _TIMED_SOCKET_ENV = "dropr.timed_socket"

@@ -97,27 +97,32 @@ def error_response(status, code, message):
     return head.encode("latin-1") + body
 
 
-def set_read_timeout(sock, seconds):
+def set_io_timeouts(sock, seconds):
     """Make every blocking read on ``sock`` fail after ``seconds`` without a
-    byte. gunicorn switches the socket between blocking and non-blocking
-    mode, which resets Python's own socket timeout, but not this option of
-    the kernel's. Over plain HTTP it is the body's timeout too (see
-    ThreadWorker.load_wsgi): a read cut off fails with EAGAIN."""
+    byte, and every blocking write after ``seconds`` without room for one.
+    gunicorn switches the socket between blocking and non-blocking mode,
+    which resets Python's own socket timeout, but not these options of the
+    kernel's. Over plain HTTP the read timeout is the body's timeout too (see
+    ThreadWorker.load_wsgi): a read cut off fails with EAGAIN. A write cut
+    off fails the same way: a client that asks and never reads its answers
+    would otherwise hold a request thread for good."""
     whole = int(seconds)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                    struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
+    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 class _StalledClients(logging.Filter):
     """Turns gunicorn's "Socket error" (with a traceback) for a read cut off
-    by :func:`set_read_timeout` into a one-line warning: it is a client's
+    by :func:`set_io_timeouts` into a one-line warning: it is a client's
     doing, not the receiver's."""
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
             record.msg, record.args, record.exc_info = (
-                "Cut off a client that stalled before its request was read", (), None)
+                "Cut off a client that stalled: nothing sent or taken for body_timeout s",
+                (), None)
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
@@ -184,9 +189,9 @@ class ThreadWorker(plain.PlainServing, gthread.ThreadWorker):
             deadline = conn.head_deadline
         else:
             deadline = time.monotonic() + self.timeout_s
-        if not getattr(conn, "read_timeout_set", False):  # it stays with the socket
-            set_read_timeout(conn.sock, self.timeout_s)
-            conn.read_timeout_set = True
+        if not getattr(conn, "io_timeouts_set", False):  # it stays with the socket
+            set_io_timeouts(conn.sock, self.timeout_s)
+            conn.io_timeouts_set = True
         self.reading[conn] = deadline  # until handle_request: the head is read
         try:
             return super().handle(conn)
@@ -240,7 +245,12 @@ class ThreadWorker(plain.PlainServing, gthread.ThreadWorker):
             return
         self.nr_conns += 1
         # TConn makes the socket non-blocking, as the event loop needs it.
-        self.gather_head(gthread.TConn(self.cfg, client, address, listener.getsockname()))
+        conn = gthread.TConn(self.cfg, client, address, listener.getsockname())
+        # Here, not in handle(): a plain request's answer that the socket does
+        # not take at once is finished in a request thread without handle().
+        set_io_timeouts(client, self.timeout_s)
+        conn.io_timeouts_set = True
+        self.gather_head(conn)
 
     def on_client_socket_readable(self, conn, client):
         """A kept-alive connection has the first bytes of its next request."""
