@@ -1,16 +1,12 @@
 """GET /metrics: the receiver's Prometheus metrics, summed over its workers.
 
 Every receiver worker process counts what it does itself. Under gunicorn,
-prometheus_client runs in its multiprocess mode: the master makes a fresh
-folder for the run (:func:`open_folder`) and names it in
-``PROMETHEUS_MULTIPROC_DIR`` before it forks; each worker keeps its counts in
-files there, and a scrape answered by any worker sums them all, those of
-workers that have exited included. When a worker exits, the master adds its
-counts to one archive file per kind and removes its own files
-(:func:`worker_exited`), so that the folder does not grow by two files with
-every recycled worker (each scrape reads them all). Without that variable
-(one process, e.g. falcon's TestClient) the counts live in a plain registry
-of the app.
+prometheus_client runs in its multiprocess mode: each worker keeps its
+counts in files in the run's folder (:mod:`dropr.receiver.metricsfolder`,
+which the master makes before it forks and tidies as workers exit), and a
+scrape answered by any worker sums them all, those of workers that have
+exited included. Without that folder (one process, e.g. falcon's
+TestClient) the counts live in a plain registry of the app.
 
 Labels take few values on purpose: a client cannot make new series by
 sending new channels, paths or methods.
@@ -21,20 +17,15 @@ import fcntl
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 
 import falcon
-import psutil
 
 from dropr.errors import ConfigError, DroprError
+from dropr.receiver.metricsfolder import ENV_VAR, folder_lock
 from dropr.results import DUPLICATE, REJECTED, STORED
 
-ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "dropr_receiver_"
-#: Each run's folder is ``<tmp>/dropr-receiver-metrics-<master pid>-<random>``.
-FOLDER_PREFIX = "dropr-receiver-metrics-"
 #: Seconds; a big batch with fsync can take many seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -321,129 +312,6 @@ class MetricsResource:
     def on_get(self, req, resp):
         resp.data = self.metrics.render()
         resp.content_type = "text/plain; version=0.0.4; charset=utf-8"
-
-
-# -- the gunicorn master ------------------------------------------------------
-
-def open_folder():
-    """In the gunicorn master, before it forks: make a fresh folder for this
-    run's counts and name it in ``PROMETHEUS_MULTIPROC_DIR``; returns it.
-    Folders left by masters that were killed are removed first."""
-    remove_stale_folders()
-    path = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
-    os.environ[ENV_VAR] = path
-    return path
-
-
-def close_folder():
-    """In the gunicorn master as it exits: remove this run's folder."""
-    path = os.environ.get(ENV_VAR, "")
-    if os.path.basename(path).startswith(f"{FOLDER_PREFIX}{os.getpid()}-"):
-        del os.environ[ENV_VAR]
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def worker_exited(pid, live=()):
-    """In the gunicorn master when worker ``pid`` has exited (``live``: the
-    pids of the workers still running): drop its live gauges and fold the
-    counts of every worker that is gone into the archive (:func:`fold`), so
-    totals never go down."""
-    folder = os.environ.get(ENV_VAR)
-    if folder:
-        _prometheus().multiprocess.mark_process_dead(pid)
-        fold(folder, live)
-
-
-#: The kinds of metric files the receiver's workers write (counters and histograms).
-KINDS = ("counter", "histogram")
-#: The lock file of a metrics folder: a scrape reads under a shared lock, a fold
-#: writes under an exclusive one.
-LOCK_NAME = ".lock"
-#: Seconds a fold waits for the scrapes under way; then it is left to the next.
-FOLD_WAIT = 1.0
-
-
-def archive_path(folder, kind):
-    """The file that holds the counts of ``kind`` of the workers that exited.
-    prometheus_client reads it with the workers' own (by its ``kind_`` prefix;
-    the part after it is a pid only for gauges)."""
-    return os.path.join(folder, f"{kind}_archive.db")
-
-
-@contextlib.contextmanager
-def folder_lock(folder, how, wait=None):
-    """Hold the metrics folder's lock (``fcntl.LOCK_SH`` or ``LOCK_EX``);
-    with ``wait`` (seconds), yield False instead if it is not free by then."""
-    fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        if wait is None:
-            fcntl.flock(fd, how)
-            yield True
-            return
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, how | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.01)
-        yield True
-    finally:
-        os.close(fd)
-
-
-def fold(folder, live=()):
-    """Add the counts of every worker that is gone (not in ``live``) to the
-    folder's archive files and remove its own files. Under the folder's
-    exclusive lock, which every scrape takes shared: no scrape sees a count
-    twice or not at all. A fold that cannot have the lock within FOLD_WAIT
-    (a scrape stuck in a hung worker) is left to the next one: the master
-    never waits long. (A master that dies halfway ends the run, whose folder
-    the next one replaces.)"""
-    from prometheus_client.mmap_dict import MmapedDict
-
-    live = {str(pid) for pid in live}
-    with folder_lock(folder, fcntl.LOCK_EX, wait=FOLD_WAIT) as locked:
-        if not locked:
-            return
-        for kind in KINDS:
-            gone = [e.path for e in os.scandir(folder) if e.name.startswith(kind + "_")
-                    and e.name.endswith(".db") and e.name[len(kind) + 1:-3].isdigit()
-                    and e.name[len(kind) + 1:-3] not in live]
-            if not gone:
-                continue
-            archive = MmapedDict(archive_path(folder, kind))
-            try:
-                for path in gone:
-                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
-                        archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
-            finally:
-                archive.close()
-            for path in gone:
-                os.unlink(path)
-
-
-def remove_stale_folders(tmp=None):
-    """Remove the folders of masters that no longer run; returns how many."""
-    tmp = tmp or tempfile.gettempdir()
-    removed = 0
-    with contextlib.suppress(FileNotFoundError), os.scandir(tmp) as it:
-        for entry in it:
-            pid = _folder_pid(entry.name)
-            if pid is not None and not psutil.pid_exists(pid) and entry.is_dir():
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed += 1
-    return removed
-
-
-def _folder_pid(name):
-    if not name.startswith(FOLDER_PREFIX):
-        return None
-    pid = name[len(FOLDER_PREFIX):].partition("-")[0]
-    return int(pid) if pid.isdigit() else None
 
 
 #: The counters whose sum is the receiver's "handled" in ``droprd status``.

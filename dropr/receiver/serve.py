@@ -13,7 +13,7 @@ import ssl
 import gunicorn.app.base
 import setproctitle
 
-from dropr.receiver import metrics
+from dropr.receiver import metricsfolder
 from dropr.errors import ConfigError
 from dropr.receiver.app import create_app
 from dropr.receiver.auth import Clients, startup_notes
@@ -116,7 +116,7 @@ def when_ready(server):
     """gunicorn hook, in the master once it listens and before it forks: make
     the folder where the workers keep their metrics; say where, and on what store."""
     config = server.app.config
-    folder = metrics.open_folder()
+    folder = metricsfolder.open_folder()
     server.log.info("dropr receiver listening on %s, store %s (fsync %s), metrics in %s",
                     config.receiver.bind, config.receiver.store,
                     "on" if config.receiver.fsync else "off", folder)
@@ -125,12 +125,12 @@ def when_ready(server):
 
 def child_exit(server, worker):
     """gunicorn hook, in the master when a worker has exited."""
-    metrics.worker_exited(worker.pid, live=server.WORKERS)
+    metricsfolder.worker_exited(worker.pid, live=server.WORKERS)
 
 
 def on_exit(server):
     """gunicorn hook, in the master as it stops: remove the metrics folder."""
-    metrics.close_folder()
+    metricsfolder.close_folder()
 
 
 def pre_fork(server, worker):

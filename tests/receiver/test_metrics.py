@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dropr import config as config_mod
 from dropr.errors import ConfigError
 from dropr.ids import IdGenerator
-from dropr.receiver import create_app, metrics
+from dropr.receiver import create_app, metrics, metricsfolder
 from dropr.store import Store
 from tests.receiver.forms import CONTENT_TYPE, batch
 from tests.support import harness
@@ -147,7 +147,7 @@ def test_metrics_refuse_to_start_if_prometheus_client_chose_single_process(make_
                                                                             monkeypatch, tmp_path):
     # This test process imported prometheus_client without the variable: a
     # worker in that state would count alone, unseen by the other workers.
-    monkeypatch.setenv(metrics.ENV_VAR, str(tmp_path))
+    monkeypatch.setenv(metricsfolder.ENV_VAR, str(tmp_path))
     with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR"):
         metrics.Metrics(Store(tmp_path / "store", fsync=False))
 
@@ -156,13 +156,13 @@ def test_metrics_refuse_to_start_if_prometheus_client_chose_single_process(make_
 def test_folders_of_masters_that_are_gone_are_removed(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
-    stale = tmp_path / f"{metrics.FOLDER_PREFIX}{gone.pid}-abc"
-    live = tmp_path / f"{metrics.FOLDER_PREFIX}{os.getpid()}-def"
+    stale = tmp_path / f"{metricsfolder.FOLDER_PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{metricsfolder.FOLDER_PREFIX}{os.getpid()}-def"
     other = tmp_path / "something-else"
     for folder in (stale, live, other):
         folder.mkdir()
         (folder / "counter_1.db").write_bytes(b"x")
-    assert metrics.remove_stale_folders(tmp_path) == 1
+    assert metricsfolder.remove_stale_folders(tmp_path) == 1
     assert not stale.exists() and live.exists() and other.exists()
 
 
@@ -221,7 +221,7 @@ def scrape(url):
 def folder_of(master_pid):
     """The metrics folder of the receiver whose gunicorn master is ``master_pid``."""
     found = glob.glob(os.path.join(tempfile.gettempdir(),
-                                   f"{metrics.FOLDER_PREFIX}{master_pid}-*"))
+                                   f"{metricsfolder.FOLDER_PREFIX}{master_pid}-*"))
     return found[0] if len(found) == 1 else None
 
 
@@ -257,8 +257,8 @@ def test_an_exited_worker_s_counts_are_folded_into_the_archive_but_not_a_live_on
     write("counter_archive.db", {stored: 10.0})
     before = sorted((m.name, s.value) for m in MultiProcessCollector.merge(
         [str(p) for p in tmp_path.glob("*.db")]) for s in m.samples)
-    metrics.fold(str(tmp_path), live=[12])
-    metrics.fold(str(tmp_path), live=[12])  # nothing more to fold
+    metricsfolder.fold(str(tmp_path), live=[12])
+    metricsfolder.fold(str(tmp_path), live=[12])  # nothing more to fold
     assert sorted(p.name for p in tmp_path.glob("*.db")) == [
         "counter_12.db", "counter_archive.db", "histogram_archive.db"]
     assert stored_by_file(str(tmp_path / "counter_archive.db")) == 13
@@ -273,12 +273,12 @@ def test_a_fold_that_cannot_have_the_lock_is_left_to_the_next(tmp_path):
     d = MmapedDict(str(tmp_path / "counter_11.db"))
     d.write_value('["a", "a", {}, "h"]', 1.0, 0.0)
     d.close()
-    with metrics.folder_lock(str(tmp_path), fcntl.LOCK_SH):  # a scrape under way
+    with metricsfolder.folder_lock(str(tmp_path), fcntl.LOCK_SH):  # a scrape under way
         started = time.monotonic()
-        metrics.fold(str(tmp_path))
-        assert time.monotonic() - started < metrics.FOLD_WAIT + 1
+        metricsfolder.fold(str(tmp_path))
+        assert time.monotonic() - started < metricsfolder.FOLD_WAIT + 1
         assert (tmp_path / "counter_11.db").exists()
-    metrics.fold(str(tmp_path))
+    metricsfolder.fold(str(tmp_path))
     assert not (tmp_path / "counter_11.db").exists()
 
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from dropr import Client, Store, config as config_mod
-from dropr.receiver import metrics
+from dropr.receiver import metricsfolder
 from dropr.receiver.serve import settings
 from dropr.receiver.shell import ReceiverWorker
 from tests.support import harness
@@ -87,7 +87,7 @@ def test_receiver_workers_are_recycled_and_their_messages_show_as_handled(make_t
     # The exited workers' counts are in one archive file per kind, not in two
     # files each: the metrics folder does not grow with every recycled worker.
     folder, = glob.glob(os.path.join(tempfile.gettempdir(),
-                                     f"{metrics.FOLDER_PREFIX}{receiver}-*"))
+                                     f"{metricsfolder.FOLDER_PREFIX}{receiver}-*"))
     harness.wait_for(lambda: len(glob.glob(os.path.join(folder, "counter_*.db"))) <= 3, 5,
                      what=f"exited workers folded: {sorted(os.listdir(folder))}")
 
