@@ -20,6 +20,7 @@ from dropr.fs import FULL, SYNCFS_REPORTS_ERRORS, fsync_dir, write_all
 from dropr.fs import syncfs as _syncfs
 from dropr.store import DUPLICATE, STORED
 from dropr.store.files import format as store_names
+from dropr.store.files.holders import NO_HOLDERS, Holders
 from dropr.store.files.format import entry_name, header_line, read_message
 
 _CHUNK = 1 << 20
@@ -78,64 +79,6 @@ def _close_fd(staged):
     if staged.fd is not None:
         fd, staged.fd = staged.fd, None
         os.close(fd)
-
-
-class _Holders:
-    """The folders that may hold an earlier copy of a message, per channel: the
-    channel's folder in each consumer's ``work/``, then its ``done/`` and its
-    ``dead/`` folders, each only if it exists when first asked. Made in a
-    receiver worker, for one batch (or one message) at a time.
-
-    A message moves only forward (``queue/`` to ``work/`` to ``done/`` or
-    ``dead/``), and the link into ``queue/`` fails while a copy is there. So a
-    copy that was in some ``work/``, in ``done/`` or in ``dead/`` when a message
-    was linked is seen by holders listed after that link: its ``work/`` folder
-    exists then, or, if it has moved on since, its ``done/`` or ``dead/`` folder
-    (listed last) does. One listing after all the links of a batch therefore
-    serves them all; where no consumer has touched a channel, checking a
-    message costs no system call at all."""
-
-    def __init__(self, root):
-        self._root = root
-        self._consumers = None
-        self._dirs = {}
-
-    def hold(self, channel, name):
-        """True if ``name`` is in one of ``channel``'s folders."""
-        dirs = self._dirs.get(channel)
-        if dirs is None:
-            dirs = self._of(channel)
-        return bool(dirs) and any(os.path.lexists(f"{d}/{name}") for d in dirs)
-
-    def find(self, channel, name):
-        """The path of ``name`` in one of ``channel``'s folders, or ``None``."""
-        return next((f"{d}/{name}" for d in self._of(channel)
-                     if os.path.lexists(f"{d}/{name}")), None)
-
-    def _of(self, channel):
-        dirs = self._dirs.get(channel)
-        if dirs is None:
-            if self._consumers is None:
-                self._consumers = []
-                with contextlib.suppress(FileNotFoundError), os.scandir(f"{self._root}/work") as it:
-                    self._consumers = [e.path for e in it]
-            dirs = [f"{c}/{channel}" for c in self._consumers]
-            dirs += [f"{self._root}/done/{channel}", f"{self._root}/dead/{channel}"]
-            dirs = self._dirs[channel] = [d for d in dirs if os.path.isdir(d)]
-        return dirs
-
-
-class _NoHolders:
-    """The holders of a message whose id was made just now: none."""
-
-    def hold(self, channel, name):
-        return False
-
-    def find(self, channel, name):
-        return None
-
-
-_NO_HOLDERS = _NoHolders()
 
 
 class IntakeMixin:
@@ -242,9 +185,9 @@ class IntakeMixin:
         try:
             with full_is_store_full(self.root):
                 self._flush([staged])
-                status = self._link_new(staged, _NO_HOLDERS if fresh else _Holders(self._root))
+                status = self._link_new(staged, NO_HOLDERS if fresh else Holders(self._root))
                 if (status == STORED and not fresh
-                        and self._placed_twice(staged, _Holders(self._root))):
+                        and self._placed_twice(staged, Holders(self._root))):
                     status = DUPLICATE
                 if sync_dir:
                     # "duplicate" too: the copy that won may be another request's,
@@ -261,14 +204,14 @@ class IntakeMixin:
         in order. What is left in ``staged`` after an error was not published.
 
         The bodies are flushed together before the first link, and the folders
-        that may hold an earlier copy (see :class:`_Holders`) are listed once
+        that may hold an earlier copy (see :class:`~dropr.store.files.holders.Holders`) are listed once
         before the links and once after them, not for every message."""
         statuses, channels, linked = [], set(), []
         self._notice_format()
         try:
             with full_is_store_full(self.root):
                 self._flush(staged)
-                before = _Holders(self._root)
+                before = Holders(self._root)
                 while staged:
                     message = staged.popleft()
                     linked.append(message)  # its tmp/ name goes below, whatever happens
@@ -276,7 +219,7 @@ class IntakeMixin:
                     # A duplicate may have been linked a moment ago by another request
                     # that has not synced yet; syncing here too keeps "duplicate" durable.
                     channels.add(message.channel)
-                after = _Holders(self._root)
+                after = Holders(self._root)
                 for i, message in enumerate(linked):
                     if statuses[i] == STORED and self._placed_twice(message, after):
                         statuses[i] = DUPLICATE
