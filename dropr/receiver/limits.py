@@ -18,8 +18,6 @@ from dropr.store.files.format import MESSAGE_OVERHEAD
 #: receiver's gunicorn worker sets it itself where the kernel already times
 #: out every read of the request's socket (see worker.set_io_timeouts).
 BODY_TIMEOUT_ENV = "dropr.body_timeout"
-#: Environ key: the socket that BodyTimeout put in Python's timeout mode.
-_TIMED_SOCKET_ENV = "dropr.timed_socket"
 #: Seconds a measure of the store's free space is reused (statvfs is cheap,
 #: but a batch of 10,000 messages should not make 10,000 calls).
 FREE_SPACE_MAX_AGE = 0.5
@@ -39,7 +37,9 @@ class BodyTimeout:
 
     It sets a timeout on the connection's socket (``gunicorn.socket``), so a
     client that keeps sending, however slowly, is not cut off (as nginx's
-    ``client_body_timeout``); without gunicorn (falcon's TestClient) it does
+    ``client_body_timeout``), and leaves it there for the answer, which then
+    waits at most as long for the client to take some of it (nginx's
+    ``send_timeout``); without gunicorn (falcon's TestClient) it does
     nothing. Where the receiver's worker already has the kernel time out the
     socket's reads after as many seconds (plain HTTP: ``BODY_TIMEOUT_ENV`` is
     set when the request comes in), it does nothing either: a stalled read
@@ -56,14 +56,12 @@ class BodyTimeout:
         sock = env.get("gunicorn.socket")
         if sock is not None:
             env[BODY_TIMEOUT_ENV] = self.seconds
-            env[_TIMED_SOCKET_ENV] = sock
             sock.settimeout(self.seconds)
 
-    def process_response(self, req, resp, resource, req_succeeded):
-        sock = req.env.get(_TIMED_SOCKET_ENV)
-        if sock is not None:
-            # gunicorn writes the answer next, on a socket it expects blocking.
-            sock.settimeout(None)
+    # No process_response: the timeout stays while gunicorn writes the answer,
+    # so that a client that takes none of it for ``seconds`` is cut off too
+    # (over TLS the kernel's send timeout cannot: OpenSSL retries the write).
+    # The socket's mode is set afresh for its next request.
 
 
 class DiskFloor:

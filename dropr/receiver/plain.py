@@ -28,12 +28,14 @@ Runs in receiver worker processes (see :mod:`dropr.receiver.worker`).
 """
 
 import collections
+import contextlib
 import functools
 import io
 import os
 import re
 import selectors
 import socket
+import struct
 import time
 from email.utils import formatdate
 
@@ -282,7 +284,11 @@ class PlainServing:
         """In the event loop, after a request thread served a plain request."""
         if future.cancelled() or future.exception() is not None:
             exc = None if future.cancelled() else future.exception()
-            if not isinstance(exc, (OSError, type(None))):
+            if isinstance(exc, BlockingIOError):  # the kernel's send timeout
+                self.log.warning("Cut off a client that stalled: nothing sent or taken "
+                                 "for body_timeout s")
+                conn.cut_off = True
+            elif not isinstance(exc, (OSError, type(None))):
                 self.log.error("Error answering a request", exc_info=exc)
             return self.close_lingering(conn)
         keep, head = future.result()
@@ -338,8 +344,14 @@ class PlainServing:
         most LINGER_BYTES, LINGER_SECONDS), so that the last answer is not
         cut off by a reset. gunicorn drains in the event loop itself, which
         stalled every other connection of the worker up to 2 s for a client
-        slow to close."""
+        slow to close. A client cut off for not taking its answer is reset
+        at once instead: what is still unsent is of no use to it."""
         self.nr_conns -= 1
+        if getattr(conn, "cut_off", False):
+            with contextlib.suppress(OSError):
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            util.close(conn.sock)
+            return
         try:
             conn.sock.setblocking(False)
             conn.sock.shutdown(socket.SHUT_WR)
@@ -379,6 +391,9 @@ class PlainServing:
         while self.lingering and self.lingering[0].linger_deadline <= now:
             self._end_lingering(self.lingering[0])
 
+
+#: SO_LINGER on, for 0 s: close() resets the connection, dropping what is unsent.
+_RESET = struct.pack("ii", 1, 0)
 
 _dated = [0, ""]
 

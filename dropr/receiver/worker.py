@@ -99,13 +99,17 @@ def error_response(status, code, message):
 
 def set_io_timeouts(sock, seconds):
     """Make every blocking read on ``sock`` fail after ``seconds`` without a
-    byte, and every blocking write after ``seconds`` without room for one.
-    gunicorn switches the socket between blocking and non-blocking mode,
-    which resets Python's own socket timeout, but not these options of the
-    kernel's. Over plain HTTP the read timeout is the body's timeout too (see
-    ThreadWorker.load_wsgi): a read cut off fails with EAGAIN. A write cut
-    off fails the same way: a client that asks and never reads its answers
-    would otherwise hold a request thread for good."""
+    byte, and every blocking write after about ``seconds`` in which the
+    client took none of the answer (the kernel wakes a blocked write once a
+    few KiB are free, so a client reading a few hundred bytes a second at
+    the default 30 s is cut off too). gunicorn switches the socket between
+    blocking and non-blocking mode, which resets Python's own socket
+    timeout, but not these options of the kernel's. Over plain HTTP the read
+    timeout is the body's timeout too (see ThreadWorker.load_wsgi): a read
+    cut off fails with EAGAIN. A write cut off fails the same way: a client
+    that asks and never reads its answers would otherwise hold a request
+    thread for good. (Over TLS neither helps, as OpenSSL retries the call:
+    limits.BodyTimeout bounds both there.)"""
     whole = int(seconds)
     value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
@@ -113,13 +117,15 @@ def set_io_timeouts(sock, seconds):
 
 
 class _StalledClients(logging.Filter):
-    """Turns gunicorn's "Socket error" (with a traceback) for a read cut off
-    by :func:`set_io_timeouts` into a one-line warning: it is a client's
-    doing, not the receiver's."""
+    """Turns gunicorn's "Socket error" (with a traceback) for a read or write
+    cut off by :func:`set_io_timeouts` (or, over TLS, by Python's socket
+    timeout) into a one-line warning: it is a client's doing, not the
+    receiver's."""
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+        if isinstance(exc, TimeoutError) or (
+                isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)):
             record.msg, record.args, record.exc_info = (
                 "Cut off a client that stalled: nothing sent or taken for body_timeout s",
                 (), None)
@@ -229,7 +235,14 @@ class ThreadWorker(plain.PlainServing, gthread.ThreadWorker):
                 if name in seen:
                     raise gerrors.InvalidHeader(f"{name.title()} given more than once", req=req)
                 seen.add(name)
-        return super().handle_request(req, conn)
+        try:
+            return super().handle_request(req, conn)
+        except (BlockingIOError, TimeoutError):
+            # The answer waited body_timeout for the client to take some of it
+            # (the kernel's send timeout; over TLS, BodyTimeout's): gunicorn logs
+            # it, and the connection is reset rather than closed in turn.
+            conn.cut_off = True
+            raise
 
     # -- request heads, in the event loop ---------------------------------------
 
@@ -262,10 +275,13 @@ class ThreadWorker(plain.PlainServing, gthread.ThreadWorker):
 
     def finish_request(self, *args):
         """After a request: a kept-alive connection whose next request has
-        begun to arrive with the last one gathers the rest of its head."""
+        begun to arrive with the last one gathers the rest of its head; one
+        cut off for not taking its answer is reset (see close_lingering)."""
+        conn, fs = args
+        if getattr(conn, "cut_off", False):
+            return self.close_lingering(conn)
         if not self.gathers_heads:
             return super().finish_request(*args)
-        conn, fs = args
         if (self.alive and not fs.cancelled()
                 and fs.exception() is None and fs.result() is True
                 and conn.parser.unreader.buf.getvalue()):

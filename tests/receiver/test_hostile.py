@@ -7,7 +7,6 @@ Each must be answered with its 4xx and a JSON error body naming the problem,
 and must leave the whole store tree (every path and every byte) as it was.
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import http.client
@@ -374,44 +373,3 @@ def _close_the_cut_off(sockets):
         sockets.discard(sock)
     return not sockets
 
-
-def test_a_client_that_never_reads_its_answers_is_cut_off(running):
-    """More clients than the receiver has request threads ask for large answers
-    back to back and never read one: once an answer has waited for room in
-    the socket for body_timeout seconds, the receiver drops that client, and
-    a request that needs a request thread (HTTP/1.0) is served again."""
-    port = int(running.url.rsplit(":", 1)[1])
-    ask = b"GET /v1/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 400
-    stuck = []
-    try:
-        for _ in range(12):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # full at once
-            sock.connect(("127.0.0.1", port))
-            sock.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                sock.send(ask)
-            stuck.append(sock)
-        harness.wait_for(lambda: _health_over_http_1_0(port), BODY_TIMEOUT * 4 + 20,
-                         what="a request thread to serve again")
-        for sock in stuck:  # each was dropped: what it was sent, then its end
-            sock.setblocking(True)
-            sock.settimeout(10)
-            with contextlib.suppress(ConnectionResetError):
-                while sock.recv(1 << 20):
-                    pass
-    finally:
-        for sock in stuck:
-            sock.close()
-
-
-def _health_over_http_1_0(port):
-    """True if GET /v1/health over HTTP/1.0 (which only a request thread
-    serves) is answered 200 within a second."""
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-        sock.sendall(b"GET /v1/health HTTP/1.0\r\n\r\n")
-        try:
-            answer = sock.recv(1024)
-        except socket.timeout:
-            return False
-    return answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200")
