@@ -52,7 +52,8 @@ def test_ids_sort_by_creation_time():
 
 def test_ids_are_the_whole_value_spelled_out_across_every_carry():
     """Ids reuse the characters that did not change since the last one: across
-    the 10-bit carries of the random part and a new millisecond, every id is
+    the 10-bit carries of the random part, and in a new millisecond whose
+    random part starts where the last one's upper bits were, every id is
     still the full 130-bit value in Crockford's base32, one more than the last."""
     from dropr.ids import _ALPHABET
 
@@ -62,16 +63,16 @@ def test_ids_are_the_whole_value_spelled_out_across_every_carry():
             v = v * 32 + _ALPHABET.index(c)
         return v
 
-    starts = iter([bytes(8) + b"\x03\xfd", b"\xff" * 7 + b"\xff\xfd\xfe"[:3]])
-    clock = iter([5.0] * 6 + [5.0015] * 3 + [5.0015] * 6).__next__
-    gen = IdGenerator(clock=clock, urandom=lambda n: next(starts)[:n].rjust(n, b"\0"))
+    starts = iter([0x3FD.to_bytes(10, "big"), 0x7FE.to_bytes(10, "big")])
+    clock = iter([5.0] * 6 + [5.0015] * 9).__next__
+    gen = IdGenerator(clock=clock, urandom=lambda n: next(starts))
     made = [gen() for _ in range(15)]
     assert made == sorted(made) and len(set(made)) == 15
     values = [value(i) for i in made]
     assert values[0] == 5000 << 80 | 0x3FD
     assert all(b == a + 1 for a, b in zip(values[:5], values[1:6]))  # over 0x3FF → 0x400
-    assert values[6] >> 80 == 5001
-    assert all(b == a + 1 for a, b in zip(values[6:-1], values[7:]))
+    assert values[6] == 5001 << 80 | 0x7FE  # the same upper bits as the last, a new ms
+    assert all(b == a + 1 for a, b in zip(values[6:-1], values[7:]))  # over 0x7FF → 0x800
 
 
 @pytest.mark.parametrize("bad", [
