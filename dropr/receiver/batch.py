@@ -35,6 +35,9 @@ from dropr.receiver.multipart import FormReader, boundary_of
 from dropr.receiver.strict import exact_int, load_json
 from dropr.results import REJECTED
 
+_ID_MATCH = names.ID_PATTERN.match
+_PRIORITY_MIN, _PRIORITY_MAX = names.PRIORITY_MIN, names.PRIORITY_MAX
+
 #: Generous bytes of meta JSON per message (id and channel at most 64 each),
 #: used to bound how much of the meta part is read into memory.
 META_BYTES_PER_MESSAGE = 512
@@ -146,12 +149,21 @@ def _entry(i, message, channels):
     a value of the right type that is not acceptable (a channel name outside
     the grammar, a priority out of range) rejects that message alone.
     ``channels``: the names that passed as a channel in this meta so far."""
-    where = f"meta messages[{i}]"
-    if not (type(message) is dict and len(message) == 4 and "id" in message
+    if (type(message) is dict and len(message) == 4 and "id" in message
             and "channel" in message and "priority" in message and "size" in message
             and type(message["id"]) is str and type(message["channel"]) is str
             and type(message["priority"]) is int and type(message["size"]) is int):
-        _check_entry(message, where)  # else (nearly always) every check below passes
+        # Nearly always: the usual keys and types, and (checked here without a
+        # call per check) a good id, a channel that passed, a priority in range.
+        message_id, channel = message["id"], message["channel"]
+        priority, size = message["priority"], message["size"]
+        if (len(message_id) <= names.ID_MAX and _ID_MATCH(message_id) and message_id != "meta"
+                and channel in channels and _PRIORITY_MIN <= priority <= _PRIORITY_MAX
+                and size >= 0):
+            return Entry(message_id, channel, priority, size)
+    else:
+        _check_entry(message, f"meta messages[{i}]")
+    where = f"meta messages[{i}]"
     entry = Entry(names.check_id(message["id"], f"{where} id"))
     if entry.id == "meta":
         raise ValidationError(f"{where} id 'meta' is the name of the meta part")

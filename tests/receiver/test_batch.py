@@ -211,6 +211,9 @@ SAME_EITHER_WAY = {
                                 ("U3", "c", 9, os.urandom(3000))])[0],
     "a body holding the delimiter": forms.batch([
         ("D1", "c", 5, b"x"), ("D2", "c", 5, b"ab" + _delimited() + b"cd"), ("D3", "c", 5, b"y")])[0],
+    "bodies with CR but no delimiter, one ending in a piece of it": forms.batch([
+        ("C1", "c", 5, b"a\r\nb\r"), ("C2", "c", 5, b"\r\n--not the boundary"),
+        ("C3", "c", 5, b"tail" + _delimited()[:-2]), ("C4", "c", 5, b"\r")])[0],
     "padding after a delimiter, an extra header": forms.form(
         forms.meta_part({"client": "h", "messages": [_msg("P1"), _msg("P2"), _msg("P3")]}),
         forms.file_part("P1", b"1"),

@@ -112,13 +112,19 @@ def header_line(message_id, channel, priority, client, received_at, legacy_id=No
     escaping (the caller checks them first), and the client is encoded once."""
     legacy = f',"legacy_id":{json.dumps(legacy_id)}' if legacy_id is not None else ""
     return (f'DROPR1 {{"id":"{message_id}","channel":"{channel}","priority":{priority:d},'
-            f'"client":{_json_string(client)},"received_at":{float(received_at)!r}'
+            f'"client":{_json_string(client)},"received_at":{_float_text(received_at)}'
             f'{legacy}}}\n').encode()
 
 
 @functools.lru_cache(maxsize=1024)
 def _json_string(text):
     return json.dumps(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _float_text(value):
+    """``repr(float(value))``: the messages of a batch share one time, spelled once."""
+    return repr(float(value))
 
 
 def read_message(path):

@@ -9,6 +9,7 @@ Crash points: ``store.after_tmp_write``, ``store.after_tmp_fsync``,
 
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 from pathlib import Path
@@ -47,8 +48,9 @@ class Staged:
     synced: bool = True  # False: its body still has to be flushed before it is linked
     fd: int = None
     client: str = ""
+    received_at: float = 0.0
 
-    @property
+    @functools.cached_property
     def name(self):
         """Its file name in ``queue/<channel>/``."""
         return entry_name(self.priority, self.client, self.id)
@@ -122,7 +124,9 @@ class IntakeMixin:
             good.add((channel, client))
         if type(priority) is not int or not _PRIORITY_MIN <= priority <= _PRIORITY_MAX:
             priority = names.check_priority(priority)  # converts, or refuses
-        header = header_line(message_id, channel, priority, client, self._clock(), legacy_id)
+        # A batch's messages were received together: the first one's time is theirs.
+        received_at = batch[0].received_at if batch else self._clock()
+        header = header_line(message_id, channel, priority, client, received_at, legacy_id)
         try:
             fd, tmp = self._create_tmp(message_id)
             try:
@@ -132,9 +136,14 @@ class IntakeMixin:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-            staged = Staged(message_id, channel, priority, size, tmp, synced=not self.fsync,
-                            fd=fd, client=client)
-            self._hold_or_flush(staged, batch)
+            if self.fsync:
+                staged = Staged(message_id, channel, priority, size, tmp, synced=False,
+                                fd=fd, client=client, received_at=received_at)
+                self._hold_or_flush(staged, batch)
+            else:  # nothing to flush: the descriptor is done with
+                os.close(fd)
+                staged = Staged(message_id, channel, priority, size, tmp, client=client,
+                                received_at=received_at)
         except OSError as e:
             _raise_full(e, self.root)
             raise
