@@ -16,7 +16,7 @@ from tests.test_tls import pki  # noqa: F401 (the fixture: a CA and a certificat
 
 pytestmark = pytest.mark.process
 
-BODY_TIMEOUT = 2.0
+BODY_TIMEOUT = 1.5
 ANSWER = 8 << 20
 #: How long the test waits for a request thread: the cut-off, then room to spare.
 DEADLINE = BODY_TIMEOUT * 4 + 20
