@@ -6,10 +6,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
-from dropr.bench import cluster, report
+from dropr.bench import cluster, procs, report
+from dropr.errors import BenchError
+from dropr.spool import Spool
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,3 +73,20 @@ def test_medians_fractions_and_targets():
     assert drain["target"] == ">= 0.5 of limit" and drain["met"] is True  # 25,000 of 50,000
     assert lat["fraction"] == 0.25 and lat["met"] is False  # p50 over 2 ms
     assert "| e2e drain" in report.table([drain, lat])
+
+
+@pytest.mark.process
+def test_probes_wait_for_each_other_and_one_that_fails_is_told(tmp_path):
+    config = procs.write_config(tmp_path / "c", fsync=False)
+    ready = time.time()
+    results = procs.probes(*[("put", config.path, 50, 16, procs.GO)] * 2)
+    # Released together once both had imported and opened their client.
+    starts = sorted(r["started"] for r in results)
+    assert ready < starts[0] and starts[1] - starts[0] < 0.5
+    assert Spool(config.client.spool, fsync=False).counts()["queue"] == 100
+    before = {p.pid for p in psutil.Process().children()}
+    with pytest.raises(BenchError, match=r"(?s)probe put failed: .*nosuch.toml: config file not"):
+        procs.probes(("put", config.path, 50, 16, procs.GO),
+                     ("put", tmp_path / "nosuch.toml", 50, 16, procs.GO))
+    # The one that was ready and waiting is not left behind.
+    assert {p.pid for p in psutil.Process().children()} == before

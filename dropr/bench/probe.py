@@ -10,8 +10,10 @@ JSON line on stdout. Run by :mod:`dropr.bench.procs` as
     python -m dropr.bench.probe call CONFIG CHANNEL COUNT SIZE AT
     python -m dropr.bench.probe publish SERVERS COUNT SIZE
 
-``AT`` is a wall-clock time to start at, so that several probes start their
-loops together once their imports are done. Times are wall-clock seconds;
+``AT`` is ``go``: the probe prints ``ready`` once its imports and set-up
+are done and starts its loop when it reads a line on stdin, so that several
+probes start together (:func:`dropr.bench.procs.probes_started` releases
+them at once); ``0`` starts at once. Times are wall-clock seconds;
 RSS figures are MiB: ``rss_base`` before the work, ``rss_peak`` the process's
 peak (``ru_maxrss``)."""
 
@@ -26,6 +28,8 @@ import time
 from urllib.parse import urlsplit
 
 MiB = 1 << 20
+#: The start argument of probes that wait to be released together.
+GO = "go"
 
 
 def _rss():
@@ -38,9 +42,10 @@ def _peak():
 
 
 def _wait_until(at):
-    delay = at - time.time()
-    if delay > 0:
-        time.sleep(delay)
+    """Block until released (``at`` is ``go``), or return at once."""
+    if at == GO:
+        print("ready", flush=True)
+        sys.stdin.readline()
 
 
 def put(config, count, size, at):
@@ -50,7 +55,7 @@ def put(config, count, size, at):
     client = Client(config)
     body = os.urandom(int(size))
     base = _rss()
-    _wait_until(float(at))
+    _wait_until(at)
     started = time.time()
     for _ in range(int(count)):
         client.put(body, "local")
@@ -64,7 +69,7 @@ def putmany(config, count, size, batch, at):
     client = Client(config)
     body = os.urandom(int(size))
     count, batch = int(count), int(batch)
-    _wait_until(float(at))
+    _wait_until(at)
     started = time.time()
     for done in range(0, count, batch):
         client.put_many([body] * min(batch, count - done), peer="local")
@@ -159,7 +164,7 @@ def post(url, count, size, at, connections=1):
         poller.register(sock, selectors.EVENT_READ, bytearray())
         send(sock)
 
-    _wait_until(float(at))
+    _wait_until(at)
     started = time.time()
     for _ in range(min(int(connections), left)):
         connect()
@@ -204,7 +209,7 @@ def call(config, channel, count, size, at):
     client = Client(config)
     body = os.urandom(int(size))
     wrong, seconds = 0, []
-    _wait_until(float(at))
+    _wait_until(at)
     started = time.time()
     for _ in range(int(count)):
         t = time.perf_counter()

@@ -4,6 +4,7 @@ process; everything it starts it stops by pid or process group."""
 
 import contextlib
 import json
+import selectors
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import urllib.request
 import psutil
 
 from dropr.bench import configfile
+from dropr.bench.probe import GO
 from dropr.errors import BenchError
 
 DROPR = [sys.executable, "-m", "dropr.cli"]
@@ -40,6 +42,24 @@ def wait_for(predicate, timeout, what, interval=0.02):
             raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
     return value
+
+
+def settle(pids_of, count=None, timeout=15.0, checks=3, interval=0.05):
+    """Wait until the processes ``pids_of()`` gives (``count`` of them, if
+    given) are all asleep at ``checks`` looks in a row: booted and waiting
+    for work. A server answers its first request while its other workers may
+    still be importing, and connections made then would all go to the first;
+    probes start only once every worker waits. Gives up quietly after
+    ``timeout`` s (the figures are then taken as they come)."""
+    deadline, quiet = time.monotonic() + timeout, 0
+    while quiet < checks and time.monotonic() < deadline:
+        time.sleep(interval)
+        pids = pids_of()
+        try:
+            asleep = all(psutil.Process(pid).status() == psutil.STATUS_SLEEPING for pid in pids)
+        except psutil.Error:
+            asleep = False
+        quiet = quiet + 1 if asleep and (count is None or len(pids) == count) else 0
 
 
 def write_config(root, *, fsync, notify=True, senders=2, tree_receiver=False, defaults=False,
@@ -85,6 +105,7 @@ class Receiver:
         wait_for(lambda: self.proc.poll() is not None or healthy(self.url), 30, "the receiver")
         if self.proc.poll() is not None:
             raise BenchError(f"the receiver exited with {self.proc.returncode}")
+        settle(self.workers, self.config.receiver.workers)
         return self
 
     def pids(self):
@@ -92,6 +113,12 @@ class Receiver:
         with contextlib.suppress(psutil.Error):
             master = psutil.Process(self.proc.pid)
             return [master.pid, *(c.pid for c in master.children(recursive=True))]
+        return []
+
+    def workers(self):
+        """The workers' pids."""
+        with contextlib.suppress(psutil.Error):
+            return [c.pid for c in psutil.Process(self.proc.pid).children()]
         return []
 
     def __exit__(self, *exc):
@@ -119,6 +146,7 @@ class BareApp(Receiver):
         wait_for(lambda: self.proc.poll() is not None or _answers(self.url), 30, "the bare app")
         if self.proc.poll() is not None:
             raise BenchError(f"the bare app exited with {self.proc.returncode}")
+        settle(self.workers, self.config.receiver.workers)
         return self
 
 
@@ -163,7 +191,15 @@ class Tree:
         if result.returncode != 0:
             raise BenchError(f"droprd start failed: {result.stderr.strip()}")
         wait_for(self._ready, 30, "the droprd tree")
+        settle(self._pids)
         return self
+
+    def _pids(self):
+        """The supervisor's pid and those of the whole tree under it."""
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            top = psutil.Process(int(self.config.supervisor.pidfile.read_text().split()[0]))
+            return [top.pid, *(c.pid for c in top.children(recursive=True))]
+        return []
 
     def _ready(self):
         try:
@@ -186,10 +222,38 @@ def probes(*argvs, timeout=3600):
     return collect(probes_started(*argvs), timeout=timeout)
 
 
-def probes_started(*argvs):
-    """Start probe commands; pass the result to :func:`collect`."""
-    return [(argv, subprocess.Popen([*PROBE, *map(str, argv)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)) for argv in argvs]
+def probes_started(*argvs, timeout=120):
+    """Start probe commands; pass the result to :func:`collect`. Those whose
+    start argument is ``go`` are released together once every one of them
+    says it is ready (imports and set-up done)."""
+    started = [(argv, subprocess.Popen([*PROBE, *map(str, argv)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+               for argv in argvs]
+    waiting = [proc for argv, proc in started if GO in argv]
+    try:
+        for proc in waiting:
+            _ready(proc, time.monotonic() + timeout)
+        for proc in waiting:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+    except BaseException:
+        for _, proc in started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        raise
+    return started
+
+
+def _ready(proc, deadline):
+    """Wait for a probe's ``ready`` line; BenchError if it fails first."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(max(0.0, deadline - time.monotonic())):
+            raise BenchError(f"probe {proc.args[3]} was not ready in time")
+    if proc.stdout.readline().strip() != "ready":
+        proc.wait()
+        raise BenchError(f"probe {proc.args[3]} failed: {proc.stderr.read().strip()[-2000:]}")
 
 
 def collect(started, timeout=3600):

@@ -41,11 +41,6 @@ def _raw(root, sizes, fsync, procs_=1):
     return limit.rate(root / "raw", count=count, size=sizes.size, fsync=fsync, procs=procs_)
 
 
-def _at(n):
-    """A start time that leaves ``n`` probe processes time for their imports."""
-    return time.time() + 1.0 + 0.3 * n
-
-
 def _span(results):
     return max(r["ended"] for r in results) - min(r["started"] for r in results)
 
@@ -62,14 +57,14 @@ def put(ctx, root, fsync):
         config = procs.write_config(root / key, fsync=fsync)
         with procs.Tree(config, receiver=False) if tree else contextlib.nullcontext():
             ctx.progress.say(f"{n} producer(s), {n * count} puts" + (", droprd running" * tree))
-            results = procs.probes(*[("put", config.path, count, ctx.sizes.size, _at(n))
+            results = procs.probes(*[("put", config.path, count, ctx.sizes.size, procs.GO)
                                      for _ in range(n)])
         ctx.progress.say(f"raw loop x{n}")
         out[key] = (n * count / _span(results), _raw(root / key, ctx.sizes, fsync, n))
     if fsync:
         config = procs.write_config(root / "many", fsync=fsync)
         ctx.progress.say(f"put_many, {count} in batches of 100")
-        (result,) = procs.probes(("putmany", config.path, count, ctx.sizes.size, 100, _at(1)))
+        (result,) = procs.probes(("putmany", config.path, count, ctx.sizes.size, 100, procs.GO))
         out["put_many100"] = (count / _span([result]), out["put1"][0])
     return out
 
@@ -148,8 +143,7 @@ def steady(ctx, root, fsync):
     count = ctx.sizes.count(fsync) // 2 * 2
     store = Store(config.receiver.store, fsync=False)
     with procs.Tree(config):
-        at = _at(2)
-        runs = procs.probes_started(*[("put", config.path, count // 2, ctx.sizes.size, at)
+        runs = procs.probes_started(*[("put", config.path, count // 2, ctx.sizes.size, procs.GO)
                                       for _ in range(2)])
         done = procs.wait_for(lambda: _stored(ctx, store, count), 600, "all messages stored",
                               interval=0.05)
@@ -211,7 +205,7 @@ def post(ctx, root, fsync, clients=8):
     each = max(1, total // clients)
     with procs.Receiver(config) as receiver:
         ctx.progress.say(f"{clients} clients, {each * clients} POSTs")
-        results = procs.probes(("post", receiver.url, each * clients, ctx.sizes.size, _at(1),
+        results = procs.probes(("post", receiver.url, each * clients, ctx.sizes.size, procs.GO,
                                 clients))
     errors = sum(r["errors"] for r in results)
     duplicates = sum(r["duplicates"] for r in results)
@@ -221,7 +215,7 @@ def post(ctx, root, fsync, clients=8):
     _expect_stored(config, each * clients)
     with procs.BareApp(config) as bare:
         ctx.progress.say(f"bare app: {clients} clients, {each * clients} POSTs")
-        yardstick = procs.probes(("post", bare.url, each * clients, ctx.sizes.size, _at(1),
+        yardstick = procs.probes(("post", bare.url, each * clients, ctx.sizes.size, procs.GO,
                                   clients))
     return {"post8": (each * clients / _span(results), each * clients / _span(yardstick))}
 
@@ -240,12 +234,12 @@ def calls(ctx, root, fsync, callers=8):
     with procs.Receiver(config) as receiver:
         for n, key in ((1, "call1"), (callers, "call8")):
             ctx.progress.say(f"{n} caller(s), {n * count} calls")
-            made = procs.probes(*[("call", config.path, "bench", count, ctx.sizes.size, _at(n))
+            made = procs.probes(*[("call", config.path, "bench", count, ctx.sizes.size, procs.GO)
                                   for _ in range(n)])
             if any(r["wrong"] for r in made):
                 raise BenchError("a call's answer was not its question")
             ctx.progress.say(f"{n} POST client(s), {n * count} POSTs")
-            posted = procs.probes(*[("post", receiver.url, count, ctx.sizes.size, _at(n))
+            posted = procs.probes(*[("post", receiver.url, count, ctx.sizes.size, procs.GO)
                                     for _ in range(n)])
             out[key] = (n * count / _span(made), n * count / _span(posted))
             if n == 1:
