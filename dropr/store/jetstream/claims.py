@@ -16,6 +16,13 @@ PRIORITIES = range(10)
 FETCH_WAIT = 0.2
 
 
+async def _unsubscribe(sub):
+    try:
+        await sub.unsubscribe()
+    except nats_module().errors.Error:
+        pass  # the connection is down: its subscriptions went with it
+
+
 class _Work:
     """What :meth:`JetStreamStore.open_work` gives: nothing is locked, since
     the cluster hands a message to one consumer at a time."""
@@ -178,10 +185,7 @@ class JsClaimsMixin:
             # The durable consumer may be gone or moved (a lost election, a
             # re-made stream): bind it again on the next claim.
             self._subs.pop((channel, priority), None)
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error:
-                pass  # the connection is down: its subscriptions went with it
+            await _unsubscribe(sub)
             raise
         out = []
         for msg in msgs:
@@ -198,10 +202,17 @@ class JsClaimsMixin:
             config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT,
                                         ack_wait=self.settings.ack_wait, max_deliver=-1,
                                         deliver_policy=api.DeliverPolicy.ALL)
-            self._subs[key] = await self._js.pull_subscribe(
+            durable = durable_of(channel, priority)
+            sub = await self._js.pull_subscribe(
                 subject_of(self.settings.subject, channel, priority),
-                durable=durable_of(channel, priority), stream=self.settings.stream,
-                config=config)
+                durable=durable, stream=self.settings.stream, config=config)
+            try:
+                # A consumer just made answers no fetch until its replicas elect a leader.
+                await self._leader_elected(self._js, consumer=durable)
+            except BaseException:
+                await _unsubscribe(sub)
+                raise
+            self._subs[key] = sub
         return self._subs[key]
 
     def failures(self, message):

@@ -126,16 +126,23 @@ class JetStreamStore(JsOperatorMixin, JsClaimsMixin):
             log.warning("stream %s keeps ids for %g s, less than [store] duplicate_window %g s",
                         s.stream, info.config.duplicate_window, s.duplicate_window)
 
-    async def _leader_elected(self, js, stream=None):
+    async def _leader_elected(self, js, stream=None, *, consumer=None):
         """Wait, up to publish_timeout, until a stream just made (ours, or
         ``stream``) has a leader: before that a publish finds no stream
-        (answered 503, retried later)."""
+        (answered 503, retried later). With ``consumer``, until that durable
+        consumer of our stream, just made, has one: before that a fetch
+        finds no responders (503)."""
         nats = nats_module()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.publish_timeout
         while loop.time() < deadline:
+            wait = max(0.05, min(1.0, deadline - loop.time()))  # an answer may never come
             try:
-                info = await js.stream_info(stream or self.settings.stream)
+                if consumer is None:
+                    ask = js.stream_info(stream or self.settings.stream)
+                else:
+                    ask = js.consumer_info(self.settings.stream, consumer)
+                info = await asyncio.wait_for(ask, wait)
                 if info.cluster is None or info.cluster.leader:
                     return
             except (nats.errors.Error, asyncio.TimeoutError):
