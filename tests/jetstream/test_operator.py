@@ -6,7 +6,7 @@ import pytest
 
 from dropr.errors import NotFound
 from dropr.store import Failures
-from tests.jetstream.test_store import js_config, store  # noqa: F401 - the fixture
+from tests.jetstream.test_store import store  # noqa: F401 - the fixture
 from tests.support import harness
 
 pytestmark = pytest.mark.process
@@ -66,11 +66,10 @@ def test_a_claimed_message_is_located_as_claimed_and_an_acked_one_is_gone(store)
     assert (stats["queued"], stats["done"], stats["dead"]) == (1, None, 0)
 
 
-def test_the_operators_verbs_through_the_cli_and_a_receiver_on_jetstream(tmp_path, cluster):
+def test_the_operators_verbs_through_the_cli_and_a_receiver_on_jetstream(tmp_path, stream):
     import json
 
-    keys = {"backend": "jetstream", "servers": cluster.urls, "replicas": 3,
-            "publish_timeout": 3.0, "connect_timeout": 1.0, "ack_wait": 5.0}
+    keys = {**stream[1], "publish_timeout": 3.0, "connect_timeout": 1.0, "ack_wait": 5.0}
     path = harness.write_config(tmp_path, sections={"store": keys})
     receiver = harness.Receiver(path).start()
     try:

@@ -2,7 +2,6 @@
 while the cluster is down, consumers in priority order, ack and bury, and the
 receiver's HTTP answers on top of it (falcon's TestClient)."""
 
-import asyncio
 import collections
 
 import pytest
@@ -14,6 +13,7 @@ from dropr.ids import IdGenerator
 from dropr.receiver import create_app
 from dropr.store import Failures
 from dropr.store.jetstream import JetStreamStore
+from tests.jetstream.conftest import manage
 from tests.support import harness
 from tests.receiver.forms import CONTENT_TYPE, batch
 
@@ -24,10 +24,23 @@ def js_config(tmp_path, cluster, **store):
     return config_mod.load(harness.write_config(tmp_path, sections={"store": keys}))
 
 
+def _open(tmp_path, config):
+    return JetStreamStore(config.store, scratch=tmp_path / "scratch", clock=lambda: 1700000000.0)
+
+
 @pytest.fixture
-def store(tmp_path, cluster):
-    s = JetStreamStore(js_config(tmp_path, cluster).store, scratch=tmp_path / "scratch",
-                       clock=lambda: 1700000000.0)
+def store(tmp_path, stream):
+    """A store on a stream of its own on the shared cluster."""
+    cluster, keys = stream
+    s = _open(tmp_path, js_config(tmp_path, cluster, **keys))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def own_store(tmp_path, cluster):
+    """A store on a cluster of its own, for a test that stops it."""
+    s = _open(tmp_path, js_config(tmp_path, cluster))
     yield s
     s.close()
 
@@ -63,37 +76,27 @@ def test_publish_many_keeps_every_ack_in_flight_and_answers_in_order(store):
     assert store.count("orders") == 1000
 
 
-def _manage(cluster, call):
-    async def run():
-        import nats
-
-        nc = await nats.connect(cluster.urls)
-        try:
-            return await call(nc.jetstream())
-        finally:
-            await nc.close()
-    return asyncio.run(run())
-
-
-def test_a_deleted_stream_is_unavailable_once_then_made_again(store, cluster):
+def test_a_deleted_stream_is_unavailable_once_then_made_again(store, stream):
+    cluster, keys = stream
     assert store.publish(stage(store, "A1")) == "stored"
-    _manage(cluster, lambda js: js.delete_stream("DROPR"))
+    manage(cluster, lambda js: js.delete_stream(keys["stream"]))
     with pytest.raises(StoreUnavailable, match="no responders|503"):
         store.publish_many(collections.deque([stage(store, "A2")]))
     assert store.publish(stage(store, "A2")) == "stored"
     assert [m.id for m in store.messages("orders")] == ["A2"]
 
 
-def test_an_error_ack_from_the_stream_is_store_unavailable(store, cluster):
+def test_an_error_ack_from_the_stream_is_store_unavailable(store, stream):
     import nats.js.api as api
 
+    cluster, keys = stream
     assert store.publish(stage(store, "B1")) == "stored"
 
     async def cap(js):
-        config = (await js.stream_info("DROPR")).config
+        config = (await js.stream_info(keys["stream"])).config
         config.max_msgs, config.discard = 1, api.DiscardPolicy.NEW
         await js.update_stream(config)
-    _manage(cluster, cap)
+    manage(cluster, cap)
     with pytest.raises(StoreUnavailable, match="refused"):
         store.publish_many(collections.deque([stage(store, "B2"), stage(store, "B3")]))
     assert [m.id for m in store.messages("orders")] == ["B1"]
@@ -138,11 +141,12 @@ def test_admin_ack_deletes_a_waiting_message(store):
     gone(store, "orders")
 
 
-def test_a_stopped_cluster_is_store_unavailable_and_nothing_is_answered_stored(store, cluster):
-    store.publish(stage(store, "UP1"))
+def test_a_stopped_cluster_is_store_unavailable_and_nothing_is_answered_stored(own_store,
+                                                                                 cluster):
+    own_store.publish(stage(own_store, "UP1"))
     cluster.stop()
     with pytest.raises(StoreUnavailable):
-        store.publish(stage(store, "DOWN1"))
+        own_store.publish(stage(own_store, "DOWN1"))
 
 
 def test_receiver_answers_503_while_the_cluster_is_down_then_stores(tmp_path, cluster):
