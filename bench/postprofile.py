@@ -69,11 +69,10 @@ def load(url, requests, client, lua):
     path = url + "/v1/channels/common/messages"
     if client == "probe":
         each = requests // 8
-        started = time.perf_counter()
-        results = procs.probes(*[("post", url, each, 1024, time.time() + 0.5) for _ in range(8)])
+        results = procs.probes(*[("post", url, each, 1024, procs.GO) for _ in range(8)])
         if any(r["errors"] for r in results):
             raise SystemExit("some POSTs were not answered 200/201")
-        return each * 8, time.perf_counter() - started - 0.5
+        return each * 8, max(r["ended"] for r in results) - min(r["started"] for r in results)
     # wrk runs for a time: aim at the count from a short calibration run.
     seconds = max(2, round(requests / load.rate)) if load.rate else 2
     out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", lua, path],

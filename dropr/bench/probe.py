@@ -42,10 +42,12 @@ def _peak():
 
 
 def _wait_until(at):
-    """Block until released (``at`` is ``go``), or return at once."""
+    """Block until released (``at`` is ``go``), or return at once (``0``)."""
     if at == GO:
         print("ready", flush=True)
         sys.stdin.readline()
+    elif at != "0":
+        raise SystemExit(f"the start argument is 'go' or '0', not {at!r}")
 
 
 def put(config, count, size, at):

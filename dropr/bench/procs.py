@@ -59,7 +59,8 @@ def settle(pids_of, count=None, timeout=15.0, checks=3, interval=0.05):
             asleep = all(psutil.Process(pid).status() == psutil.STATUS_SLEEPING for pid in pids)
         except psutil.Error:
             asleep = False
-        quiet = quiet + 1 if asleep and (count is None or len(pids) == count) else 0
+        enough = len(pids) == count if count is not None else bool(pids)
+        quiet = quiet + 1 if asleep and enough else 0
 
 
 def write_config(root, *, fsync, notify=True, senders=2, tree_receiver=False, defaults=False,
@@ -225,22 +226,23 @@ def probes(*argvs, timeout=3600):
 def probes_started(*argvs, timeout=120):
     """Start probe commands; pass the result to :func:`collect`. Those whose
     start argument is ``go`` are released together once every one of them
-    says it is ready (imports and set-up done)."""
+    says it is ready (imports and set-up done), within ``timeout`` s."""
     started = [(argv, subprocess.Popen([*PROBE, *map(str, argv)], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
                for argv in argvs]
     waiting = [proc for argv, proc in started if GO in argv]
+    deadline = time.monotonic() + timeout
     try:
         for proc in waiting:
-            _ready(proc, time.monotonic() + timeout)
+            _ready(proc, deadline)
         for proc in waiting:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+            try:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            except BrokenPipeError:
+                raise _failed(proc) from None
     except BaseException:
-        for _, proc in started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        kill(started)
         raise
     return started
 
@@ -252,8 +254,23 @@ def _ready(proc, deadline):
         if not sel.select(max(0.0, deadline - time.monotonic())):
             raise BenchError(f"probe {proc.args[3]} was not ready in time")
     if proc.stdout.readline().strip() != "ready":
+        raise _failed(proc)
+
+
+def _failed(proc):
+    """BenchError for a probe that failed before it started its work."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    return BenchError(f"probe {proc.args[3]} failed: {proc.stderr.read().strip()[-2000:]}")
+
+
+def kill(started):
+    """Kill the started probes still running, and reap them all."""
+    for _, proc in started:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
-        raise BenchError(f"probe {proc.args[3]} failed: {proc.stderr.read().strip()[-2000:]}")
 
 
 def collect(started, timeout=3600):
@@ -267,10 +284,7 @@ def collect(started, timeout=3600):
                 raise BenchError(f"probe {argv[0]} failed: {err.strip()[-2000:]}")
             results.append({**json.loads(out.strip().splitlines()[-1]), "log": err[-2000:]})
     finally:
-        for _, proc in started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill(started)
     return results
 
 

@@ -145,8 +145,12 @@ def steady(ctx, root, fsync):
     with procs.Tree(config):
         runs = procs.probes_started(*[("put", config.path, count // 2, ctx.sizes.size, procs.GO)
                                       for _ in range(2)])
-        done = procs.wait_for(lambda: _stored(ctx, store, count), 600, "all messages stored",
-                              interval=0.05)
+        try:
+            done = procs.wait_for(lambda: _stored(ctx, store, count), 600, "all messages stored",
+                                  interval=0.05)
+        except BaseException:
+            procs.kill(runs)
+            raise
         results = procs.collect(runs)
     rate = count / (done - min(r["started"] for r in results))
     ctx.progress.say("raw loop")
