@@ -8,9 +8,11 @@ instead of holding a whole process.
 """
 
 import math
+import signal
 import ssl
 
 import gunicorn.app.base
+
 import setproctitle
 
 from dropr.receiver import metricsfolder
@@ -139,8 +141,20 @@ def pre_fork(server, worker):
     setproctitle.setproctitle(MASTER_TITLE)
 
 
+#: The signals a gunicorn master sends its workers to stop them.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
 def post_fork(server, worker):
-    """gunicorn hook, in the new worker right after gunicorn titled it."""
+    """gunicorn hook, in the new worker right after gunicorn titled it.
+
+    Until the worker sets its own handlers (early in its boot) it has the
+    master's, which only queue a signal for the master's loop, that the
+    worker never runs: a stop sent in that moment was lost, and the master
+    waited its whole graceful_timeout before it killed the worker. A worker
+    that has not booted holds no request, so until then a stop ends it."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
     setproctitle.setproctitle(WORKER_TITLE)
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import psutil
 import pycurl
@@ -139,3 +140,25 @@ def test_settings_come_from_the_config_alone(config_path):
     assert cfg.control_socket_disable and not cfg.preload_app
     # built without side effects: no title, no signal handlers
     assert setproctitle.getproctitle() == title and signal.getsignal(signal.SIGTERM) == handler
+
+
+@pytest.mark.parametrize("sig", serve.STOP_SIGNALS)
+def test_a_stop_that_comes_while_a_worker_boots_ends_it(sig):
+    # Right after the fork a worker still has the master's handlers, which
+    # only queue the signal for the master's loop; the hook must undo them,
+    # or the master waits its whole graceful_timeout for this worker.
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time\n"
+        "from dropr.receiver import serve\n"
+        "for s in serve.STOP_SIGNALS: signal.signal(s, lambda *a: None)  # the master's\n"
+        "serve.post_fork(None, None)\n"
+        "print('forked', flush=True)\n"
+        "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "forked\n"
+        child.send_signal(sig)
+        assert child.wait(10) == -sig
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
