@@ -2,6 +2,7 @@
 while the cluster is down, consumers in priority order, ack and bury, and the
 receiver's HTTP answers on top of it (falcon's TestClient)."""
 
+import asyncio
 import collections
 
 import pytest
@@ -147,6 +148,10 @@ def test_a_stopped_cluster_is_store_unavailable_and_nothing_is_answered_stored(o
     cluster.stop()
     with pytest.raises(StoreUnavailable):
         own_store.publish(stage(own_store, "DOWN1"))
+    # Closed, the store leaves nothing waiting on its loop (the client, having
+    # closed itself, left its subscriptions' tasks there).
+    own_store.close()
+    assert not asyncio.all_tasks(own_store._loop.loop)
 
 
 def test_receiver_answers_503_while_the_cluster_is_down_then_stores(tmp_path, cluster):

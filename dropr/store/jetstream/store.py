@@ -2,6 +2,7 @@
 :mod:`dropr.store.jetstream`)."""
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import logging
@@ -157,6 +158,11 @@ class JetStreamStore(JsOperatorMixin, JsClaimsMixin):
                 self._loop.run(nc.close(), 5.0)
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
+        if self._loop.started():
+            # A connection that closed itself (its cluster gone) left its
+            # subscriptions' tasks waiting on the loop: end them too.
+            with contextlib.suppress(Exception):
+                self._loop.run(_end_tasks(), 5.0)
 
     # -- receiver -------------------------------------------------------------
 
@@ -292,3 +298,11 @@ def _read_all(f):
     f.seek(0)
     return f.read() if not isinstance(f, io.BytesIO) else f.getvalue()
 
+
+async def _end_tasks():
+    """Cancel every other task on the running loop and wait for them."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
