@@ -8,6 +8,7 @@ instead of holding a whole process.
 """
 
 import math
+import os
 import signal
 import ssl
 
@@ -135,27 +136,44 @@ def on_exit(server):
     metricsfolder.close_folder()
 
 
-def pre_fork(server, worker):
-    """gunicorn hook, in the master before each fork. gunicorn titles the master
-    itself after when_ready (and again on reload), always before it forks."""
-    setproctitle.setproctitle(MASTER_TITLE)
-
-
 #: The signals a gunicorn master sends its workers to stop them.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_unblock_after_fork = []  # [True] once the master unblocks them after each fork
+
+
+def pre_fork(server, worker):
+    """gunicorn hook, in the master before each fork. gunicorn titles the master
+    itself after when_ready (and again on reload), always before it forks.
+
+    The stop signals are blocked across the fork (and unblocked in the master
+    right after it): until the new worker sets its own handlers it has the
+    master's, which only queue a signal for the master's loop, that the
+    worker never runs. A stop sent in that moment was lost, and the master
+    waited its whole graceful_timeout before it killed the worker."""
+    setproctitle.setproctitle(MASTER_TITLE)
+    if not _unblock_after_fork:
+        os.register_at_fork(after_in_parent=_unblock_stops)
+        _unblock_after_fork.append(True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _unblock_stops():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def post_fork(server, worker):
-    """gunicorn hook, in the new worker right after gunicorn titled it.
-
-    Until the worker sets its own handlers (early in its boot) it has the
-    master's, which only queue a signal for the master's loop, that the
-    worker never runs: a stop sent in that moment was lost, and the master
-    waited its whole graceful_timeout before it killed the worker. A worker
-    that has not booted holds no request, so until then a stop ends it."""
+    """gunicorn hook, in the new worker right after gunicorn titled it: the
+    stop signals, blocked since before the fork, now end the worker (one
+    sent since, at once). A worker that has not booted holds no request; it
+    sets its own handlers early in its boot."""
     for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+        signal.signal(sig, _exit_booting)
+    _unblock_stops()
     setproctitle.setproctitle(WORKER_TITLE)
+
+
+def _exit_booting(signum, frame):
+    os._exit(0)  # no clean-up to do yet, and no core for SIGQUIT
 
 
 class Application(gunicorn.app.base.BaseApplication):

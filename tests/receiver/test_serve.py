@@ -142,23 +142,54 @@ def test_settings_come_from_the_config_alone(config_path):
     assert setproctitle.getproctitle() == title and signal.getsignal(signal.SIGTERM) == handler
 
 
+def _python(code):
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
 @pytest.mark.parametrize("sig", serve.STOP_SIGNALS)
-def test_a_stop_that_comes_while_a_worker_boots_ends_it(sig):
-    # Right after the fork a worker still has the master's handlers, which
-    # only queue the signal for the master's loop; the hook must undo them,
-    # or the master waits its whole graceful_timeout for this worker.
-    child = subprocess.Popen([sys.executable, "-c", (
-        "import signal, sys, time\n"
+@pytest.mark.parametrize("when", ["before post_fork", "after post_fork"])
+def test_a_stop_that_comes_while_a_worker_boots_ends_it(sig, when):
+    # A worker is forked with the master's handlers, which only queue a
+    # signal for the master's loop. The hooks block the stop signals across
+    # the fork and give the worker its own way out: a stop sent at any moment
+    # before the worker's own handlers ends it, instead of the master waiting
+    # its whole graceful_timeout for it.
+    child = _python(
+        "import os, signal, time\n"
         "from dropr.receiver import serve\n"
         "for s in serve.STOP_SIGNALS: signal.signal(s, lambda *a: None)  # the master's\n"
-        "serve.post_fork(None, None)\n"
+        "serve.pre_fork(None, None)  # and what the child inherits of the master's mask\n"
         "print('forked', flush=True)\n"
-        "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+        f"{'input()' if when == 'before post_fork' else ''}\n"
+        "serve.post_fork(None, None)\n"
+        "print('booting', flush=True)\n"
+        "time.sleep(30)\n")
     try:
         assert child.stdout.readline() == "forked\n"
-        child.send_signal(sig)
-        assert child.wait(10) == -sig
+        if when == "before post_fork":
+            child.send_signal(sig)  # blocked until post_fork, not lost to the master's
+            child.stdin.write("\n")
+            child.stdin.flush()
+        else:
+            assert child.stdout.readline() == "booting\n"
+            child.send_signal(sig)
+        assert child.wait(10) == 0
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_the_master_has_the_stop_signals_unblocked_after_each_fork():
+    child = _python(
+        "import os, signal\n"
+        "from dropr.receiver import serve\n"
+        "for _ in range(2):\n"
+        "    serve.pre_fork(None, None)\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0: os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+        "    print(sorted(int(s) for s in set(serve.STOP_SIGNALS) & blocked))\n")
+    assert child.communicate(timeout=30)[0] == "[]\n[]\n"
