@@ -151,18 +151,19 @@ class JetStreamStore(JsOperatorMixin, JsClaimsMixin):
             await asyncio.sleep(0.05)
 
     def close(self):
-        """Drain and close the connection (optional: a process may just exit)."""
+        """Drain and close the connection (optional: a process may just exit).
+        Not to be called while other threads use the store."""
         if self._nc is not None:
             nc, self._nc = self._nc, None
+            self._subs, self._held, self._acks = {}, {}, None
             try:
                 self._loop.run(nc.close(), 5.0)
             except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
-        if self._loop.started():
-            # A connection that closed itself (its cluster gone) left its
-            # subscriptions' tasks waiting on the loop: end them too.
-            with contextlib.suppress(Exception):
-                self._loop.run(_end_tasks(), 5.0)
+                # nats-py gives up its own clean-up when the servers are gone
+                # with data still to send, and leaves its subscriptions' tasks
+                # waiting on the loop: end what is left there.
+                with contextlib.suppress(Exception):
+                    self._loop.run(_end_tasks(), 5.0)
 
     # -- receiver -------------------------------------------------------------
 

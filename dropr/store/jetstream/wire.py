@@ -78,10 +78,6 @@ class Loop:
             future.cancel()
             raise
 
-    def started(self):
-        """True if this process has started the loop."""
-        return self._pid == os.getpid()
-
     def _ensure(self):
         with self._lock:
             if self._pid != os.getpid():  # first use, or a fork copied a dead thread
